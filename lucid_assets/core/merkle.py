@@ -1,0 +1,74 @@
+"""RFC 6962 Merkle tree hash over SHA-256 (0x00 leaf prefix, 0x01 node prefix)."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n >= 2)."""
+    k = 1
+    while k << 1 < n:
+        k <<= 1
+    return k
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """MTH(D[n]); the leaves are the entries themselves (here: SHA-256 digests of envelopes)."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    level = [leaf_hash(x) for x in leaves]
+    return _root_of_hashes(level)
+
+
+def _root_of_hashes(hashes: Sequence[bytes]) -> bytes:
+    if len(hashes) == 1:
+        return hashes[0]
+    k = _split(len(hashes))
+    return node_hash(_root_of_hashes(hashes[:k]), _root_of_hashes(hashes[k:]))
+
+
+def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """PATH(m, D[n]) from RFC 6962 section 2.1.1."""
+    if not 0 <= index < len(leaves):
+        raise IndexError(f"leaf {index} is outside a tree of {len(leaves)}")
+    return _path(index, [leaf_hash(x) for x in leaves])
+
+
+def _path(m: int, hashes: Sequence[bytes]) -> list[bytes]:
+    if len(hashes) == 1:
+        return []
+    k = _split(len(hashes))
+    if m < k:
+        return _path(m, hashes[:k]) + [_root_of_hashes(hashes[k:])]
+    return _path(m - k, hashes[k:]) + [_root_of_hashes(hashes[:k])]
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2 inclusion proof verification."""
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    r = leaf_hash(leaf)
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == expected_root

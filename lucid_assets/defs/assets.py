@@ -1,0 +1,164 @@
+"""The session asset graph: recorded_chunks (external) -> stored_chunks -> session_manifest."""
+
+import hashlib
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from lucid_assets.core import catalog, envelope, merkle
+from lucid_assets.core.manifest import build_manifest, canonical_json, sign, verify_signature
+
+from .partitions import sessions
+from .resources import PipelineResource, VaultResource
+
+GROUP = "sessions"
+OWNERS = ["team:lucid"]
+
+recorded_chunks = dg.AssetSpec(
+    "recorded_chunks", partitions_def=sessions, group_name=GROUP, owners=OWNERS, kinds={"mpegts"},
+    description="Keyframe-aligned MPEG-TS segments written by lucid-session-recorder to the recordings "
+                "volume and registered with the pipeline. Produced outside Dagster.",
+)
+
+
+def _ts(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict) -> dict:
+    """Envelope one registered chunk (or reuse its durable envelope) and return its catalog row."""
+    seq = chunk["seq"]
+    existing = vault.store.read_envelope(sid, seq)
+    data = None
+    if existing is not None:
+        try:
+            _, raw = envelope.open_envelope(existing, dek=dek, session_id=uuid.UUID(sid), seq=seq)
+            if hashlib.sha256(raw).hexdigest() == chunk["sha256"]:
+                data = existing  # already durable from an earlier run: never rewrite it
+        except envelope.EnvelopeError:
+            pass
+    if data is None:
+        staging = Path(chunk["path"])
+        try:
+            raw = staging.read_bytes()
+        except FileNotFoundError:
+            raise dg.Failure(f"chunk {seq}: staging file {staging} is gone and no valid envelope exists") from None
+        if hashlib.sha256(raw).hexdigest() != chunk["sha256"]:
+            raise dg.Failure(f"chunk {seq}: staging file {staging} does not match its registered SHA-256")
+        data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
+        vault.store.write_envelope(sid, seq, data)
+    header = envelope.parse_header(data)
+    return {
+        "session_id": sid, "seq": seq, "raw_sha256": chunk["sha256"],
+        "envelope_sha256": hashlib.sha256(data).hexdigest(), "raw_size": header.raw_len,
+        "stored_size": len(data), "compressed": header.compressed, "key_version": header.key_version,
+        "envelope_uri": vault.store.envelope_uri(sid, seq), "duration_ms": chunk["duration_ms"],
+        "recorded_at": _ts(chunk["registered_at"]), "stored_at": datetime.now(timezone.utc),
+    }
+
+
+@dg.asset(
+    partitions_def=sessions, deps=[recorded_chunks], group_name=GROUP, owners=OWNERS,
+    kinds={"python", "iceberg"},
+    description="Every registered chunk of the session compressed (zstd when it pays), encrypted into an "
+                "AES-256-GCM envelope under the session's data key, written durably to the chunk store and "
+                "catalogued as one row of lucid.chunks. Idempotent: a rerun reuses durable envelopes and "
+                "appends only missing rows.",
+)
+def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+                  vault: VaultResource) -> dg.MaterializeResult:
+    sid = context.partition_key
+    chunks = pipeline.get(f"/sessions/{sid}/chunks")["items"]
+    dek = vault.store.data_key(sid, vault.keyring, create=True)
+    with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
+        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c), chunks))
+    appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
+    newly = 0
+    for chunk, row in zip(chunks, rows):
+        if chunk["state"] != "stored" or chunk["envelope_sha256"] != row["envelope_sha256"]:
+            pipeline.post(f"/sessions/{sid}/chunks/{row['seq']}/stored",
+                          {"envelope_sha256": row["envelope_sha256"], "stored_size": row["stored_size"],
+                           "compressed": row["compressed"]})
+            newly += 1
+        Path(chunk["path"]).unlink(missing_ok=True)  # durable and catalogued: staging can go
+    raw, stored = sum(r["raw_size"] for r in rows), sum(r["stored_size"] for r in rows)
+    context.log.info(f"{len(rows)} chunks durable; {newly} newly stored, {appended} catalog rows appended")
+    return dg.MaterializeResult(metadata={
+        "chunk_count": len(rows), "newly_stored": newly, "catalog_rows_appended": appended,
+        "raw_bytes": raw, "stored_bytes": stored,
+        "compression_ratio": dg.MetadataValue.float(round(stored / raw, 4) if raw else 1.0),
+        "compressed_chunks": sum(r["compressed"] for r in rows),
+    })
+
+
+def _session_header(session: dict) -> dict:
+    return {"id": session["id"], "name": session["name"], "labels": session["labels"],
+            "source": session["source"].get("kind"), "video": session["video"], "encoder": session["encoder"],
+            "chunk_seconds": session["chunk_seconds"], "created_at": session["created_at"],
+            "started_at": session["started_at"], "stopped_at": session["stopped_at"]}
+
+
+@dg.asset(
+    partitions_def=sessions, deps=[stored_chunks], group_name=GROUP, owners=OWNERS,
+    kinds={"python", "iceberg"},
+    description="The session's RFC 6962 Merkle root over the SHA-256 of its envelopes, in a canonical-JSON "
+                "manifest signed with Ed25519, stored beside the envelopes and catalogued in lucid.sessions. "
+                "A rerun over unchanged chunks keeps the existing manifest byte for byte.",
+)
+def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+                     vault: VaultResource) -> dg.MaterializeResult:
+    sid = context.partition_key
+    session = pipeline.get(f"/sessions/{sid}")
+    expected = session["expected_chunks"]
+    if expected is None:
+        raise dg.Failure(f"session {sid} is {session['state']} and not finalized: no manifest yet")
+    rows = vault.lake.rows(catalog.CHUNKS, sid)
+    seqs = [r["seq"] for r in rows]
+    if seqs != list(range(expected)):
+        raise dg.Failure(f"lucid.chunks holds seqs {seqs} for {sid}, expected 0..{expected - 1}")
+    entries = [{"seq": r["seq"], "envelope_sha256": r["envelope_sha256"], "raw_sha256": r["raw_sha256"],
+                "raw_size": r["raw_size"], "stored_size": r["stored_size"], "duration_ms": r["duration_ms"],
+                "compressed": r["compressed"]} for r in rows]
+    root_hex = merkle.root([bytes.fromhex(e["envelope_sha256"]) for e in entries]).hex()
+    signer = vault.keyring.signing
+    latest = vault.store.latest_manifest(sid)
+    reused = False
+    if latest is not None:
+        version, data = latest
+        doc = json.loads(data)
+        reused = (doc["body"].get("chunks") == entries and doc["body"]["merkle"]["root"] == root_hex
+                  and verify_signature(doc, signer.public_key())[0])
+        if not reused:
+            version += 1
+    else:
+        version = 1
+    if not reused:
+        body = build_manifest(session=_session_header(session), chunks=entries, merkle_root_hex=root_hex,
+                              sealed_at=datetime.now(timezone.utc).isoformat(), version=version)
+        doc = sign(body, signer)
+        data = canonical_json(doc)
+        if not vault.store.write_manifest(sid, version, data):
+            raise dg.Failure(f"manifest v{version} of {sid} was written concurrently; rerun")
+    body = doc["body"]
+    manifest_sha = hashlib.sha256(data).hexdigest()
+    vault.lake.append_missing(catalog.SESSIONS, sid, [{
+        "session_id": sid, "name": session["name"], "manifest_version": version, "chunk_count": len(entries),
+        "raw_bytes": body["raw_bytes"], "stored_bytes": body["stored_bytes"], "duration_ms": body["duration_ms"],
+        "merkle_root": root_hex, "manifest_uri": vault.store.manifest_path(sid, version).as_uri(),
+        "manifest_sha256": manifest_sha, "signing_key_id": doc["signature"]["key_id"],
+        "encoder": session["encoder"], "started_at": _ts(session["started_at"]),
+        "stopped_at": _ts(session["stopped_at"]), "sealed_at": _ts(body["sealed_at"]),
+    }], key="manifest_version")
+    pipeline.put(f"/sessions/{sid}/manifest", {"version": version, "merkle_root": root_hex,
+                                               "manifest_sha256": manifest_sha})
+    return dg.MaterializeResult(metadata={
+        "chunk_count": len(entries), "merkle_root": root_hex, "manifest_version": version,
+        "manifest_reused": reused, "raw_bytes": body["raw_bytes"], "stored_bytes": body["stored_bytes"],
+        "duration_ms": body["duration_ms"], "encoder": session["encoder"] or "",
+        "signing_key_id": doc["signature"]["key_id"],
+        "manifest": dg.MetadataValue.path(str(vault.store.manifest_path(sid, version))),
+    })

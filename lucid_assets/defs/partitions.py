@@ -1,0 +1,3 @@
+import dagster as dg
+
+sessions = dg.DynamicPartitionsDefinition(name="sessions")

@@ -1,0 +1,82 @@
+"""The one settings module: every LUCID_* variable and the generic service variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LUCID_", extra="ignore")
+
+    # generic service variables (no prefix)
+    service_name: str = Field("lucid", validation_alias=AliasChoices("SERVICE_NAME"))
+    host: str = Field("0.0.0.0", validation_alias=AliasChoices("HOST"))
+    port: int | None = Field(None, validation_alias=AliasChoices("PORT"))
+    log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
+    debug: bool = Field(False, validation_alias=AliasChoices("DEBUG"))
+
+    data_dir: Path = Path("data")
+    # derived from data_dir when unset
+    master_key_file: Path | None = None
+    signing_key_file: Path | None = None
+    generate_keys: bool = False  # the embedded default generates missing keys; compose does not
+    database_url: str | None = None  # pipeline registry
+    api_database_url: str | None = None  # gateway's API keys
+    catalog_uri: str | None = None
+    warehouse: str | None = None
+    chunk_store: Path | None = None
+    recordings_dir: Path | None = None
+
+    pipeline_url: str = "http://127.0.0.1:8083"
+    recorder_url: str = "http://127.0.0.1:8084"
+    storage_url: str = "http://127.0.0.1:8086"
+    api_url: str = "http://127.0.0.1:8087"
+    dagster_url: str = "http://127.0.0.1:3000"
+
+    api_key: SecretStr | None = None  # the first admin key, if the operator wants to choose it
+    chunk_seconds: int = 10
+    max_chunk_bytes: int = 512 * 1024 * 1024
+    process_workers: int = 2
+
+    def _d(self, value, *parts):
+        return value if value is not None else self.data_dir.joinpath(*parts)
+
+    @property
+    def master_key_path(self) -> Path:
+        return Path(self._d(self.master_key_file, "keys", "master.key"))
+
+    @property
+    def signing_key_path(self) -> Path:
+        return Path(self._d(self.signing_key_file, "keys", "signing.key"))
+
+    @property
+    def pipeline_db(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'pipeline.db'}"
+
+    @property
+    def api_db(self) -> str:
+        return self.api_database_url or f"sqlite:///{self.data_dir.resolve() / 'api.db'}"
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_uri or f"sqlite:///{self.data_dir.resolve() / 'catalog.db'}"
+
+    @property
+    def warehouse_uri(self) -> str:
+        return self.warehouse or (self.data_dir.resolve() / "warehouse").as_uri()
+
+    @property
+    def chunk_store_path(self) -> Path:
+        return Path(self._d(self.chunk_store, "chunks")).resolve()
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self._d(self.recordings_dir, "recordings")).resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,27 @@
+"""lucid-session-api (8087): the public REST gateway."""
+from __future__ import annotations
+
+import sys
+
+from lucid_assets.settings import get_settings
+from services.common.app import make_app, peer_check
+from services.common.db import Database
+
+from .auth import ensure_admin_key
+from .routes import keys, sessions
+
+
+def create_app():
+    s = get_settings()
+    db = Database(s.api_db)
+    first = ensure_admin_key(db, s.api_key.get_secret_value() if s.api_key else None)
+    if first and not s.api_key:
+        # shown once, on the terminal that started the gateway; only its hash is stored
+        print(f"lucid: created the first admin API key (shown once): {first}", file=sys.stderr, flush=True)
+    app = make_app("api", checks={"pipeline": peer_check(s.pipeline_url), "recorder": peer_check(s.recorder_url),
+                                   "storage": peer_check(s.storage_url)},
+                   description="Lucid Sessions: record, seal, verify and play back remote sessions.")
+    app.state.keys_db = db
+    app.include_router(sessions.router)
+    app.include_router(keys.router)
+    return app

@@ -1,0 +1,167 @@
+"""`lucid`: run the embedded platform, run the demo, verify a session."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from lucid_assets.keyring import ensure_keys
+from lucid_assets.settings import Settings
+from lucid_assets.store import atomic_write
+
+ADMIN_KEY_FILE = Path("secrets") / "admin-api-key"
+
+
+def _bootstrap(data_dir: Path) -> tuple[str | None, list[str]]:
+    from services.api.auth import ensure_admin_key
+    from services.common.db import Database
+
+    s = Settings(data_dir=data_dir)
+    created = ensure_keys(s)
+    preset = os.environ.get("LUCID_API_KEY")
+    key = ensure_admin_key(Database(s.api_db), preset)
+    if key and not preset:
+        atomic_write(data_dir / ADMIN_KEY_FILE, (key + "\n").encode())
+    return key, created
+
+
+def cmd_up(args) -> int:
+    from services.launcher import Platform
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key, created = _bootstrap(data_dir)
+    for what in created:
+        print(f"lucid: generated {what} (mode 0600) - back it up, losing it loses every recording")
+    platform = Platform(data_dir=data_dir, host=args.host)
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    t0 = time.monotonic()
+    try:
+        platform.start()
+    except RuntimeError as exc:
+        print(f"lucid: {exc}", file=sys.stderr)
+        platform.stop()
+        return 1
+    print(f"lucid: up in {time.monotonic() - t0:.1f}s, data in {data_dir}")
+    print(f"  API (gateway)     {platform.url('api')}/docs")
+    print(f"  Dagster UI        http://{args.host}:{platform.dagster_port}")
+    print(f"  pipeline/recorder/storage  {platform.url('pipeline')}  {platform.url('recorder')}  {platform.url('storage')}")
+    print(f"  logs              {platform.logs}")
+    if key:
+        print(f"  admin API key     {key}   (shown once; also in {data_dir / ADMIN_KEY_FILE}, mode 0600)")
+    else:
+        print(f"  admin API key     created on the first start (see {data_dir / ADMIN_KEY_FILE} if it was generated)")
+    print("  demo              ./scripts/lucid demo      (Ctrl-C stops the platform)", flush=True)
+    try:
+        while not stopping:
+            for name, proc in platform.procs.items():
+                if proc.poll() is not None:
+                    print(f"lucid: {name} exited with {proc.returncode}; stopping (see {platform.logs})",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(1)
+    finally:
+        platform.stop()
+    return 0
+
+
+class Api:
+    def __init__(self, url: str, key: str):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+    def __call__(self, method: str, path: str, **kw):
+        r = self.http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise SystemExit(f"lucid: {method} {path} -> {r.status_code} {r.text}")
+        return r.json() if "json" in r.headers.get("content-type", "") else r.content
+
+
+def _api(args) -> Api:
+    key = args.key or os.environ.get("LUCID_API_KEY")
+    if not key:
+        path = Path(args.data_dir) / ADMIN_KEY_FILE
+        if not path.exists():
+            raise SystemExit(f"lucid: no API key: pass --key, set LUCID_API_KEY, or run `lucid up` first ({path})")
+        key = path.read_text().strip()
+    return Api(args.api, key)
+
+
+def cmd_demo(args) -> int:
+    api = _api(args)
+    w, h = (int(x) for x in args.size.split("x"))
+    s = api("POST", "/v1/sessions", json={"name": f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                           "labels": {"kind": "demo"}, "source": {"kind": "testsrc"},
+                                           "video": {"width": w, "height": h, "fps": args.fps},
+                                           "chunk_seconds": args.chunk_seconds})
+    sid = s["id"]
+    print(f"session {sid} created; recording {args.seconds}s of {args.size} at {args.fps} fps")
+    api("POST", f"/v1/sessions/{sid}/start")
+    time.sleep(args.seconds)
+    api("POST", f"/v1/sessions/{sid}/stop")
+    t_stop = time.monotonic()
+    while True:
+        s = api("GET", f"/v1/sessions/{sid}")
+        if s["state"] == "sealed":
+            break
+        if s["state"] == "failed":
+            print(f"session failed: {s['failure_reason']}", file=sys.stderr)
+            return 1
+        if time.monotonic() - t_stop > args.timeout:
+            print(f"not sealed after {args.timeout}s (state {s['state']})", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    sealed_s = time.monotonic() - t_stop
+    report = api("POST", f"/v1/sessions/{sid}/verify")
+    print(json.dumps({
+        "session": sid, "state": s["state"], "encoder": s["encoder"], "chunks": s["chunk_count"],
+        "duration_s": s["duration_ms"] / 1000, "raw_bytes": s["raw_bytes"], "stored_bytes": s["stored_bytes"],
+        "merkle_root": s["merkle_root"], "stop_to_sealed_s": round(sealed_s, 1),
+        "verified": report["ok"], "problems": report["problems"],
+    }, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def cmd_verify(args) -> int:
+    report = _api(args)("POST", f"/v1/sessions/{args.session}/verify")
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lucid", description="Lucid Sessions")
+    p.add_argument("--data-dir", default=os.environ.get("LUCID_DATA_DIR", "data"))
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="run the embedded platform (services, Dagster webserver and daemon)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.set_defaults(fn=cmd_up)
+    for name, fn in (("demo", cmd_demo), ("verify", cmd_verify)):
+        c = sub.add_parser(name)
+        c.add_argument("--api", default=os.environ.get("LUCID_API_URL", "http://127.0.0.1:8087"))
+        c.add_argument("--key", default=None)
+        c.set_defaults(fn=fn)
+    demo = sub.choices["demo"]
+    demo.add_argument("--seconds", type=float, default=30)
+    demo.add_argument("--size", default="1280x720")
+    demo.add_argument("--fps", type=int, default=30)
+    demo.add_argument("--chunk-seconds", type=int, default=10)
+    demo.add_argument("--timeout", type=float, default=300)
+    sub.choices["verify"].add_argument("session")
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The FastAPI app factory every service uses: logging, errors, /health and /ready."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from lucid_assets.settings import get_settings
+
+from . import errors
+
+ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def configure_logging() -> None:
+    s = get_settings()
+    logging.basicConfig(level=("DEBUG" if s.debug else s.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def make_app(name: str, *, checks: dict[str, ReadyCheck] | None = None, **kwargs) -> FastAPI:
+    configure_logging()
+    app = FastAPI(title=f"Lucid {name}", version="0.1.0", **kwargs)
+    errors.install(app)
+    started = time.time()
+    checks = checks or {}
+
+    @app.get("/health", tags=["health"], summary="Liveness")
+    async def health():
+        return {"status": "ok", "service": os.environ.get("SERVICE_NAME", name),
+                "uptime_s": int(time.time() - started)}
+
+    @app.get("/ready", tags=["health"], summary="Readiness: dependencies reachable")
+    async def ready():
+        results, ok = {}, True
+        for check_name, check in checks.items():
+            try:
+                good, detail = await check()
+            except Exception as exc:  # a failing dependency is a readiness answer, not a crash
+                good, detail = False, f"{type(exc).__name__}: {exc}"
+            results[check_name] = {"ok": good, "detail": detail}
+            ok &= good
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": results},
+                            status_code=200 if ok else 503)
+
+    return app
+
+
+def writable_dir_check(path) -> ReadyCheck:
+    async def check():
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".ready-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        return True, f"{path} writable"
+    return check
+
+
+def peer_check(url: str) -> ReadyCheck:
+    async def check():
+        from .peers import client
+        r = await client().get(f"{url}/health", timeout=3)
+        return r.status_code == 200, f"{url} answered {r.status_code}"
+    return check

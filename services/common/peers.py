@@ -1,0 +1,59 @@
+"""Calls between services. A peer's JSON error passes through unchanged; an unreachable peer is a
+503 that names it."""
+from __future__ import annotations
+
+import httpx
+
+from .errors import ApiError
+
+_client: httpx.AsyncClient | None = None
+
+
+def client() -> httpx.AsyncClient:
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+    return _client
+
+
+_sync: httpx.Client | None = None
+
+
+def sync_client() -> httpx.Client:
+    global _sync
+    if _sync is None:
+        _sync = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
+    return _sync
+
+
+def _unreachable(url: str, exc: Exception) -> ApiError:
+    return ApiError(503, "service_unavailable", f"{url.split('/')[2]} is unreachable: {type(exc).__name__}")
+
+
+async def call(method: str, url: str, *, raw: bool = False, **kwargs):
+    try:
+        r = await client().request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from None
+    return _result(r, raw)
+
+
+def call_sync(method: str, url: str, *, raw: bool = False, **kwargs):
+    try:
+        r = sync_client().request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from None
+    return _result(r, raw)
+
+
+def _result(r: httpx.Response, raw: bool):
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            error, detail = body.pop("error"), body.pop("detail")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            error, detail, body = "upstream_error", r.text[:500], {}
+        raise ApiError(r.status_code, error, detail, **body)
+    if raw:
+        return r
+    return r.json() if r.content else None

@@ -1,0 +1,74 @@
+"""The pipeline's registry: sessions, chunks, the hash-chained audit log and the work queue."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "sessions"
+    id: str = Field(primary_key=True)
+    name: str
+    state: str = Field(index=True)
+    labels: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    source: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    video: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    chunk_seconds: int = 10
+    retention_days: int | None = None
+    encoder: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    sealed_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=now)
+    expected_chunks: int | None = None  # known once the recorder has finalized
+    merkle_root: str | None = None
+    manifest_version: int | None = None
+    manifest_sha256: str | None = None
+    failure_reason: str | None = None
+
+
+class ChunkRow(SQLModel, table=True):
+    __tablename__ = "chunks"
+    session_id: str = Field(primary_key=True, foreign_key="sessions.id")
+    seq: int = Field(primary_key=True)
+    sha256: str
+    size: int
+    duration_ms: int = 0
+    frames: int = 0
+    path: str
+    registered_at: datetime = Field(default_factory=now)
+    state: str = "registered"  # registered | stored
+    envelope_sha256: str | None = None
+    stored_size: int | None = None
+    compressed: bool | None = None
+    stored_at: datetime | None = None
+
+
+class AuditRow(SQLModel, table=True):
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("session_id", "idx"),)
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    idx: int
+    entry: dict = Field(sa_column=Column(JSON, nullable=False))
+    prev_hash: str
+    hash: str
+
+
+class WorkItem(SQLModel, table=True):
+    __tablename__ = "work_queue"
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    up_to_seq: int
+    reason: str
+    created_at: datetime = Field(default_factory=now)
+
+
+TABLES = (SessionRow, ChunkRow, AuditRow, WorkItem)

@@ -1,0 +1,175 @@
+"""The registry's rules: transitions (through the core state machine), the audit chain, chunk
+registration and the work queue. Every change happens in one write transaction."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import case, func
+from sqlmodel import Session, select
+
+from lucid_assets.core import audit, states
+from services.common.errors import ApiError, not_found
+from services.common.schemas import ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition
+
+from .models import AuditRow, ChunkRow, SessionRow, WorkItem, now
+
+REGISTRABLE = {states.State.RECORDING, states.State.PAUSED, states.State.FINALIZING}
+
+
+def _iso(dt):
+    return dt.isoformat() if dt else None
+
+
+def get_row(s: Session, session_id: str, *, lock: bool = False) -> SessionRow:
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        raise not_found(f"session {session_id!r} does not exist (not a session id)") from None
+    q = select(SessionRow).where(SessionRow.id == session_id)
+    row = s.exec(q.with_for_update() if lock else q).first()
+    if row is None:
+        raise not_found(f"session {session_id} does not exist")
+    return row
+
+
+def totals(s: Session, ids: list[str]) -> dict[str, dict]:
+    q = (select(ChunkRow.session_id, func.count(), func.coalesce(func.sum(ChunkRow.size), 0),
+                func.coalesce(func.sum(ChunkRow.stored_size), 0), func.coalesce(func.sum(ChunkRow.duration_ms), 0),
+                func.sum(case((ChunkRow.state == "stored", 1), else_=0)))
+         .where(ChunkRow.session_id.in_(ids)).group_by(ChunkRow.session_id))
+    return {sid: {"chunk_count": n, "raw_bytes": raw, "stored_bytes": stored, "duration_ms": dur,
+                  "chunks_stored": int(done or 0)} for sid, n, raw, stored, dur, done in s.exec(q)}
+
+
+def to_dict(row: SessionRow, t: dict | None) -> dict:
+    t = t or {"chunk_count": 0, "raw_bytes": 0, "stored_bytes": 0, "duration_ms": 0, "chunks_stored": 0}
+    return {
+        "id": row.id, "name": row.name, "state": row.state, "labels": row.labels, "source": row.source,
+        "video": row.video, "encoder": row.encoder, "chunk_seconds": row.chunk_seconds,
+        "retention_days": row.retention_days, "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at), "stopped_at": _iso(row.stopped_at), "sealed_at": _iso(row.sealed_at),
+        "expected_chunks": row.expected_chunks, **t, "merkle_root": row.merkle_root,
+        "manifest_version": row.manifest_version, "failure_reason": row.failure_reason,
+    }
+
+
+def session_dict(s: Session, row: SessionRow) -> dict:
+    return to_dict(row, totals(s, [row.id]).get(row.id))
+
+
+def append_audit(s: Session, session_id: str, entry: dict) -> AuditRow:
+    last = s.exec(select(AuditRow).where(AuditRow.session_id == session_id)
+                  .order_by(AuditRow.idx.desc()).limit(1)).first()
+    idx, prev = (last.idx + 1, last.hash) if last else (0, audit.GENESIS)
+    entry = {"session_id": session_id, "idx": idx, "at": now().isoformat(), **entry}
+    row = AuditRow(session_id=session_id, idx=idx, entry=entry, prev_hash=prev, hash=audit.entry_hash(prev, entry))
+    s.add(row)
+    return row
+
+
+def create(s: Session, body: CreateSession, actor: str) -> SessionRow:
+    row = SessionRow(id=str(uuid.uuid4()), name=body.name, state=states.State.CREATED.value, labels=body.labels,
+                     source=body.source.model_dump(), video=body.video.model_dump(),
+                     chunk_seconds=body.chunk_seconds, retention_days=body.retention_days)
+    s.add(row)
+    s.flush()
+    append_audit(s, row.id, {"event": "create", "from": None, "to": row.state, "actor": actor,
+                             "detail": {"name": body.name}})
+    return row
+
+
+def transition(s: Session, row: SessionRow, t: Transition) -> None:
+    events = [t.event]
+    if t.event == "seal" and row.state == states.State.FAILED:
+        events = ["retry", "seal"]  # a successful rerun of a failed session heals it
+    for event in events:
+        try:
+            new = states.next_state(row.state, event)
+        except states.IllegalTransition as exc:
+            raise ApiError(409, "illegal_transition", str(exc), state=row.state) from None
+        _apply(s, row, event, new, t)
+
+
+def _apply(s: Session, row: SessionRow, event: str, new: states.State, t: Transition) -> None:
+    ts = now()
+    detail: dict = {}
+    if event == "start":
+        row.started_at = ts
+        if t.encoder:
+            row.encoder = detail["encoder"] = t.encoder
+    elif event == "stop":
+        row.stopped_at = ts
+    elif event == "finalize":
+        n = t.expected_chunks
+        if n is None:
+            raise ApiError(422, "invalid_request", "finalize needs expected_chunks")
+        have = s.exec(select(ChunkRow.seq).where(ChunkRow.session_id == row.id)).all()
+        if sorted(have) != list(range(n)):
+            raise ApiError(409, "incomplete", f"finalize expects chunks 0..{n - 1}, registry has {sorted(have)}",
+                           state=row.state)
+        row.expected_chunks = detail["expected_chunks"] = n
+        s.add(WorkItem(session_id=row.id, up_to_seq=n - 1, reason="final"))
+    elif event == "seal":
+        if not row.manifest_sha256:
+            raise ApiError(409, "no_manifest", "cannot seal a session whose manifest was not recorded",
+                           state=row.state)
+        row.sealed_at = ts
+        detail = {"merkle_root": row.merkle_root, "manifest_version": row.manifest_version}
+    elif event == "fail":
+        row.failure_reason = t.reason or "unspecified failure"
+    elif event == "retry":
+        row.failure_reason = None
+        s.add(WorkItem(session_id=row.id, up_to_seq=(row.expected_chunks or 0) - 1, reason="retry"))
+    if t.reason:
+        detail["reason"] = t.reason
+    append_audit(s, row.id, {"event": event, "from": row.state, "to": new.value, "actor": t.actor, "detail": detail})
+    row.state = new.value
+    row.updated_at = ts
+    s.add(row)
+
+
+def register_chunk(s: Session, row: SessionRow, c: RegisterChunk) -> tuple[ChunkRow, bool]:
+    existing = s.get(ChunkRow, (row.id, c.seq))
+    if existing is not None:
+        if existing.sha256 == c.sha256 and existing.size == c.size:
+            return existing, False
+        raise ApiError(409, "chunk_conflict", f"chunk {c.seq} is already registered with other bytes",
+                       state=row.state)
+    if row.state not in REGISTRABLE:
+        raise ApiError(409, "illegal_state", f"chunks can only be registered while recording or finalizing, "
+                       f"not while {row.state}", state=row.state)
+    chunk = ChunkRow(session_id=row.id, **c.model_dump())
+    s.add(chunk)
+    return chunk, True
+
+
+def mark_stored(s: Session, session_id: str, seq: int, body: ChunkStored) -> ChunkRow:
+    chunk = s.get(ChunkRow, (session_id, seq))
+    if chunk is None:
+        raise not_found(f"chunk {seq} of session {session_id} is not registered")
+    if chunk.state == "stored" and chunk.envelope_sha256 != body.envelope_sha256:
+        append_audit(s, session_id, {"event": "chunk_restored", "from": None, "to": None, "actor": "processor",
+                                     "detail": {"seq": seq, "old": chunk.envelope_sha256, "new": body.envelope_sha256}})
+    chunk.state, chunk.stored_at = "stored", now()
+    chunk.envelope_sha256, chunk.stored_size, chunk.compressed = body.envelope_sha256, body.stored_size, body.compressed
+    s.add(chunk)
+    return chunk
+
+
+def record_manifest(s: Session, row: SessionRow, body: ManifestSummary) -> None:
+    if row.manifest_sha256 == body.manifest_sha256:
+        return
+    append_audit(s, row.id, {"event": "manifest", "from": None, "to": None, "actor": "processor",
+                             "detail": body.model_dump()})
+    row.merkle_root, row.manifest_version, row.manifest_sha256 = body.merkle_root, body.version, body.manifest_sha256
+    s.add(row)
+
+
+def chunk_dict(c: ChunkRow) -> dict:
+    return {"seq": c.seq, "sha256": c.sha256, "size": c.size, "duration_ms": c.duration_ms, "frames": c.frames,
+            "state": c.state, "path": c.path, "registered_at": _iso(c.registered_at), "stored_at": _iso(c.stored_at),
+            "envelope_sha256": c.envelope_sha256, "stored_size": c.stored_size, "compressed": c.compressed}
+
+
+def audit_dicts(rows: list[AuditRow]) -> list[dict]:
+    return [{"entry": r.entry, "prev_hash": r.prev_hash, "hash": r.hash} for r in rows]

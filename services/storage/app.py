@@ -1,0 +1,125 @@
+"""lucid-session-storage (8086): the read path over the catalog and the chunk store."""
+from __future__ import annotations
+
+import base64
+import uuid
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from lucid_assets.core import catalog, envelope, keys
+from lucid_assets.core.verify import verify_session
+from lucid_assets.keyring import Keyring
+from lucid_assets.lake import Lake
+from lucid_assets.settings import get_settings
+from lucid_assets.store import ChunkStore
+from services.common.app import make_app, peer_check, writable_dir_check
+from services.common.errors import ApiError, not_found
+from services.common.peers import call_sync
+
+
+def _sid(session_id: str) -> str:
+    try:
+        return str(uuid.UUID(session_id))
+    except ValueError:
+        raise not_found(f"session {session_id!r} does not exist (not a session id)") from None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b` range as (start, end inclusive); None for the whole body; 416 if unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise ApiError(416, "range_not_satisfiable", "only one bytes=start-end range is supported")
+    a, _, b = spec.strip().partition("-")
+    try:
+        if a == "":
+            n = int(b)
+            start, end = max(0, size - n), size - 1
+        else:
+            start, end = int(a), (int(b) if b else size - 1)
+    except ValueError:
+        raise ApiError(416, "range_not_satisfiable", f"malformed range {header!r}") from None
+    end = min(end, size - 1)
+    if start > end or start >= size:
+        raise ApiError(416, "range_not_satisfiable", f"range {header!r} is outside 0-{size - 1}")
+    return start, end
+
+
+def create_app():
+    settings = get_settings()
+    store = ChunkStore(settings.chunk_store_path)
+    lake = Lake.sql(settings.catalog, settings.warehouse_uri)
+    keyring = Keyring.load(settings, with_signing=False)
+    public_key = Keyring.public_key(settings)
+
+    async def catalog_check():
+        lake.ensure_tables()
+        return True, "iceberg catalog reachable"
+
+    app = make_app("storage", checks={"chunk_store": writable_dir_check(store.root), "catalog": catalog_check,
+                                       "pipeline": peer_check(settings.pipeline_url)})
+
+    def dek_of(sid: str) -> bytes:
+        dek = store.data_key(sid, keyring)
+        if dek is None:
+            raise ApiError(410, "shredded", f"session {sid} has no data key (never stored or crypto-shredded)")
+        return dek
+
+    @app.get("/sessions/{session_id}/chunks")
+    def chunks(session_id: str):
+        sid = _sid(session_id)
+        rows = lake.rows(catalog.CHUNKS, sid)
+        for r in rows:
+            for k in ("recorded_at", "stored_at"):
+                r[k] = r[k].isoformat()
+        return {"items": rows}
+
+    @app.get("/sessions/{session_id}/chunks/{seq}")
+    def chunk(session_id: str, seq: int, request: Request):
+        sid = _sid(session_id)
+        data = store.read_envelope(sid, seq)
+        if data is None:
+            raise not_found(f"chunk {seq} of session {sid} is not stored")
+        try:
+            _, raw = envelope.open_envelope(data, dek=dek_of(sid), session_id=uuid.UUID(sid), seq=seq)
+        except envelope.EnvelopeError as exc:
+            raise ApiError(409, "chunk_damaged", f"chunk {seq} failed authentication and is not served: {exc}") from None
+        rng = parse_range(request.headers.get("range"), len(raw))
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        if rng is None:
+            return Response(raw, media_type="video/mp2t", headers=headers)
+        start, end = rng
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(raw)}"
+        return Response(raw[start:end + 1], status_code=206, media_type="video/mp2t", headers=headers)
+
+    @app.get("/sessions/{session_id}/manifest")
+    def manifest(session_id: str):
+        sid = _sid(session_id)
+        found = store.latest_manifest(sid)
+        if found is None:
+            raise not_found(f"session {sid} has no manifest yet")
+        return Response(found[1], media_type="application/json")
+
+    @app.post("/sessions/{session_id}/verify")
+    def verify(session_id: str):
+        sid = _sid(session_id)
+        events = (call_sync("GET", f"{settings.pipeline_url}/sessions/{sid}/events"))["items"]
+        try:
+            dek = store.data_key(sid, keyring)
+        except keys.KeyMaterialError as exc:
+            raise ApiError(409, "key_unavailable", str(exc)) from None
+        report = verify_session(session_id=sid, manifest_doc=store.latest_manifest_doc(sid), public_key=public_key,
+                                stored_seqs=store.stored_seqs(sid),
+                                read_envelope=lambda seq: store.read_envelope(sid, seq), dek=dek,
+                                audit_rows=events)
+        return report.as_dict()
+
+    @app.get("/keys/signing")
+    def signing_key():
+        raw = keys.public_key_bytes(public_key)
+        return {"alg": "Ed25519", "key_id": keys.public_key_id(public_key),
+                "public_key": base64.b64encode(raw).decode()}
+
+    return app
