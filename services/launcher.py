@@ -26,6 +26,7 @@ class Platform:
     webserver: bool = True
     daemon: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    run: tuple[str, ...] = tuple(SERVICES)  # which of the services to start
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
@@ -66,7 +67,8 @@ class Platform:
         self.prepare()
         env = self.env()
         bindir = Path(sys.executable).parent
-        for name, port in self.ports.items():
+        for name in self.run:
+            port = self.ports[name]
             self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", f"services.{name}.app:create_app",
                                "--host", self.host, "--port", str(port), "--log-level", "warning"],
                         {**env, "SERVICE_NAME": f"lucid-session-{name}", "PORT": str(port)})
@@ -79,7 +81,7 @@ class Platform:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:
-        targets = {n: f"{self.url(n)}/health" for n in self.ports}
+        targets = {n: f"{self.url(n)}/health" for n in self.run}
         if self.webserver:
             targets["dagster-webserver"] = f"http://{self.host}:{self.dagster_port}/server_info"
         deadline = time.monotonic() + timeout

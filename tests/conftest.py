@@ -1,0 +1,59 @@
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.launcher import SERVICES, Platform
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory):
+    """The real embedded platform: four services and the Dagster daemon on 127.0.0.1."""
+    data = tmp_path_factory.mktemp("lucid-data")
+    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
+                 extra_env={"LUCID_API_KEY": "test-admin-key-0123456789abcdef"})
+    try:
+        p.start(timeout=180)
+    except Exception:
+        p.stop()
+        for log in sorted((data / "logs").glob("*.log")):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(platform):
+    with httpx.Client(base_url=platform.url("api"), timeout=60,
+                      headers={"Authorization": "Bearer test-admin-key-0123456789abcdef"}) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def keys_by_role(admin):
+    out = {}
+    for role in ("viewer", "operator"):
+        r = admin.post("/v1/api-keys", json={"name": f"test {role}", "role": role})
+        assert r.status_code == 201, r.text
+        out[role] = r.json()["key"]
+    return out
+
+
+def client_for(platform, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=platform.url("api"), timeout=60, headers=headers)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    d = Path(__file__).resolve().parent.parent / "test-artifacts"
+    d.mkdir(exist_ok=True)
+    return d

@@ -1,0 +1,145 @@
+"""The Dagster code location against a real pipeline service: the work-queue sensor, the assets
+under `materialize` on `instance_for_test`, idempotent reruns, and verification of the result."""
+import json
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import dagster as dg
+import httpx
+import pytest
+from av.video.frame import PictureType
+
+from lucid_assets.core import catalog
+from lucid_assets.core.verify import verify_session
+from lucid_assets.defs.assets import session_manifest, stored_chunks
+from lucid_assets.defs.partitions import sessions
+from lucid_assets.defs.resources import PipelineResource, VaultResource
+from lucid_assets.defs.sensors import work_queue_sensor
+from lucid_assets.keyring import Keyring
+from lucid_assets.settings import Settings
+from services.launcher import SERVICES, Platform
+from services.recorder.capture import SegmentWriter, open_encoder
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("pipeline-only")
+    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, run=("pipeline",), webserver=False,
+                 daemon=False)
+    p.start(timeout=60)
+    yield p
+    p.stop()
+
+
+def record_segments(directory: Path, fps=10, seconds=6, chunk_seconds=2, size=(160, 120)):
+    """Real PyAV encoding through the recorder's own writer, unpaced."""
+    video = {"width": size[0], "height": size[1], "fps": fps, "encoders": ["libx264"]}
+    codec = open_encoder(video, fps * chunk_seconds)
+    segs = []
+    writer = SegmentWriter(directory, codec, fps, segs.append)
+    src = av.open(f"testsrc=size={size[0]}x{size[1]}:rate={fps},format=yuv420p", format="lavfi")
+    for i, frame in enumerate(src.decode(video=0)):
+        if i == fps * seconds:
+            break
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        frame.pict_type = PictureType.I if i % (fps * chunk_seconds) == 0 else PictureType.NONE
+        for pkt in codec.encode(frame):
+            writer.write(pkt)
+    for pkt in codec.encode(None):
+        writer.write(pkt)
+    writer.close_segment()
+    src.close()
+    return segs
+
+
+def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = api.post("/sessions", json={"name": "dagster", "video": {"width": 160, "height": 120, "fps": 10},
+                                      "chunk_seconds": 2}).json()["id"]
+    assert api.post(f"/sessions/{sid}/transitions", json={"event": "start", "encoder": "libx264"}).status_code == 200
+    segs = record_segments(tmp_path / "rec" / sid)
+    assert len(segs) == 3
+    for seg in segs:
+        body = {"seq": seg.seq, "sha256": seg.sha256, "size": seg.size, "frames": seg.frames,
+                "duration_ms": seg.duration_ms, "path": str(seg.path)}
+        assert api.post(f"/sessions/{sid}/chunks", json=body).json()["created"]
+        assert not api.post(f"/sessions/{sid}/chunks", json=body).json()["created"]  # idempotent
+    clash = api.post(f"/sessions/{sid}/chunks", json={**body, "sha256": "0" * 64})
+    assert clash.status_code == 409 and clash.json()["error"] == "chunk_conflict"
+    api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
+    assert api.post(f"/sessions/{sid}/transitions",
+                    json={"event": "finalize", "expected_chunks": 3}).json()["state"] == "processing"
+
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                 "vault": VaultResource.from_settings(settings)}
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, cursor=None, resources=resources)
+        result = work_queue_sensor(ctx)
+        assert [r.partition_key for r in result.run_requests] == [sid]
+        assert result.run_requests[0].tags["lucid/session"] == sid
+        assert result.dynamic_partitions_requests[0].partition_keys == [sid]
+        ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
+        assert isinstance(work_queue_sensor(ctx2), dg.SkipReason)  # the cursor moved past the item
+
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        first = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
+                               resources=resources)
+        assert first.success
+        vault = resources["vault"]
+        manifest_path = vault.store.manifest_path(sid, 1)
+        manifest_bytes = manifest_path.read_bytes()
+        envelopes = {s: vault.store.read_envelope(sid, s) for s in range(3)}
+        assert not any(seg.path.exists() for seg in segs), "staging removed after storing"
+
+        again = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
+                               resources=resources)
+        assert again.success
+        meta = again.asset_materializations_for_node("session_manifest")[0].metadata
+        assert meta["manifest_reused"].value is True
+        assert manifest_path.read_bytes() == manifest_bytes
+        assert vault.store.manifest_versions(sid) == [1]
+        assert {s: vault.store.read_envelope(sid, s) for s in range(3)} == envelopes
+        assert [r["seq"] for r in vault.lake.rows(catalog.CHUNKS, sid)] == [0, 1, 2]
+        assert len(vault.lake.rows(catalog.SESSIONS, sid)) == 1
+
+    state = api.get(f"/sessions/{sid}").json()
+    assert state["chunks_stored"] == 3 and state["manifest_version"] == 1
+
+    keyring = Keyring.load(settings)
+    dek = vault.store.data_key(sid, keyring)
+    events = api.get(f"/sessions/{sid}/events").json()["items"]
+
+    def check(read=lambda seq: vault.store.read_envelope(sid, seq), doc=None):
+        return verify_session(session_id=sid, manifest_doc=doc or json.loads(manifest_bytes),
+                              public_key=keyring.signing.public_key(), stored_seqs=vault.store.stored_seqs(sid),
+                              read_envelope=read, dek=dek, audit_rows=events).as_dict()
+
+    assert check()["ok"]
+    damaged = bytearray(envelopes[1])
+    damaged[200] ^= 0x04
+    report = check(read=lambda seq: bytes(damaged) if seq == 1 else envelopes[seq])
+    assert not report["ok"] and [c["seq"] for c in report["chunks"] if not c["ok"]] == [1]
+    assert any("chunk 1: envelope hash differs" in p for p in report["problems"])
+
+
+def test_failed_materialization_reports_why(pipeline, tmp_path):
+    """A session whose staging file vanished before storing fails with the reason, not silently."""
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = api.post("/sessions", json={"name": "lost"}).json()["id"]
+    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    api.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "a" * 64, "size": 10,
+                                              "path": str(tmp_path / "gone.ts")})
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        result = dg.materialize([stored_chunks], partition_key=sid, instance=instance, raise_on_error=False,
+                                resources={"pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                                           "vault": VaultResource.from_settings(settings)})
+        assert not result.success
+        failure = result.get_step_failure_events()[0].event_specific_data.error.message
+        assert "staging file" in failure and "is gone" in failure
