@@ -10,8 +10,9 @@ stamp=.venv/.lucid-installed
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then exit 0; fi
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.lock
-.venv/bin/python -m pip install -q --no-deps -e .
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet .venv/bin/python -m pip install -q --upgrade pip
+quiet .venv/bin/python -m pip install -q -r requirements.lock
+quiet .venv/bin/python -m pip install -q --no-deps -e .
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python -m pip list 2>/dev/null | wc -l) packages)" >&2

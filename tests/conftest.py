@@ -1,3 +1,4 @@
+import os
 import socket
 from pathlib import Path
 
@@ -57,3 +58,20 @@ def artifacts() -> Path:
     d = Path(__file__).resolve().parent.parent / "test-artifacts"
     d.mkdir(exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    from tests.pg import TempPostgres, find_bin
+
+    if os.environ.get("LUCID_TEST_POSTGRES_URL"):
+        yield os.environ["LUCID_TEST_POSTGRES_URL"]
+        return
+    if find_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; scripts/test installs it (apt-get install postgresql)")
+        pytest.skip("PostgreSQL server not installed (scripts/test installs it)")
+    pg = TempPostgres(free_port())
+    url = pg.start()
+    yield url
+    pg.stop()

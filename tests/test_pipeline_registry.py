@@ -1,0 +1,93 @@
+"""The pipeline service on SQLite and on a real PostgreSQL: transitions, concurrency, audit chain."""
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from lucid_assets.core import audit
+from services.launcher import SERVICES, Platform
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def pipeline(request, tmp_path_factory):
+    env = {}
+    if request.param == "postgres":
+        env["LUCID_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    p = Platform(data_dir=tmp_path_factory.mktemp(f"registry-{request.param}"),
+                 ports={n: free_port() for n in SERVICES}, run=("pipeline",), webserver=False, daemon=False,
+                 extra_env=env)
+    p.start(timeout=60)
+    with httpx.Client(base_url=p.url("pipeline"), timeout=30) as c:
+        yield c
+    p.stop()
+
+
+def new_session(c) -> str:
+    r = c.post("/sessions", json={"name": "registry"})
+    assert r.status_code == 201
+    return r.json()["id"]
+
+
+def chain_ok(c, sid) -> list[str]:
+    rows = c.get(f"/sessions/{sid}/events").json()["items"]
+    assert audit.verify_chain(rows) == []
+    return [r["entry"]["event"] for r in rows]
+
+
+def test_full_lifecycle_and_refusals(pipeline):
+    c = pipeline
+    sid = new_session(c)
+    t = lambda event, **kw: c.post(f"/sessions/{sid}/transitions", json={"event": event, **kw})
+    assert t("seal").status_code == 409
+    assert t("start", encoder="libx264").json()["state"] == "recording"
+    assert t("pause").json()["state"] == "paused"
+    assert t("resume").json()["state"] == "recording"
+    for seq in range(2):
+        r = c.post(f"/sessions/{sid}/chunks", json={"seq": seq, "sha256": f"{seq:064x}", "size": 10, "path": "/x"})
+        assert r.status_code == 200 and r.json()["created"]
+    assert t("stop").json()["state"] == "finalizing"
+    bad = t("finalize", expected_chunks=3)
+    assert bad.status_code == 409 and bad.json()["error"] == "incomplete"
+    assert t("finalize", expected_chunks=2).json()["state"] == "processing"
+    no_manifest = t("seal")
+    assert no_manifest.status_code == 409 and no_manifest.json()["error"] == "no_manifest"
+    assert t("fail", reason="disk on fire").json()["failure_reason"] == "disk on fire"
+    c.put(f"/sessions/{sid}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
+    sealed = t("seal").json()
+    assert sealed["state"] == "sealed" and sealed["failure_reason"] is None
+    assert chain_ok(c, sid) == ["create", "start", "pause", "resume", "stop", "finalize", "fail", "manifest",
+                                "retry", "seal"]
+    work = c.get("/work").json()["items"]
+    assert [(w["reason"], w["up_to_seq"]) for w in work if w["session_id"] == sid] == [("final", 1), ("retry", 1)]
+    late = c.post(f"/sessions/{sid}/chunks", json={"seq": 5, "sha256": "f" * 64, "size": 1, "path": "/y"})
+    assert late.status_code == 409 and late.json()["state"] == "sealed"
+
+
+def test_concurrent_transitions_apply_once(pipeline):
+    c = pipeline
+    sid = new_session(c)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: c.post(f"/sessions/{sid}/transitions", json={"event": "start"}).status_code,
+                              range(16)))
+    assert sorted(codes) == [200] + [409] * 15
+    assert chain_ok(c, sid) == ["create", "start"]
+
+
+def test_concurrent_chunk_registration_is_idempotent(pipeline):
+    c = pipeline
+    sid = new_session(c)
+    c.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    body = {"seq": 0, "sha256": "c" * 64, "size": 3, "path": "/z"}
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: c.post(f"/sessions/{sid}/chunks", json=body).json(), range(12)))
+    assert sum(r["created"] for r in results) == 1
+    assert len(c.get(f"/sessions/{sid}/chunks").json()["items"]) == 1
+
+
+def test_unknown_and_invalid(pipeline):
+    assert pipeline.get(f"/sessions/{uuid.uuid4()}").status_code == 404
+    assert pipeline.post("/sessions", json={"name": ""}).status_code == 422
+    r = pipeline.post(f"/sessions/{new_session(pipeline)}/transitions", json={"event": "explode"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
