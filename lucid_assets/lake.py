@@ -31,9 +31,12 @@ class Lake:
         self.catalog.create_namespace_if_not_exists(schema.NAMESPACE)
         for name in schema.TABLES:
             s, spec, order = schema.layout(name)
-            self.catalog.create_table_if_not_exists(
+            table = self.catalog.create_table_if_not_exists(
                 name, s, partition_spec=spec, sort_order=order,
                 properties={"commit.retry.num-retries": "10", "write.parquet.compression-codec": "zstd"})
+            if set(s.column_names) - set(table.schema().column_names):  # a newer release added columns
+                with table.update_schema() as update:
+                    update.union_by_name(s)
         self._ready = True
 
     def table(self, name: str):
@@ -64,3 +67,18 @@ class Lake:
                 log.info("iceberg commit conflict on %s (%s); retrying in %.2fs", name, exc, wait)
                 time.sleep(wait)
         raise RuntimeError(f"could not commit to {name} after 8 attempts")
+
+    def mark_deleted(self, session_id: str, when) -> dict:
+        """Remove the session's chunk rows and stamp its sessions rows with deleted_at, each in one
+        commit (an overwrite filtered to the session); repeating it changes nothing."""
+        chunks = self.table(schema.CHUNKS)
+        had_chunks = len(self.rows(schema.CHUNKS, session_id))
+        if had_chunks:
+            chunks.delete(EqualTo("session_id", session_id))
+        rows = self.rows(schema.SESSIONS, session_id)
+        stamped = [dict(r, deleted_at=r.get("deleted_at") or when) for r in rows]
+        if rows and stamped != rows:
+            self.table(schema.SESSIONS).overwrite(
+                pa.Table.from_pylist(stamped, schema=schema.SESSIONS_SCHEMA.as_arrow()),
+                overwrite_filter=EqualTo("session_id", session_id))
+        return {"chunk_rows_removed": had_chunks, "session_rows_marked": len(rows)}

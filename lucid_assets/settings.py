@@ -20,7 +20,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     # derived from data_dir when unset
-    master_key_file: Path | None = None
+    master_key_file: Path | None = None  # the active key-encryption key
+    keyring_dir: Path | None = None  # older KEKs, still readable (one base64 key per *.key file)
     signing_key_file: Path | None = None
     generate_keys: bool = False  # the embedded default generates missing keys; compose does not
     database_url: str | None = None  # pipeline registry
@@ -47,6 +48,10 @@ class Settings(BaseSettings):
     @property
     def master_key_path(self) -> Path:
         return Path(self._d(self.master_key_file, "keys", "master.key"))
+
+    @property
+    def keyring_path(self) -> Path:
+        return Path(self._d(self.keyring_dir, "keys", "retired"))
 
     @property
     def signing_key_path(self) -> Path:

@@ -3,6 +3,7 @@
     <root>/<session>/dek.json            wrapped data key (deleting it crypto-shreds the session)
     <root>/<session>/chunks/<seq>.luce   envelopes, seq zero-padded to 8 digits
     <root>/<session>/manifest.v<N>.json  signed manifests, one per version
+    <root>/<session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
 
 Every write goes to a temporary name, is fsynced, then renamed, so a reader never sees half a file.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -41,12 +43,23 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     finally:
         if tmp.exists():
             tmp.unlink()
-    dfd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return True
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 class ChunkStore:
@@ -78,10 +91,52 @@ class ChunkStore:
         return sorted(int(p.stem) for p in d.glob("*.luce") if p.stem.isdigit())
 
     # --- data keys --------------------------------------------------------------------------
+    def dek_path(self, session_id: str) -> Path:
+        return self.session_dir(session_id) / "dek.json"
+
+    def sessions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_uuid(p.name))
+
+    def dek_kek_id(self, session_id: str) -> str | None:
+        try:
+            return json.loads(self.dek_path(session_id).read_bytes()).get("kek_id")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+
+    def rewrap(self, session_id: str, keyring: Keyring) -> bool:
+        """Rewrap the session's DEK under the active KEK; False if it already was (or has none)."""
+        kek_id = self.dek_kek_id(session_id)
+        if kek_id is None or kek_id == keyring.active.key_id:
+            return False
+        dek = self.data_key(session_id, keyring)
+        atomic_write(self.dek_path(session_id), keyring.wrap(dek, uuid.UUID(session_id)))
+        return True
+
+    def shred(self, session_id: str) -> dict:
+        """Crypto-shred: destroy the DEK first (the contents are unrecoverable from that moment),
+        then remove the envelopes. Manifests and checkpoints stay: they hold hashes only and let
+        verify say "shredded" rather than "corrupt"."""
+        d = self.session_dir(session_id)
+        dek = self.dek_path(session_id)
+        had_key = dek.exists()
+        if had_key:
+            with open(dek, "r+b") as f:  # overwrite before unlinking, for what that is worth on this disk
+                f.write(os.urandom(max(1, os.fstat(f.fileno()).st_size)))
+                f.flush()
+                os.fsync(f.fileno())
+            dek.unlink()
+        n = len(self.stored_seqs(session_id))
+        shutil.rmtree(d / "chunks", ignore_errors=True)
+        if d.exists():
+            _fsync_dir(d)
+        return {"data_key_destroyed": had_key, "envelopes_removed": n}
+
     def data_key(self, session_id: str, keyring: Keyring, *, create: bool = False) -> bytes | None:
         """The session's DEK; with create, makes one if none exists (first writer wins)."""
         sid = uuid.UUID(session_id)
-        path = self.session_dir(session_id) / "dek.json"
+        path = self.dek_path(session_id)
         if create and not path.exists():
             atomic_write(path, keyring.wrap(corekeys.new_dek(), sid), exclusive=True)
         try:
@@ -117,3 +172,21 @@ class ChunkStore:
             return json.loads(found[1])
         except ValueError:
             return {"body": {}, "signature": {}, "_error": "manifest is not valid JSON"}
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def checkpoint_path(self, session_id: str, tree_size: int) -> Path:
+        return self.session_dir(session_id) / "checkpoints" / f"{tree_size:08d}.json"
+
+    def write_checkpoint(self, session_id: str, tree_size: int, data: bytes) -> bool:
+        return atomic_write(self.checkpoint_path(session_id, tree_size), data, exclusive=True)
+
+    def checkpoints(self, session_id: str) -> list[dict]:
+        """Every checkpoint, oldest first; an unreadable file is returned as an error entry."""
+        d = self.session_dir(session_id) / "checkpoints"
+        out = []
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                out.append(json.loads(p.read_bytes()))
+            except ValueError:
+                out.append({"body": {"tree_size": int(p.stem)}, "signature": {}, "_error": "not valid JSON"})
+        return out

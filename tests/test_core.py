@@ -156,3 +156,29 @@ def test_audit_chain_detects_edits():
     assert audit.verify_chain(rows) == ["audit entry 2 was altered (hash mismatch)"]
     del rows[2]
     assert any("does not link" in p for p in audit.verify_chain(rows))
+
+
+def test_consistency_proofs_verify_and_reject_rewrites():
+    for n in range(1, 18):
+        leaves = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+        r2 = merkle.root(leaves)
+        for m in range(1, n + 1):
+            proof = merkle.consistency_proof(m, leaves)
+            r1 = merkle.root(leaves[:m])
+            assert merkle.verify_consistency(m, n, proof, r1, r2), (m, n)
+            rewritten = merkle.root([b"\xff" * 32] + leaves[1:m])
+            assert not merkle.verify_consistency(m, n, proof, rewritten, r2)
+            if m < n:
+                assert not merkle.verify_consistency(m, n, proof, r1, merkle.root(leaves[:-1] + [b"\x00" * 32]))
+
+
+def test_consistency_proof_of_known_tree():
+    # RFC 6962 section 2.1.3, the 7-leaf example: PROOF(3, D[7]) = [c, d, g, l].
+    a, b, c, d, e, f, j = (merkle.leaf_hash(x) for x in CT_LEAVES[:7])
+    g, i = merkle.node_hash(a, b), merkle.node_hash(e, f)
+    l_ = merkle.node_hash(i, j)
+    assert merkle.consistency_proof(3, CT_LEAVES[:7]) == [c, d, g, l_]
+    # and PROOF(4, D[7]) = [l]; PROOF(6, D[7]) = [i, j, k]
+    k = merkle.node_hash(g, merkle.node_hash(c, d))
+    assert merkle.consistency_proof(4, CT_LEAVES[:7]) == [l_]
+    assert merkle.consistency_proof(6, CT_LEAVES[:7]) == [i, j, k]

@@ -13,13 +13,13 @@ import pytest
 from av.video.frame import PictureType
 
 from lucid_assets.core import catalog
-from lucid_assets.core.verify import verify_session
 from lucid_assets.defs.assets import session_manifest, stored_chunks
 from lucid_assets.defs.partitions import sessions
 from lucid_assets.defs.resources import PipelineResource, VaultResource
 from lucid_assets.defs.sensors import work_queue_sensor
 from lucid_assets.keyring import Keyring
 from lucid_assets.settings import Settings
+from lucid_assets.verification import verify_stored
 from services.launcher import SERVICES, Platform
 from services.recorder.capture import SegmentWriter, open_encoder
 from tests.conftest import free_port
@@ -111,18 +111,19 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     assert state["chunks_stored"] == 3 and state["manifest_version"] == 1
 
     keyring = Keyring.load(settings)
-    dek = vault.store.data_key(sid, keyring)
     events = api.get(f"/sessions/{sid}/events").json()["items"]
+    report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events,
+                           registry_manifest_sha256=state["manifest_sha256"]).as_dict()
+    assert report["ok"], report["problems"]
+    assert {c["name"] for c in report["checks"] if c["ok"]} >= {"checkpoints", "audit_chain", "manifest_registry"}
+    cps = vault.store.checkpoints(sid)
+    assert [c["body"]["tree_size"] for c in cps] == [3]  # one batch, one checkpoint; the rerun added none
 
-    def check(read=lambda seq: vault.store.read_envelope(sid, seq), doc=None):
-        return verify_session(session_id=sid, manifest_doc=doc or json.loads(manifest_bytes),
-                              public_key=keyring.signing.public_key(), stored_seqs=vault.store.stored_seqs(sid),
-                              read_envelope=read, dek=dek, audit_rows=events).as_dict()
-
-    assert check()["ok"]
+    path = vault.store.envelope_path(sid, 1)
     damaged = bytearray(envelopes[1])
     damaged[200] ^= 0x04
-    report = check(read=lambda seq: bytes(damaged) if seq == 1 else envelopes[seq])
+    path.write_bytes(bytes(damaged))
+    report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events).as_dict()
     assert not report["ok"] and [c["seq"] for c in report["chunks"] if not c["ok"]] == [1]
     assert any("chunk 1: envelope hash differs" in p for p in report["problems"])
 

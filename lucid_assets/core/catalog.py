@@ -46,6 +46,7 @@ SESSIONS_SCHEMA = Schema(
     NestedField(13, "started_at", TimestamptzType(), required=False),
     NestedField(14, "stopped_at", TimestamptzType(), required=False),
     NestedField(15, "sealed_at", TimestamptzType(), required=True),
+    NestedField(16, "deleted_at", TimestamptzType(), required=False),
     identifier_field_ids=[1, 3],
 )
 

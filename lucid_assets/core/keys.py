@@ -99,6 +99,12 @@ def wrap_dek(kek: Kek, dek: bytes, session_id: uuid.UUID, *, nonce: bytes | None
 def unwrap_dek(keks: dict[str, Kek], wrapped: bytes, session_id: uuid.UUID) -> bytes:
     try:
         doc = json.loads(wrapped)
+        if json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() != wrapped:
+            raise ValueError("not canonical")
+        if set(doc) != {"v", "alg", "kek_id", "session_id", "nonce", "wrapped"}:
+            raise ValueError("unexpected fields")
+        if doc["v"] != WRAP_VERSION or doc["alg"] != "A256GCM":
+            raise ValueError("unsupported version or algorithm")
         kek_id, nonce, ct = doc["kek_id"], _unb64(doc["nonce"]), _unb64(doc["wrapped"])
     except (ValueError, KeyError, TypeError):
         raise KeyMaterialError("wrapped data key is malformed") from None

@@ -58,10 +58,13 @@ def verify_signature(doc: dict, public_key: Ed25519PublicKey) -> tuple[bool, str
 
 
 def build_manifest(*, session: dict, chunks: list[dict], merkle_root_hex: str, sealed_at: str,
-                   version: int = 1) -> dict:
+                   version: int = 1, checkpoint: dict | None = None, audit: dict | None = None) -> dict:
     """The manifest body. `chunks` are dicts with seq, envelope_sha256, raw_sha256, raw_size,
-    stored_size, duration_ms, compressed."""
+    stored_size, duration_ms, compressed; `checkpoint` links the last published checkpoint to the
+    sealed tree (core.checkpoint.link); `audit` is {"entries": n, "head": hash of entry n-1}."""
     return {
+        "checkpoint": checkpoint,
+        "audit": audit,
         "format": MANIFEST_FORMAT,
         "version": version,
         "session": session,

@@ -72,3 +72,53 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == expected_root
+
+
+def consistency_proof(m: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) from RFC 6962 section 2.1.2: proves the first m leaves are unchanged in D[n]."""
+    n = len(leaves)
+    if not 0 < m <= n:
+        raise ValueError(f"no consistency proof from size {m} to {n}")
+    return _subproof(m, [leaf_hash(x) for x in leaves], True)
+
+
+def _subproof(m: int, hashes: Sequence[bytes], complete: bool) -> list[bytes]:
+    n = len(hashes)
+    if m == n:
+        return [] if complete else [_root_of_hashes(hashes)]
+    k = _split(n)
+    if m <= k:
+        return _subproof(m, hashes[:k], complete) + [_root_of_hashes(hashes[k:])]
+    return _subproof(m - k, hashes[k:], False) + [_root_of_hashes(hashes[:k])]
+
+
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> bool:
+    """RFC 9162 section 2.1.4.2 consistency proof verification."""
+    if size1 < 1 or size2 < size1:
+        return False
+    if size1 == size2:
+        return not proof and root1 == root2
+    proof = list(proof)
+    if size1 & (size1 - 1) == 0:  # size1 is a power of two: its root is the first node
+        proof = [root1] + proof
+    if not proof:
+        return False
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == root1 and sr == root2

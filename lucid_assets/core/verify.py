@@ -1,19 +1,25 @@
 """Verification of a stored session: re-reads everything and reports what is wrong, chunk by chunk.
 
-Inputs are plain values and callables so the same code runs in the storage service, the CLI and
-the Dagster checks."""
+Inputs are plain values and callables so the same code runs in the storage service, the CLI, the
+Dagster checks and the tests. Checks: manifest readable and signed by this platform's key, for this
+session, and the one the registry recorded; sequence dense and complete; the store holds exactly
+the manifest's chunks; per chunk the envelope hash and size, the GCM tag (which also binds session
+and seq), and the plaintext hash; the Merkle root; every checkpoint's signature, its consistency
+proof from the previous one and its root against the sealed chunks; the audit chain and its head
+as signed in the manifest."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import audit, merkle
+from . import audit, checkpoint, merkle
 from .envelope import EnvelopeError, open_envelope
-from .manifest import verify_signature
+from .manifest import MANIFEST_FORMAT, verify_signature
 
 
 @dataclass
@@ -21,69 +27,108 @@ class Report:
     session_id: str
     checks: list[dict] = field(default_factory=list)
     chunks: list[dict] = field(default_factory=list)
-    status: str = "verified"  # verified | failed | shredded
+    shredded: bool = False
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append({"name": name, "ok": ok, "detail": detail})
         return ok
 
     @property
+    def problems(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]] + [
+            f"chunk {c['seq']}: {p}" for c in self.chunks for p in c["problems"]]
+
+    @property
+    def status(self) -> str:
+        if self.problems:
+            return "failed"
+        return "shredded" if self.shredded else "verified"
+
+    @property
     def ok(self) -> bool:
-        return self.status == "verified" and all(c["ok"] for c in self.checks) and all(
-            c["ok"] for c in self.chunks)
+        return self.status == "verified"
 
     def as_dict(self) -> dict:
-        problems = [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]] + [
-            f"chunk {c['seq']}: {p}" for c in self.chunks for p in c["problems"]]
-        status = self.status if self.status != "verified" or self.ok else "failed"
-        return {"session_id": self.session_id, "ok": self.ok, "status": status, "problems": problems,
+        return {"session_id": self.session_id, "ok": self.ok, "status": self.status, "problems": self.problems,
                 "checks": self.checks, "chunks": self.chunks}
 
 
+def _parse(manifest_bytes: bytes | None) -> tuple[dict | None, str | None]:
+    if manifest_bytes is None:
+        return None, "no signed manifest is stored for this session"
+    try:
+        doc = json.loads(manifest_bytes)
+        if not isinstance(doc, dict) or not isinstance(doc.get("body"), dict):
+            return None, "manifest has no body"
+        return doc, None
+    except (ValueError, UnicodeDecodeError):
+        return None, "manifest is not valid JSON (damaged)"
+
+
 def verify_session(
-    *, session_id: str, manifest_doc: dict | None, public_key: Ed25519PublicKey,
+    *, session_id: str, manifest_bytes: bytes | None, public_key: Ed25519PublicKey,
     stored_seqs: list[int], read_envelope: Callable[[int], bytes | None], dek: bytes | None,
-    audit_rows: list[dict] | None = None,
+    dek_error: str | None = None, audit_rows: list[dict] | None = None,
+    checkpoints: list[dict] | None = None, registry_manifest_sha256: str | None = None,
 ) -> Report:
     rep = Report(session_id=session_id)
     sid = uuid.UUID(session_id)
-    if manifest_doc is None:
-        rep.check("manifest", False, "no signed manifest is stored for this session")
+    doc, why = _parse(manifest_bytes)
+    if doc is None:
+        rep.check("manifest", False, why)
         return rep
-    ok, detail = verify_signature(manifest_doc, public_key)
+    ok, detail = verify_signature(doc, public_key)
     rep.check("signature", ok, detail)
-    body = manifest_doc.get("body", {})
-    entries = body.get("chunks", [])
-    rep.check("manifest_session", body.get("session", {}).get("id") == session_id,
-              f"manifest names session {body.get('session', {}).get('id')}")
-    seqs = [c.get("seq") for c in entries]
-    dense = seqs == list(range(len(seqs)))
-    rep.check("sequence", dense and body.get("chunk_count") == len(seqs),
-              "chunks 0..%d present in order" % (len(seqs) - 1) if dense else f"manifest seqs are not dense from 0: {seqs}")
-    extra = sorted(set(stored_seqs) - set(seqs))
-    missing_in_store = sorted(set(seqs) - set(stored_seqs))
-    rep.check("store_listing", not extra and not missing_in_store,
-              "store holds exactly the manifest's chunks" if not extra and not missing_in_store else
-              f"store has extra chunks {extra} and lacks {missing_in_store}")
-    if dek is None:
-        rep.status = "shredded"
-        rep.check("data_key", True, "the session's data key was destroyed (crypto-shredded); "
-                  "contents are unrecoverable by design, storage hashes still checked")
+    body = doc["body"]
+    rep.check("manifest_format", body.get("format") == MANIFEST_FORMAT, f"format {body.get('format')!r}")
+    named = (body.get("session") or {}).get("id")
+    rep.check("manifest_session", named == session_id, f"manifest names session {named}")
+    if registry_manifest_sha256 is not None:
+        sha = hashlib.sha256(manifest_bytes).hexdigest()
+        rep.check("manifest_registry", sha == registry_manifest_sha256,
+                  "manifest is the version the registry recorded" if sha == registry_manifest_sha256 else
+                  f"manifest sha256 {sha[:16]}… is not the recorded {registry_manifest_sha256[:16]}…")
+
+    deleted = any(r["entry"].get("to") == "deleted" for r in audit_rows or [])
+    entries = body.get("chunks") if isinstance(body.get("chunks"), list) else []
+    seqs = [c.get("seq") for c in entries if isinstance(c, dict)]
+    dense = seqs == list(range(len(entries)))
+    rep.check("sequence", dense and body.get("chunk_count") == len(entries),
+              f"chunks 0..{len(seqs) - 1} listed in order" if dense else f"manifest seqs are not dense from 0: {seqs}")
+
+    if dek is None and dek_error is None and deleted:
+        rep.shredded = True
+        rep.check("data_key", True, "crypto-shredded: the data key was destroyed when the session was deleted; "
+                                     "the contents are unrecoverable by design")
+    elif dek is None:
+        rep.check("data_key", False, dek_error or "the session's data key is missing, and the audit log records "
+                                                  "no deletion")
+    if not rep.shredded:
+        extra = sorted(set(stored_seqs) - set(seqs))
+        lacking = sorted(set(seqs) - set(stored_seqs))
+        rep.check("store_listing", not extra and not lacking,
+                  "the store holds exactly the manifest's chunks" if not extra and not lacking else
+                  f"store has unlisted chunks {extra}" * bool(extra) + " and " * bool(extra and lacking)
+                  + f"lacks chunks {lacking}" * bool(lacking))
+
     leaves: list[bytes] = []
     for entry in entries:
         seq = entry.get("seq")
+        try:
+            leaves.append(bytes.fromhex(entry.get("envelope_sha256", "")))
+        except (TypeError, ValueError):
+            leaves.append(b"")
+        if rep.shredded:
+            continue
         problems: list[str] = []
-        data = read_envelope(seq) if isinstance(seq, int) else None
+        data = read_envelope(seq) if isinstance(seq, int) and seq >= 0 else None
         if data is None:
             problems.append("envelope missing from the store")
-            leaves.append(bytes.fromhex(entry.get("envelope_sha256", "00" * 32)))
         else:
-            digest = hashlib.sha256(data).digest()
-            leaves.append(digest)
-            if digest.hex() != entry.get("envelope_sha256"):
-                problems.append("envelope hash differs from the manifest (envelope altered or replaced)")
+            if hashlib.sha256(data).hexdigest() != entry.get("envelope_sha256"):
+                problems.append("envelope hash differs from the manifest (altered, replaced or moved)")
             if len(data) != entry.get("stored_size"):
-                problems.append(f"envelope is {len(data)} bytes, manifest says {entry.get('stored_size')}")
+                problems.append(f"envelope is {len(data)} bytes, the manifest says {entry.get('stored_size')}")
             if dek is not None:
                 try:
                     _, raw = open_envelope(data, dek=dek, session_id=sid, seq=seq)
@@ -92,12 +137,30 @@ def verify_session(
                 except EnvelopeError as exc:
                     problems.append(f"envelope does not open: {exc}")
         rep.chunks.append({"seq": seq, "ok": not problems, "problems": problems})
+
+    mk = body.get("merkle") or {}
     root_hex = merkle.root(leaves).hex()
-    claimed = body.get("merkle", {}).get("root")
-    rep.check("merkle_root", root_hex == claimed,
-              f"root {root_hex} matches the manifest" if root_hex == claimed else
-              f"recomputed root {root_hex} != manifest root {claimed}")
+    rep.check("merkle_root", root_hex == mk.get("root") and mk.get("size") == len(leaves),
+              f"root {root_hex} over {len(leaves)} envelopes matches the manifest" if root_hex == mk.get("root")
+              else f"recomputed root {root_hex} differs from the manifest's {mk.get('root')}")
+
+    if checkpoints is not None:
+        problems = checkpoint.verify_chain(session_id, checkpoints, public_key, leaves)
+        last = checkpoints[-1].get("body", {}) if checkpoints else None
+        if last and not checkpoint.link_ok(body.get("checkpoint"), len(leaves), root_hex):
+            problems.append("the manifest's consistency proof from the last checkpoint does not verify")
+        if last and (body.get("checkpoint") or {}).get("tree_size") != last.get("tree_size"):
+            problems.append(f"the manifest links checkpoint {(body.get('checkpoint') or {}).get('tree_size')}, "
+                            f"the store's last is {last.get('tree_size')}")
+        rep.check("checkpoints", not problems,
+                  "; ".join(problems) or f"{len(checkpoints)} checkpoints consistent with the sealed tree")
+
     if audit_rows is not None:
         problems = audit.verify_chain(audit_rows)
-        rep.check("audit_chain", not problems, "; ".join(problems) or f"{len(audit_rows)} entries chained")
+        head = body.get("audit") or {}
+        n = head.get("entries")
+        if isinstance(n, int) and (n > len(audit_rows) or (n and audit_rows[n - 1]["hash"] != head.get("head"))):
+            problems.append(f"the first {n} audit entries are not the ones the manifest signed")
+        rep.check("audit_chain", not problems, "; ".join(problems) or f"{len(audit_rows)} entries chained"
+                  + (f", the first {n} as signed in the manifest" if n else ""))
     return rep

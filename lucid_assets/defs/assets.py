@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lucid_assets.core import catalog, envelope, merkle
+from lucid_assets.core import catalog, checkpoint, envelope, merkle
 from lucid_assets.core.manifest import build_manifest, canonical_json, sign, verify_signature
 
 from .partitions import sessions
@@ -72,6 +72,9 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict) -> dict:
 def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
                   vault: VaultResource) -> dg.MaterializeResult:
     sid = context.partition_key
+    session = pipeline.get(f"/sessions/{sid}")
+    if session["state"] in ("deleted", "created"):
+        raise dg.Failure(f"session {sid} is {session['state']}: nothing to store")
     chunks = pipeline.get(f"/sessions/{sid}/chunks")["items"]
     dek = vault.store.data_key(sid, vault.keyring, create=True)
     with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
@@ -85,14 +88,34 @@ def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
                            "compressed": row["compressed"]})
             newly += 1
         Path(chunk["path"]).unlink(missing_ok=True)  # durable and catalogued: staging can go
+    published = _publish_checkpoint(vault, sid, rows)
     raw, stored = sum(r["raw_size"] for r in rows), sum(r["stored_size"] for r in rows)
-    context.log.info(f"{len(rows)} chunks durable; {newly} newly stored, {appended} catalog rows appended")
+    context.log.info(f"{len(rows)} chunks durable; {newly} newly stored, {appended} catalog rows appended"
+                     + (f"; checkpoint {published['tree_size']} published" if published else ""))
     return dg.MaterializeResult(metadata={
         "chunk_count": len(rows), "newly_stored": newly, "catalog_rows_appended": appended,
+        "checkpoint_tree_size": published["tree_size"] if published else None,
+        "checkpoint_root": published["root"] if published else None,
         "raw_bytes": raw, "stored_bytes": stored,
         "compression_ratio": dg.MetadataValue.float(round(stored / raw, 4) if raw else 1.0),
         "compressed_chunks": sum(r["compressed"] for r in rows),
     })
+
+
+def _publish_checkpoint(vault: VaultResource, sid: str, rows: list[dict]) -> dict | None:
+    """Sign a checkpoint over the dense stored prefix when it grew since the last one."""
+    leaves = []
+    for i, r in enumerate(sorted(rows, key=lambda r: r["seq"])):
+        if r["seq"] != i:
+            break
+        leaves.append(bytes.fromhex(r["envelope_sha256"]))
+    existing = vault.store.checkpoints(sid)
+    previous = existing[-1]["body"] if existing else None
+    if not leaves or (previous and previous["tree_size"] >= len(leaves)):
+        return None
+    doc = checkpoint.publish(sid, leaves, datetime.now(timezone.utc).isoformat(), previous, vault.keyring.signing)
+    vault.store.write_checkpoint(sid, len(leaves), canonical_json(doc))
+    return doc["body"]
 
 
 def _session_header(session: dict) -> dict:
@@ -137,8 +160,13 @@ def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResour
     else:
         version = 1
     if not reused:
+        leaves = [bytes.fromhex(e["envelope_sha256"]) for e in entries]
+        cps = vault.store.checkpoints(sid)
+        events = pipeline.get(f"/sessions/{sid}/events")["items"]
         body = build_manifest(session=_session_header(session), chunks=entries, merkle_root_hex=root_hex,
-                              sealed_at=datetime.now(timezone.utc).isoformat(), version=version)
+                              sealed_at=datetime.now(timezone.utc).isoformat(), version=version,
+                              checkpoint=checkpoint.link(cps[-1]["body"] if cps else None, leaves),
+                              audit={"entries": len(events), "head": events[-1]["hash"] if events else None})
         doc = sign(body, signer)
         data = canonical_json(doc)
         if not vault.store.write_manifest(sid, version, data):

@@ -49,7 +49,8 @@ def to_dict(row: SessionRow, t: dict | None) -> dict:
         "retention_days": row.retention_days, "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at), "stopped_at": _iso(row.stopped_at), "sealed_at": _iso(row.sealed_at),
         "expected_chunks": row.expected_chunks, **t, "merkle_root": row.merkle_root,
-        "manifest_version": row.manifest_version, "failure_reason": row.failure_reason,
+        "manifest_version": row.manifest_version, "manifest_sha256": row.manifest_sha256,
+        "failure_reason": row.failure_reason,
     }
 
 

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import uuid
+from datetime import datetime, timezone
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from lucid_assets.core import catalog, envelope, keys
-from lucid_assets.core.verify import verify_session
+from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
+from lucid_assets.verification import verify_stored
 from services.common.app import make_app, peer_check, writable_dir_check
 from services.common.errors import ApiError, not_found
 from services.common.peers import call_sync
@@ -62,9 +64,12 @@ def create_app():
                                        "pipeline": peer_check(settings.pipeline_url)})
 
     def dek_of(sid: str) -> bytes:
-        dek = store.data_key(sid, keyring)
+        try:
+            dek = store.data_key(sid, keyring)
+        except keys.KeyMaterialError as exc:
+            raise ApiError(409, "key_unavailable", f"the data key of {sid} does not open: {exc}") from None
         if dek is None:
-            raise ApiError(410, "shredded", f"session {sid} has no data key (never stored or crypto-shredded)")
+            raise ApiError(410, "shredded", f"session {sid} has no data key (never stored, or crypto-shredded)")
         return dek
 
     @app.get("/sessions/{session_id}/chunks")
@@ -94,6 +99,33 @@ def create_app():
         headers["Content-Range"] = f"bytes {start}-{end}/{len(raw)}"
         return Response(raw[start:end + 1], status_code=206, media_type="video/mp2t", headers=headers)
 
+    @app.get("/sessions/{session_id}/chunks/{seq}/proof")
+    def proof(session_id: str, seq: int):
+        """Inclusion of chunk `seq` in the sealed manifest's tree or, while recording, in the latest
+        signed checkpoint that covers it."""
+        sid = _sid(session_id)
+        found = store.latest_manifest_doc(sid)
+        if found is not None and "_error" not in found:
+            anchor, signed = "manifest", found
+            leaves = [bytes.fromhex(c["envelope_sha256"]) for c in found["body"]["chunks"]]
+        else:
+            cps = [c for c in store.checkpoints(sid) if "_error" not in c and c["body"]["tree_size"] > seq]
+            if not cps:
+                raise not_found(f"no manifest or checkpoint of {sid} covers chunk {seq} yet")
+            anchor, signed = "checkpoint", cps[0]
+            rows = lake.rows(catalog.CHUNKS, sid)[: signed["body"]["tree_size"]]
+            leaves = [bytes.fromhex(r["envelope_sha256"]) for r in rows]
+        if not 0 <= seq < len(leaves):
+            raise not_found(f"chunk {seq} is not in the {anchor} of {sid} ({len(leaves)} chunks)")
+        root = merkle.root(leaves)
+        return {"session_id": sid, "seq": seq, "leaf": leaves[seq].hex(), "tree_size": len(leaves),
+                "root": root.hex(), "proof": [p.hex() for p in merkle.inclusion_proof(seq, leaves)],
+                "anchor": anchor, "signed": signed}
+
+    @app.get("/sessions/{session_id}/checkpoints")
+    def checkpoints(session_id: str):
+        return {"items": store.checkpoints(_sid(session_id))}
+
     @app.get("/sessions/{session_id}/manifest")
     def manifest(session_id: str):
         sid = _sid(session_id)
@@ -105,16 +137,27 @@ def create_app():
     @app.post("/sessions/{session_id}/verify")
     def verify(session_id: str):
         sid = _sid(session_id)
-        events = (call_sync("GET", f"{settings.pipeline_url}/sessions/{sid}/events"))["items"]
-        try:
-            dek = store.data_key(sid, keyring)
-        except keys.KeyMaterialError as exc:
-            raise ApiError(409, "key_unavailable", str(exc)) from None
-        report = verify_session(session_id=sid, manifest_doc=store.latest_manifest_doc(sid), public_key=public_key,
-                                stored_seqs=store.stored_seqs(sid),
-                                read_envelope=lambda seq: store.read_envelope(sid, seq), dek=dek,
-                                audit_rows=events)
+        session = call_sync("GET", f"{settings.pipeline_url}/sessions/{sid}")
+        events = call_sync("GET", f"{settings.pipeline_url}/sessions/{sid}/events")["items"]
+        report = verify_stored(store, keyring, public_key, sid, audit_rows=events,
+                               registry_manifest_sha256=session.get("manifest_sha256"))
         return report.as_dict()
+
+    @app.delete("/sessions/{session_id}/data")
+    def shred(session_id: str):
+        """Crypto-shred a session the pipeline has marked deleted: destroy its data key, remove its
+        envelopes and staging files, drop its chunk rows and stamp its catalog row. Idempotent."""
+        sid = _sid(session_id)
+        state = call_sync("GET", f"{settings.pipeline_url}/sessions/{sid}")["state"]
+        if state != "deleted":
+            raise ApiError(409, "not_deleted", f"session {sid} is {state}; delete it through the API first",
+                           state=state)
+        result = store.shred(sid)
+        staging = settings.recordings_path / sid
+        result["staging_removed"] = staging.exists()
+        shutil.rmtree(staging, ignore_errors=True)
+        result.update(lake.mark_deleted(sid, datetime.now(timezone.utc)))
+        return result
 
     @app.get("/keys/signing")
     def signing_key():

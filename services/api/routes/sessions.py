@@ -8,7 +8,7 @@ from lucid_assets.settings import get_settings
 from services.common.peers import call
 from services.common.schemas import CreateSession
 
-from ..auth import Principal, operator, viewer
+from ..auth import Principal, admin, operator, viewer
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 S = get_settings()
@@ -68,6 +68,28 @@ async def chunk_bytes(session_id: str, seq: int, request: Request, _: Principal 
     r = await call("GET", f"{S.storage_url}/sessions/{session_id}/chunks/{seq}", headers=headers, raw=True)
     passed = {k: v for k, v in r.headers.items() if k.lower() in ("content-range", "accept-ranges", "cache-control")}
     return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=passed)
+
+
+@router.get("/{session_id}/chunks/{seq}/proof", summary="Merkle inclusion proof of one chunk")
+async def chunk_proof(session_id: str, seq: int, _: Principal = Depends(viewer)):
+    await call("GET", f"{S.pipeline_url}/sessions/{session_id}")
+    return await call("GET", f"{S.storage_url}/sessions/{session_id}/chunks/{seq}/proof")
+
+
+@router.get("/{session_id}/checkpoints", summary="Signed checkpoints with consistency proofs, oldest first")
+async def checkpoints(session_id: str, _: Principal = Depends(viewer)):
+    await call("GET", f"{S.pipeline_url}/sessions/{session_id}")
+    return await call("GET", f"{S.storage_url}/sessions/{session_id}/checkpoints")
+
+
+@router.delete("/{session_id}", summary="Crypto-shred and delete a session (created, sealed or failed)")
+async def delete_session(session_id: str, who: Principal = Depends(admin)):
+    s = await call("GET", f"{S.pipeline_url}/sessions/{session_id}")
+    if s["state"] != "deleted":  # a repeated DELETE finishes an interrupted shred
+        s = await call("POST", f"{S.pipeline_url}/sessions/{session_id}/transitions",
+                       json={"event": "delete", "actor": who.actor})
+    shredded = await call("DELETE", f"{S.storage_url}/sessions/{session_id}/data")
+    return {**s, "shredded": shredded}
 
 
 @router.get("/{session_id}/manifest", summary="The signed manifest")
