@@ -80,7 +80,7 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources=resources)
         result = work_queue_sensor(ctx)
-        assert [r.partition_key for r in result.run_requests] == [sid]
+        assert [(r.partition_key, r.job_name) for r in result.run_requests] == [(sid, "seal_session")]
         assert result.run_requests[0].tags["lucid/session"] == sid
         assert result.dynamic_partitions_requests[0].partition_keys == [sid]
         ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
@@ -126,6 +126,20 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events).as_dict()
     assert not report["ok"] and [c["seq"] for c in report["chunks"] if not c["ok"]] == [1]
     assert any("chunk 1: envelope hash differs" in p for p in report["problems"])
+
+
+def test_live_chunks_become_store_batches(pipeline):
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
+    with dg.instance_for_test() as instance:
+        cursor = work_queue_sensor(dg.build_sensor_context(instance=instance, resources=resources)).cursor
+        sid = api.post("/sessions", json={"name": "live"}).json()["id"]
+        api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+        for seq in range(2):
+            api.post(f"/sessions/{sid}/chunks", json={"seq": seq, "sha256": f"{seq:064x}", "size": 1, "path": "/p"})
+        result = work_queue_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        assert [(r.partition_key, r.job_name, r.tags["lucid/reason"]) for r in result.run_requests] == [
+            (sid, "store_chunks", "chunks")]  # two chunks, one batch
 
 
 def test_failed_materialization_reports_why(pipeline, tmp_path):

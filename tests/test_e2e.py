@@ -32,8 +32,15 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
     started = admin.post(f"/v1/sessions/{sid}/start")
     assert started.status_code == 200, started.text
     assert started.json()["state"] == "recording" and started.json()["encoder"] == "libx264"
+    t0 = time.monotonic()
     time.sleep(seconds)
+    deadline = time.monotonic() + 60
+    while not admin.get(f"/v1/sessions/{sid}/checkpoints").json()["items"]:  # processed while recording
+        assert time.monotonic() < deadline, "no checkpoint was published while the session recorded"
+        time.sleep(0.5)
+    assert admin.get(f"/v1/sessions/{sid}").json()["state"] == "recording"
     stopped = admin.post(f"/v1/sessions/{sid}/stop")
+    recorded = time.monotonic() - t0
     assert stopped.status_code == 200, stopped.text
     assert stopped.json()["state"] in ("processing", "sealed")
 
@@ -69,7 +76,7 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
     with av.open(str(stream)) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == sum(c["frames"] for c in chunks)
-    assert abs(len(frames) / fps - seconds) < 1.5
+    assert abs(len(frames) / fps - recorded) < 1.5
     pts = [f.pts for f in frames]
     assert pts == sorted(pts) and len(set(pts)) == len(pts)
     assert frames[0].width == 320 and frames[0].height == 240
@@ -77,6 +84,11 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
     # Range requests on chunk bytes
     r = admin.get(f"/v1/sessions/{sid}/chunks/0", headers={"Range": "bytes=0-187"})
     assert r.status_code == 206 and len(r.content) == 188 and r.content[0] == 0x47  # MPEG-TS sync byte
+
+    cps = admin.get(f"/v1/sessions/{sid}/checkpoints").json()["items"]
+    sizes = [c["body"]["tree_size"] for c in cps]
+    assert sizes == sorted(set(sizes)) and sizes[-1] <= s["chunk_count"]
+    assert manifest_link(admin, sid)["tree_size"] == sizes[-1]
 
     events = [e["entry"]["event"] for e in admin.get(f"/v1/sessions/{sid}/events").json()["items"]]
     assert events == ["create", "start", "stop", "finalize", "manifest", "seal"]
@@ -87,3 +99,7 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
 
     staging = Path(platform.data_dir) / "recordings" / sid
     assert not list(staging.glob("*.ts")), "staging files are removed once stored and catalogued"
+
+
+def manifest_link(client, sid):
+    return client.get(f"/v1/sessions/{sid}/manifest").json()["body"]["checkpoint"]

@@ -60,7 +60,8 @@ def test_full_lifecycle_and_refusals(pipeline):
     assert chain_ok(c, sid) == ["create", "start", "pause", "resume", "stop", "finalize", "fail", "manifest",
                                 "retry", "seal"]
     work = c.get("/work").json()["items"]
-    assert [(w["reason"], w["up_to_seq"]) for w in work if w["session_id"] == sid] == [("final", 1), ("retry", 1)]
+    assert [(w["reason"], w["up_to_seq"]) for w in work if w["session_id"] == sid] == [
+        ("chunks", 0), ("chunks", 1), ("final", 1), ("retry", 1)]
     late = c.post(f"/sessions/{sid}/chunks", json={"seq": 5, "sha256": "f" * 64, "size": 1, "path": "/y"})
     assert late.status_code == 409 and late.json()["state"] == "sealed"
 

@@ -6,3 +6,9 @@ seal_session = dg.define_asset_job(
     "seal_session", selection=dg.AssetSelection.assets(stored_chunks, session_manifest),
     description="Store every registered chunk of a session, then build and sign its manifest.",
 )
+
+store_chunks = dg.define_asset_job(
+    "store_chunks", selection=dg.AssetSelection.assets(stored_chunks),
+    description="Live batch while a session records: store the chunks registered so far and publish a "
+                "signed checkpoint.",
+)

@@ -2,32 +2,45 @@
 
 import dagster as dg
 
-from .jobs import seal_session
+from .jobs import seal_session, store_chunks
 from .partitions import sessions
 from .resources import PipelineError, PipelineResource
 
 SESSION_TAG = "lucid/session"
 
 
-@dg.sensor(job=seal_session, minimum_interval_seconds=5, default_status=dg.DefaultSensorStatus.RUNNING,
+WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+
+
+@dg.sensor(jobs=[seal_session, store_chunks], minimum_interval_seconds=5,
+           default_status=dg.DefaultSensorStatus.RUNNING,
            description="Reads the pipeline's work queue by cursor, adds session partitions and requests one "
-                       "run per session batch (run key session:seq:item).")
+                       "run per session batch (run key session:seq:item): store_chunks while recording, "
+                       "seal_session once finalized. A batch already waiting to start absorbs newer chunks.")
 def work_queue_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
     after = int(context.cursor or 0)
     items = pipeline.get("/work", after=after, limit=500)["items"]
     if not items:
         return dg.SkipReason(f"no work after item {after}")
     latest: dict[str, dict] = {}
+    sealing: set[str] = set()
     for item in items:  # one run per session per tick, for the newest item
         latest[item["session_id"]] = item
+        if item["reason"] != "chunks":
+            sealing.add(item["session_id"])
+    requests = []
+    for sid, it in latest.items():
+        if sid not in sealing and context.instance.get_runs(
+                dg.RunsFilter(tags={SESSION_TAG: sid}, statuses=WAITING), limit=1):
+            continue  # a batch for this session has not started yet: it will read these chunks too
+        requests.append(dg.RunRequest(
+            partition_key=sid, run_key=f"{sid}:{it['up_to_seq']}:w{it['id']}",
+            job_name=(seal_session if sid in sealing else store_chunks).name,
+            tags={SESSION_TAG: sid, "lucid/reason": "final" if sid in sealing else "chunks"}))
     known = set(context.instance.get_dynamic_partitions(sessions.name))
     new = sorted(set(latest) - known)
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(partition_key=sid, run_key=f"{sid}:{it['up_to_seq']}:w{it['id']}",
-                          tags={SESSION_TAG: sid, "lucid/reason": it["reason"]})
-            for sid, it in latest.items()
-        ],
+        run_requests=requests,
         dynamic_partitions_requests=[sessions.build_add_request(new)] if new else [],
         cursor=str(items[-1]["id"]),
     )

@@ -141,6 +141,8 @@ def register_chunk(s: Session, row: SessionRow, c: RegisterChunk) -> tuple[Chunk
                        f"not while {row.state}", state=row.state)
     chunk = ChunkRow(session_id=row.id, **c.model_dump())
     s.add(chunk)
+    if row.state != states.State.FINALIZING:  # live processing; the final batch is queued by finalize
+        s.add(WorkItem(session_id=row.id, up_to_seq=c.seq, reason="chunks"))
     return chunk, True
 
 
