@@ -140,6 +140,29 @@ def cmd_verify(args) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_keys(args) -> int:
+    from lucid_assets.keyring import Keyring, prune_retired, rotate_kek
+    from lucid_assets.store import ChunkStore
+
+    s = Settings(data_dir=Path(args.data_dir))
+    store = ChunkStore(s.chunk_store_path)
+    if args.action == "rotate":
+        old, new = rotate_kek(s)
+        print(f"lucid: new active key-encryption key {new}; {old} retired to {s.keyring_path} (still readable)")
+    keyring = Keyring.load(s, with_signing=False)
+    if args.action in ("rotate", "rewrap"):
+        sessions = store.sessions()
+        n = sum(store.rewrap(sid, keyring) for sid in sessions)
+        print(f"lucid: rewrapped {n} of {len(sessions)} session data keys under {keyring.active.key_id}")
+    in_use = {k for sid in store.sessions() if (k := store.dek_kek_id(sid))}
+    if args.action == "prune":
+        for path in prune_retired(s, in_use):
+            print(f"lucid: deleted retired key {path.name} (no data key uses it)")
+    print(f"lucid: data keys by KEK: " + ", ".join(
+        f"{k}={sum(store.dek_kek_id(sid) == k for sid in store.sessions())}" for k in sorted(in_use)) or "none")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lucid", description="Lucid Sessions")
     p.add_argument("--data-dir", default=os.environ.get("LUCID_DATA_DIR", "data"))
@@ -159,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--chunk-seconds", type=int, default=10)
     demo.add_argument("--timeout", type=float, default=300)
     sub.choices["verify"].add_argument("session")
+    keys_p = sub.add_parser("keys", help="rotate the key-encryption key, rewrap data keys, prune retired keys")
+    keys_p.add_argument("action", choices=["rotate", "rewrap", "prune", "status"])
+    keys_p.set_defaults(fn=cmd_keys)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -99,6 +99,15 @@ def create_app():
         headers["Content-Range"] = f"bytes {start}-{end}/{len(raw)}"
         return Response(raw[start:end + 1], status_code=206, media_type="video/mp2t", headers=headers)
 
+    @app.get("/sessions/{session_id}/chunks/{seq}/envelope")
+    def raw_envelope(session_id: str, seq: int):
+        """The stored envelope as it is: what an auditor hashes to check storage without any key."""
+        sid = _sid(session_id)
+        data = store.read_envelope(sid, seq)
+        if data is None:
+            raise not_found(f"chunk {seq} of session {sid} is not stored")
+        return Response(data, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
     @app.get("/sessions/{session_id}/chunks/{seq}/proof")
     def proof(session_id: str, seq: int):
         """Inclusion of chunk `seq` in the sealed manifest's tree or, while recording, in the latest

@@ -70,6 +70,14 @@ async def chunk_bytes(session_id: str, seq: int, request: Request, _: Principal 
     return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=passed)
 
 
+@router.get("/{session_id}/chunks/{seq}/envelope", summary="The encrypted envelope as stored (for key-less audits)",
+            response_class=Response)
+async def chunk_envelope(session_id: str, seq: int, _: Principal = Depends(viewer)):
+    await call("GET", f"{S.pipeline_url}/sessions/{session_id}")
+    r = await call("GET", f"{S.storage_url}/sessions/{session_id}/chunks/{seq}/envelope", raw=True)
+    return Response(r.content, media_type="application/octet-stream")
+
+
 @router.get("/{session_id}/chunks/{seq}/proof", summary="Merkle inclusion proof of one chunk")
 async def chunk_proof(session_id: str, seq: int, _: Principal = Depends(viewer)):
     await call("GET", f"{S.pipeline_url}/sessions/{session_id}")
