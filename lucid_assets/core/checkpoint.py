@@ -63,6 +63,8 @@ def verify_chain(session_id: str, docs: Sequence[dict], public_key: Ed25519Publi
         if not isinstance(size, int) or not 0 < size <= len(leaves):
             problems.append(f"{name}: tree size outside the sealed tree of {len(leaves)}")
             continue
+        if prev is None and body.get("previous") is not None:
+            problems.append(f"{name}: links checkpoint {body['previous'].get('tree_size')}, which is missing")
         if prev is not None:
             want = {"tree_size": prev["tree_size"], "root": prev["root"]}
             got = body.get("previous") or {}
