@@ -97,8 +97,9 @@ def compress(raw: bytes, level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
 def seal(
     raw: bytes, *, dek: bytes, session_id: uuid.UUID, seq: int, key_version: int = 1,
     nonce: bytes | None = None, compression: bool = True,
-) -> bytes:
-    """Compress (when it pays) and encrypt one chunk into a self-describing envelope."""
+) -> bytearray:
+    """Compress (when it pays) and encrypt one chunk into a self-describing envelope. The
+    ciphertext is written straight after the header in one buffer (no copy of the chunk)."""
     payload, flags = compress(raw) if compression else (raw, 0)
     header = Header(
         session_id=session_id, seq=seq, key_version=key_version, raw_len=len(raw),
@@ -108,13 +109,17 @@ def seal(
     if len(header.nonce) != NONCE_LEN:
         raise ValueError("nonce must be 12 bytes")
     aad = header.pack()
-    return aad + AESGCM(dek).encrypt(header.nonce, payload, aad)
+    out = bytearray(HEADER_LEN + len(payload) + TAG_LEN)
+    out[:HEADER_LEN] = aad
+    AESGCM(dek).encrypt_into(header.nonce, payload, aad, memoryview(out)[HEADER_LEN:])
+    return out
 
 
 def open_envelope(
     data: bytes, *, dek: bytes, session_id: uuid.UUID | None = None, seq: int | None = None
-) -> tuple[Header, bytes]:
-    """Authenticate, decrypt and decompress an envelope; checks its claimed position if given."""
+) -> tuple[Header, bytes | bytearray]:
+    """Authenticate, decrypt and decompress an envelope; checks its claimed position if given.
+    The chunk comes back as bytes-like (an uncompressed payload is not copied again)."""
     header = parse_header(data)
     if session_id is not None and header.session_id != session_id:
         raise EnvelopeError(f"envelope belongs to session {header.session_id}, not {session_id}")
@@ -123,17 +128,20 @@ def open_envelope(
     expected = HEADER_LEN + header.payload_len + TAG_LEN
     if len(data) != expected:
         raise EnvelopeError(f"envelope is {len(data)} bytes, header says {expected}")
+    view = memoryview(data)
+    payload = bytearray(header.payload_len)
     try:
-        payload = AESGCM(dek).decrypt(header.nonce, data[HEADER_LEN:], data[:HEADER_LEN])
+        AESGCM(dek).decrypt_into(header.nonce, view[HEADER_LEN:], bytes(view[:HEADER_LEN]), payload)
     except InvalidTag:
         raise EnvelopeError("authentication tag mismatch: wrong key or damaged envelope") from None
     if header.compressed:
         try:
             raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.raw_len)
+            if len(raw) != header.raw_len:
+                raise EnvelopeError(f"chunk is {len(raw)} bytes, header says {header.raw_len}")
+            return header, raw
         except zstandard.ZstdError as exc:
             raise EnvelopeError(f"zstd payload does not decompress: {exc}") from None
-    else:
-        raw = payload
-    if len(raw) != header.raw_len:
-        raise EnvelopeError(f"chunk is {len(raw)} bytes, header says {header.raw_len}")
-    return header, raw
+    if len(payload) != header.raw_len:
+        raise EnvelopeError(f"chunk is {len(payload)} bytes, header says {header.raw_len}")
+    return header, payload

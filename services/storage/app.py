@@ -93,11 +93,12 @@ def create_app():
             raise ApiError(409, "chunk_damaged", f"chunk {seq} failed authentication and is not served: {exc}") from None
         rng = parse_range(request.headers.get("range"), len(raw))
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        body = memoryview(raw)
         if rng is None:
-            return Response(raw, media_type="video/mp2t", headers=headers)
+            return Response(body, media_type="video/mp2t", headers=headers)
         start, end = rng
         headers["Content-Range"] = f"bytes {start}-{end}/{len(raw)}"
-        return Response(raw[start:end + 1], status_code=206, media_type="video/mp2t", headers=headers)
+        return Response(body[start:end + 1], status_code=206, media_type="video/mp2t", headers=headers)
 
     @app.get("/sessions/{session_id}/chunks/{seq}/envelope")
     def raw_envelope(session_id: str, seq: int):
