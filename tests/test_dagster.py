@@ -158,3 +158,22 @@ def test_failed_materialization_reports_why(pipeline, tmp_path):
         assert not result.success
         failure = result.get_step_failure_events()[0].event_specific_data.error.message
         assert "staging file" in failure and "is gone" in failure
+
+
+def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
+    from lucid_assets.defs.maintenance import rotate_data_keys
+    from lucid_assets.keyring import prune_retired, rotate_kek
+
+    settings = Settings(data_dir=tmp_path, generate_keys=True)
+    vault = VaultResource.from_settings(settings)
+    sids = [str(uuid.uuid4()) for _ in range(3)]
+    deks = {sid: vault.store.data_key(sid, vault.keyring, create=True) for sid in sids}
+    old_id = vault.keyring.active.key_id
+    _, new_id = rotate_kek(settings)
+    result = rotate_data_keys.execute_in_process(resources={"vault": VaultResource.from_settings(settings)})
+    assert result.success
+    assert {vault.store.dek_kek_id(sid) for sid in sids} == {new_id} != {old_id}
+    assert [p.name for p in prune_retired(settings, {new_id})] == [f"{old_id}.key"]
+    fresh = Keyring.load(settings)
+    assert old_id not in fresh.keks
+    assert {sid: vault.store.data_key(sid, fresh) for sid in sids} == deks  # same DEKs, new wrapping

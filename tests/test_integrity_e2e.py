@@ -119,3 +119,30 @@ def test_delete_refused_while_recording(admin):
         assert r.status_code == 409 and r.json()["state"] == "recording"
     finally:
         admin.post(f"/v1/sessions/{sid}/stop")
+
+
+def test_no_secret_reaches_a_log_or_a_response(platform, admin):
+    """Runs after the sessions above: the master key, the data keys and the API keys appear in no
+    service or Dagster log, and no API response carries key material."""
+    data = Path(platform.data_dir)
+    secrets = {"test-admin-key-0123456789abcdef"}
+    secrets |= {p.read_text().strip() for p in (data / "keys").rglob("*.key")}
+    from lucid_assets.keyring import Keyring
+    from lucid_assets.store import ChunkStore
+    import base64
+    keyring, store = Keyring.load(Settings(data_dir=data), with_signing=False), ChunkStore(data / "chunks")
+    deks = [store.data_key(sid, keyring) for sid in store.sessions() if store.dek_kek_id(sid)]
+    assert deks
+    secrets |= {d.hex() for d in deks} | {base64.b64encode(d).decode() for d in deks}
+    signing_pem = (data / "keys" / "signing.key").read_text()
+    secrets |= {line for line in signing_pem.splitlines() if line and not line.startswith("-----")}
+    logs = [p for p in data.rglob("*") if p.is_file() and (p.suffix == ".log" or "compute_logs" in str(p)
+                                                              or p.parent.name == "logs")]
+    assert logs
+    for p in logs:
+        text = p.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a secret appears in {p}"
+    listing = admin.get("/v1/sessions", params={"limit": 500}).text + admin.get("/v1/api-keys").text
+    for secret in secrets:
+        assert secret not in listing
