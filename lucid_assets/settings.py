@@ -39,6 +39,8 @@ class Settings(BaseSettings):
 
     api_key: SecretStr | None = None  # the first admin key, if the operator wants to choose it
     chunk_seconds: int = 10
+    encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins
+    url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
     max_chunk_bytes: int = 512 * 1024 * 1024
     process_workers: int = 2
 
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     @property
     def chunk_store_path(self) -> Path:
         return Path(self._d(self.chunk_store, "chunks")).resolve()
+
+    @property
+    def encoder_order(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.encoders.split(",") if e.strip())
+
+    @property
+    def file_roots(self) -> list[Path]:
+        return [Path(p) for p in self.url_file_roots.split(":") if p]
 
     @property
     def recordings_path(self) -> Path:

@@ -3,7 +3,7 @@ and again by the owner of the data)."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,19 +15,44 @@ class Strict(BaseModel):
 
 
 class PatternSource(Strict):
+    """FFmpeg's synthetic test pattern (lavfi), paced to real time: demos and tests."""
     kind: Literal["testsrc"] = "testsrc"
     pattern: Literal["testsrc", "testsrc2", "smptebars", "rgbtestsrc"] = "testsrc"
 
 
-Source = PatternSource  # x11, url and push arrive with the recorder issue
+class X11Source(Strict):
+    """An X display (e.g. an xrdp session's) captured with x11grab, cursor included."""
+    kind: Literal["x11"]
+    display: str = Field(..., pattern=r"^[A-Za-z0-9._\-]*:\d{1,4}(\.\d{1,2})?$", examples=[":10.0"])
+    offset_x: int = Field(0, ge=0, le=16384)
+    offset_y: int = Field(0, ge=0, le=16384)
+    capture_width: int | None = Field(None, ge=16, le=16384, description="default: the video width")
+    capture_height: int | None = Field(None, ge=16, le=16384, description="default: the video height")
+    draw_mouse: bool = True
+
+
+class UrlSource(Strict):
+    """Anything FFmpeg opens: a file under LUCID_URL_FILE_ROOTS, http(s)://, rtsp://, rtmp://, srt://."""
+    kind: Literal["url"]
+    url: str = Field(..., min_length=1, max_length=4096)
+    realtime: bool = Field(True, description="read files at their own speed (like ffmpeg -re)")
+
+
+class PushSource(Strict):
+    """An external agent uploads the chunks itself: PUT /v1/sessions/{id}/chunks/{seq}."""
+    kind: Literal["push"]
+
+
+Source = Annotated[Union[PatternSource, X11Source, UrlSource, PushSource], Field(discriminator="kind")]
 
 
 class Video(Strict):
     width: int = Field(1280, ge=64, le=3840, multiple_of=2)
     height: int = Field(720, ge=64, le=2160, multiple_of=2)
     fps: int = Field(30, ge=1, le=60)
-    encoders: list[Literal["libx264", "h264_v4l2m2m", "h264_nvenc"]] = Field(
-        default_factory=lambda: ["libx264"], min_length=1)
+    encoders: list[Literal["libx264", "h264_v4l2m2m", "h264_nvenc"]] | None = Field(
+        None, min_length=1, description="preference order; default LUCID_ENCODERS "
+                                        "(h264_v4l2m2m, h264_nvenc, libx264): the first that opens is used")
 
 
 class CreateSession(Strict):

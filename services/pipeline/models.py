@@ -32,6 +32,7 @@ class SessionRow(SQLModel, table=True):
     manifest_version: int | None = None
     manifest_sha256: str | None = None
     failure_reason: str | None = None
+    end_reason: str | None = None  # why the recording ended: operator stop, source ended, recorder restart
 
 
 class ChunkRow(SQLModel, table=True):

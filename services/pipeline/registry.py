@@ -50,7 +50,7 @@ def to_dict(row: SessionRow, t: dict | None) -> dict:
         "started_at": _iso(row.started_at), "stopped_at": _iso(row.stopped_at), "sealed_at": _iso(row.sealed_at),
         "expected_chunks": row.expected_chunks, **t, "merkle_root": row.merkle_root,
         "manifest_version": row.manifest_version, "manifest_sha256": row.manifest_sha256,
-        "failure_reason": row.failure_reason,
+        "failure_reason": row.failure_reason, "end_reason": row.end_reason,
     }
 
 
@@ -100,6 +100,7 @@ def _apply(s: Session, row: SessionRow, event: str, new: states.State, t: Transi
             row.encoder = detail["encoder"] = t.encoder
     elif event == "stop":
         row.stopped_at = ts
+        row.end_reason = t.reason or "stopped"
     elif event == "finalize":
         n = t.expected_chunks
         if n is None:

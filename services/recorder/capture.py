@@ -2,9 +2,16 @@
 
 One encoder runs for the whole session with running timestamps; every segment is its own MPEG-TS
 file that starts with an IDR frame, so each decodes alone and their byte concatenation is the
-recording. A segment is written under a temporary name, fsynced, renamed, then registered."""
+recording. A segment is written under a temporary name, fsynced, renamed, then registered.
+
+Timestamps: frame i of the recording has pts = round(recording time x fps), where recording time is
+the wall clock since the first frame minus the time spent paused (a file read as fast as possible
+uses its own timestamps instead). A source faster than the frame rate is thinned; a gap (the
+source stalled, or the encoder fell behind) is a real gap in pts and is counted as dropped frames.
+Pause produces no frames and leaves no hole: the clock stops with it."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -12,18 +19,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 from av.video.frame import PictureType
 
+from .sources import Source, SourceError, open_source
+
 log = logging.getLogger("lucid.recorder")
-
-
-class SourceError(Exception):
-    """The source did not open or could not be encoded."""
+DEFAULT_ENCODERS = ("h264_v4l2m2m", "h264_nvenc", "libx264")
 
 
 @dataclass
@@ -43,39 +49,51 @@ class Stats:
     frames_encoded: int = 0
     segments: int = 0
     last_write_ms: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
-def open_source(source: dict, video: dict):
-    kind = source.get("kind")
-    if kind == "testsrc":
-        w, h, fps = video["width"], video["height"], video["fps"]
-        spec = f"{source.get('pattern', 'testsrc')}=size={w}x{h}:rate={fps},format=yuv420p"
-        try:
-            return av.open(spec, format="lavfi")
-        except av.FFmpegError as exc:
-            raise SourceError(f"testsrc did not open: {exc}") from None
-    raise SourceError(f"source kind {kind!r} is not supported by this recorder")
+class CaptureEnded(Exception):
+    """Why a capture stopped on its own: the kind says what the session does next."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason  # kind: "source_ended" | "failed"
 
 
-def open_encoder(video: dict, gop: int) -> av.CodecContext:
+def open_encoder(video: dict, gop: int, order: tuple[str, ...] = DEFAULT_ENCODERS,
+                 threads: int = 0) -> av.CodecContext:
     """The first encoder of the preference list that opens here."""
     tried = []
-    for name in video.get("encoders") or ["libx264"]:
+    for name in video.get("encoders") or order:
         try:
             cc = av.CodecContext.create(name, "w")
             cc.width, cc.height, cc.pix_fmt = video["width"], video["height"], "yuv420p"
             cc.time_base = Fraction(1, video["fps"])
             cc.framerate = Fraction(video["fps"], 1)
-            cc.gop_size = gop
+            cc.gop_size = gop * 4  # segments start at forced IDR frames; this is only a backstop
+            if threads:
+                cc.thread_count = threads
             if name == "libx264":
                 cc.options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1",
-                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+                              "x264-params": f"keyint={gop * 4}:min-keyint=1:scenecut=0"}
+            elif name == "h264_nvenc":
+                cc.options = {"preset": "p1", "tune": "ll", "forced-idr": "1", "zerolatency": "1"}
             cc.open()
             return cc
-        except (av.FFmpegError, ValueError) as exc:
+        except (av.FFmpegError, ValueError, OSError) as exc:
             tried.append(f"{name}: {exc}")
     raise SourceError("no encoder opened (" + "; ".join(tried) + ")")
+
+
+def probe_encoders(order: tuple[str, ...] = DEFAULT_ENCODERS) -> dict[str, str]:
+    """Which encoders of the preference list open on this machine (a 64x64 trial each)."""
+    out = {}
+    for name in order:
+        try:
+            open_encoder({"width": 64, "height": 64, "fps": 10, "encoders": [name]}, 10)
+            out[name] = "available"
+        except SourceError as exc:
+            out[name] = str(exc).split(": ", 1)[-1].rstrip(")")
+    return out
 
 
 def fsync_dir(path: Path) -> None:
@@ -86,6 +104,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def finish_file(tmp: Path, final: Path) -> None:
+    """fsync, rename into place, fsync the directory: the segment is durable under its final name."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:08d}.ts"
+
+
 class SegmentWriter:
     def __init__(self, directory: Path, codec: av.CodecContext, fps: int, on_segment: Callable[[Segment], None]):
         self.dir, self.codec, self.fps, self.on_segment = directory, codec, fps, on_segment
@@ -93,16 +123,13 @@ class SegmentWriter:
         self.seq = 0
         self.container = self.stream = self.tmp = None
         self.frames = 0
-        self.stats_write_ms = 0.0
-
-    def final_path(self, seq: int) -> Path:
-        return self.dir / f"{seq:08d}.ts"
+        self.first_pts = self.last_pts = 0
+        self.write_ms = 0.0
 
     def _open(self) -> None:
-        self.tmp = self.dir / f".{self.seq:08d}.ts.partial"
+        self.tmp = self.dir / f".{segment_name(self.seq)}.partial"
         self.container = av.open(str(self.tmp), "w", format="mpegts")
-        self.stream = self.container.add_stream(self.codec.name if self.codec.name != "libx264" else "h264",
-                                                rate=self.fps)
+        self.stream = self.container.add_stream("h264", rate=self.fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.codec.width, self.codec.height, "yuv420p"
         self.frames = 0
 
@@ -111,51 +138,71 @@ class SegmentWriter:
             return
         t0 = time.perf_counter()
         self.container.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        final = self.final_path(self.seq)
-        os.rename(self.tmp, final)
-        fsync_dir(self.dir)
-        data = final.read_bytes()
-        seg = Segment(self.seq, final, hashlib.sha256(data).hexdigest(), len(data), self.frames,
-                      self.frames * 1000 // self.fps)
-        self.stats_write_ms = (time.perf_counter() - t0) * 1000
         self.container = None
+        final = self.dir / segment_name(self.seq)
+        finish_file(self.tmp, final)
+        data = final.read_bytes()
+        span = self.last_pts - self.first_pts + 1
+        seg = Segment(self.seq, final, hashlib.sha256(data).hexdigest(), len(data), self.frames,
+                      span * 1000 // self.fps)
+        self.write_ms = (time.perf_counter() - t0) * 1000
         self.seq += 1
         self.on_segment(seg)
+
+    def discard(self) -> None:
+        """Drop the segment being written (after a failure): it is never registered."""
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:  # the file is being thrown away; its close may fail the same way
+                pass
+            self.container = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
     def write(self, packet: av.Packet) -> None:
         if packet.is_keyframe and (self.container is None or self.frames > 0):
             self.close_segment()
             self._open()
+            self.first_pts = packet.pts
         if self.container is None:  # the encoder's first packet is always a keyframe
             raise SourceError("encoder produced a non-keyframe first packet")
         packet.stream = self.stream
         self.container.mux(packet)
         self.frames += 1
+        self.last_pts = packet.pts
+
+
+def _reason(exc: BaseException) -> CaptureEnded:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CaptureEnded("failed", f"disk full while writing a segment ({exc.strerror})")
+    if isinstance(exc, av.FFmpegError) and getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return CaptureEnded("failed", "disk full while writing a segment")
+    return CaptureEnded("failed", f"capture failed: {type(exc).__name__}: {exc}")
 
 
 class Capture:
     """One session's capture thread plus a registrar thread that hands segments to the pipeline."""
 
     def __init__(self, session: dict, directory: Path, register: Callable[[Segment], None],
-                 on_failure: Callable[[str], None]):
+                 on_end: Callable[[CaptureEnded], None], *, encoders: tuple[str, ...] = DEFAULT_ENCODERS,
+                 file_roots: list[Path] | None = None):
         self.session = session
         self.video = session["video"]
         self.fps = self.video["fps"]
         self.gop = self.fps * session["chunk_seconds"]
         self.dir = directory
-        self.register, self.on_failure = register, on_failure
+        self.register, self.on_end = register, on_end
         self.stats = Stats()
         self.stop_event, self.abort_event = threading.Event(), threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
         self.registered: list[Segment] = []
-        self.error: str | None = None
+        self.ended: CaptureEnded | None = None
         self._queue: queue.Queue[Segment | None] = queue.Queue()
-        self.source = open_source(session["source"], self.video)
+        self.source: Source = open_source(session["source"], self.video, file_roots=file_roots)
         try:
-            self.codec = open_encoder(self.video, self.gop)
+            self.codec = open_encoder(self.video, self.gop, encoders)
         except SourceError:
             self.source.close()
             raise
@@ -174,64 +221,100 @@ class Capture:
     def resume(self) -> None:
         self.resume_event.set()
 
-    def stop(self, timeout: float = 60) -> list[Segment]:
+    def stop(self, timeout: float = 120) -> list[Segment]:
         """Stop, flush the last segment, and wait until every segment is registered."""
         self.stop_event.set()
         self.resume_event.set()
         self._thread.join(timeout)
         self._registrar.join(timeout)
-        if self.error:
-            raise SourceError(self.error)
+        if self.ended and self.ended.kind == "failed":
+            raise SourceError(self.ended.reason)
         return self.registered
 
     def close(self) -> None:
         """Release the source without recording (a start that was refused)."""
         self.source.close()
 
+    def _stopping(self) -> bool:
+        return self.stop_event.is_set() or self.abort_event.is_set()
+
     def _run(self) -> None:
         writer = SegmentWriter(self.dir, self.codec, self.fps, self._queue.put)
-        interval = 1.0 / self.fps
-        n = 0
+        w, h = self.video["width"], self.video["height"]
+        src = self.source
+        last = -1
+        next_key = 0
+        t0: float | None = None
+        first_time: float | None = None
+        paused_total = 0.0
         try:
-            frames = self.source.decode(video=0)
-            next_t = time.monotonic()
-            while not (self.stop_event.is_set() or self.abort_event.is_set()):
-                if not self.resume_event.is_set():
-                    self.resume_event.wait()
-                    next_t = time.monotonic()
-                    continue
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    self.error = "the source ended"
-                    break
-                self.stats.frames_captured += 1
-                now = time.monotonic()
-                if now < next_t:
-                    time.sleep(next_t - now)
-                elif now - next_t > interval:  # behind real time: drop rather than drift
-                    self.stats.frames_dropped += 1
-                    next_t += interval
-                    continue
-                next_t += interval
-                frame.pts, frame.time_base = n, Fraction(1, self.fps)
-                frame.pict_type = PictureType.I if n % self.gop == 0 else PictureType.NONE
-                for packet in self.codec.encode(frame):
-                    writer.write(packet)
-                n += 1
-                self.stats.frames_encoded = n
+            frames = iter(src.frames())
+            try:
+                for frame in frames:
+                    if self._stopping():
+                        break
+                    if not self.resume_event.is_set():
+                        pause_start = time.monotonic()
+                        if src.synthetic or src.source_clock:
+                            self.resume_event.wait()
+                        while not self.resume_event.is_set() and not self._stopping():
+                            next(frames, None)  # a live source keeps flowing while paused: discard
+                        paused_total += time.monotonic() - pause_start
+                        continue
+                    self.stats.frames_captured += 1
+                    if src.source_clock:
+                        if frame.time is None:
+                            continue
+                        first_time = frame.time if first_time is None else first_time
+                        t = frame.time - first_time
+                    else:
+                        now = time.monotonic()
+                        if t0 is None:
+                            t0 = now
+                        if src.synthetic:
+                            due = t0 + paused_total + (last + 1) / self.fps
+                            if now < due:
+                                time.sleep(due - now)
+                                now = due
+                        t = now - t0 - paused_total
+                    idx = round(t * self.fps)
+                    if idx <= last:
+                        continue  # the source is faster than the frame rate
+                    self.stats.frames_dropped += idx - last - 1
+                    last = idx
+                    if frame.width != w or frame.height != h or frame.format.name != "yuv420p":
+                        frame = frame.reformat(width=w, height=h, format="yuv420p")
+                    frame.pts, frame.time_base = idx, Fraction(1, self.fps)
+                    if idx >= next_key:
+                        frame.pict_type = PictureType.I
+                        next_key = (idx // self.gop + 1) * self.gop
+                    else:
+                        frame.pict_type = PictureType.NONE
+                    for packet in self.codec.encode(frame):
+                        writer.write(packet)
+                    self.stats.frames_encoded += 1
+                else:
+                    if not self._stopping():
+                        self.ended = CaptureEnded("source_ended", f"the {src.describe()} source ended")
+            except (av.FFmpegError, OSError) as exc:
+                if not self._stopping() and not _is_write_error(exc):
+                    self.ended = CaptureEnded("source_ended", f"the {src.describe()} source went away: {exc}")
+                else:
+                    raise
             for packet in self.codec.encode(None):
                 writer.write(packet)
             writer.close_segment()
         except Exception as exc:  # report, never leave a session silently recording
             log.exception("capture of %s failed", self.session["id"])
-            self.error = f"capture failed: {type(exc).__name__}: {exc}"
+            self.ended = _reason(exc)
+            writer.discard()
         finally:
-            self.stats.last_write_ms = writer.stats_write_ms
+            self.stats.last_write_ms = writer.write_ms
             self.source.close()
             self._queue.put(None)
-        if self.error and not self.stop_event.is_set():
-            self.on_failure(self.error)
+        if self.ended and not self.stop_event.is_set():
+            self._registrar.join()
+            self.on_end(self.ended)
 
     def _register_loop(self) -> None:
         while (seg := self._queue.get()) is not None:
@@ -240,10 +323,12 @@ class Capture:
                 self.registered.append(seg)
                 self.stats.segments += 1
             except Exception as exc:
-                self.error = f"segment {seg.seq} could not be registered: {exc}"
-                log.error("%s", self.error)
+                self.ended = CaptureEnded("failed", f"segment {seg.seq} could not be registered: {exc}")
+                log.error("%s", self.ended.reason)
                 self.abort_event.set()
                 self.resume_event.set()
-                if not self.stop_event.is_set():
-                    self.on_failure(self.error)
                 return
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)

@@ -1,10 +1,11 @@
 """/v1/sessions: validated at the edge, then routed to the pipeline, recorder and storage."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from lucid_assets.settings import get_settings
+from services.common.errors import ApiError
 from services.common.peers import call
 from services.common.schemas import CreateSession
 
@@ -59,6 +60,25 @@ async def events(session_id: str, _: Principal = Depends(viewer)):
 async def chunks(session_id: str, _: Principal = Depends(viewer)):
     body = await call("GET", f"{S.pipeline_url}/sessions/{session_id}/chunks")
     return {"items": [_public_chunk(c) for c in body["items"]]}
+
+
+@router.put("/{session_id}/chunks/{seq}", summary="Push ingest of one chunk (external agents)",
+            responses={201: {"description": "stored under this seq"}, 200: {"description": "identical bytes were already there"},
+                       409: {"description": "other bytes under this seq, or not a push session"},
+                       413: {"description": "larger than LUCID_MAX_CHUNK_BYTES"}})
+async def push_chunk(session_id: str, seq: int, request: Request, response: Response,
+                     x_content_sha256: str = Header(..., description="SHA-256 of the body, hex"),
+                     x_chunk_duration_ms: int = Header(0, ge=0), _: Principal = Depends(operator)):
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > S.max_chunk_bytes:
+        raise ApiError(413, "chunk_too_large", f"chunk is {declared} bytes; the limit is {S.max_chunk_bytes}")
+    headers = {"x-content-sha256": x_content_sha256, "x-chunk-duration-ms": str(x_chunk_duration_ms)}
+    if declared:
+        headers["content-length"] = declared
+    body = await call("PUT", f"{S.recorder_url}/recordings/{session_id}/chunks/{seq}", headers=headers,
+                      content=request.stream())
+    response.status_code = 201 if body["created"] else 200
+    return {**body, "chunk": _public_chunk(body["chunk"])}
 
 
 @router.get("/{session_id}/chunks/{seq}", summary="Decrypted chunk bytes (Range supported)",

@@ -1,0 +1,107 @@
+"""Capture sources, all through PyAV/FFmpeg: the synthetic test pattern, an X display (x11grab)
+and any URL FFmpeg can open. Each yields decoded frames; the capture loop converts, times and
+encodes them."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import av
+
+# FFmpeg protocols a `url` source may use (no concat:, subfile:, data: tricks).
+PROTOCOLS = "file,http,https,tcp,tls,crypto,rtp,rtsp,rtsps,udp,rtmp,rtmps,srt,hls,httpproxy"
+URL_SCHEMES = {"file", "http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp"}
+
+
+class SourceError(Exception):
+    """The source did not open or could not be encoded."""
+
+
+class Source:
+    kind = "source"
+    synthetic = False  # produces frames instantly: the capture loop paces it to the wall clock
+    source_clock = False  # timestamps come from the source (a file read as fast as possible)
+
+    def __init__(self, container):
+        self.container = container
+        self.stream = container.streams.video[0]
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        return self.container.decode(self.stream)
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # closing a source that already failed must not mask why it failed
+            pass
+
+    def describe(self) -> str:
+        return self.kind
+
+
+class PatternSource(Source):
+    kind = "testsrc"
+    synthetic = True
+
+
+class X11Source(Source):
+    kind = "x11"
+
+
+class UrlSource(Source):
+    kind = "url"
+
+    def __init__(self, container, realtime: bool):
+        super().__init__(container)
+        self.synthetic = realtime and container.format.name not in ("rtsp", "rtp", "sdp", "hls")
+        self.source_clock = not realtime
+
+
+def _open(target: str, what: str, **kwargs):
+    try:
+        return av.open(target, **kwargs)
+    except (av.FFmpegError, OSError) as exc:
+        raise SourceError(f"{what} did not open: {exc}") from None
+
+
+def check_url(url: str, file_roots: list[Path]) -> str:
+    """The URL FFmpeg may open, or SourceError saying why not."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme or "file"
+    if scheme not in URL_SCHEMES:
+        raise SourceError(f"url scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(URL_SCHEMES))})")
+    if scheme == "file":
+        path = Path(parsed.path if parsed.scheme else url).resolve()
+        if not any(path.is_relative_to(root.resolve()) for root in file_roots):
+            raise SourceError(f"file {path} is outside the allowed LUCID_URL_FILE_ROOTS")
+        if not path.is_file():
+            raise SourceError(f"file {path} does not exist")
+        return str(path)
+    return url
+
+
+def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = None,
+                open_timeout_s: int = 10) -> Source:
+    kind = source.get("kind")
+    w, h, fps = video["width"], video["height"], video["fps"]
+    if kind == "testsrc":
+        spec = f"{source.get('pattern', 'testsrc')}=size={w}x{h}:rate={fps},format=yuv420p"
+        return PatternSource(_open(spec, "testsrc", format="lavfi"))
+    if kind == "x11":
+        display = source["display"]
+        size = f"{source.get('capture_width') or w}x{source.get('capture_height') or h}"
+        target = f"{display}+{source.get('offset_x', 0)},{source.get('offset_y', 0)}"
+        options = {"framerate": str(fps), "video_size": size, "draw_mouse": "1" if source.get("draw_mouse", True) else "0"}
+        return X11Source(_open(target, f"x11 display {display}", format="x11grab", options=options))
+    if kind == "url":
+        url = check_url(source["url"], file_roots or [])
+        us = str(open_timeout_s * 1_000_000)
+        options = {"protocol_whitelist": PROTOCOLS, "rw_timeout": us, "timeout": us}
+        container = _open(url, f"url {source['url']}", options=options, timeout=open_timeout_s)
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"url {source['url']} has no video stream")
+        return UrlSource(container, realtime=source.get("realtime", True))
+    raise SourceError(f"source kind {kind!r} cannot be captured")
+
