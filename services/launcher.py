@@ -63,15 +63,35 @@ class Platform:
         self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                             start_new_session=True)
 
+    def _spawn_service(self, name: str, env: dict[str, str]) -> None:
+        port = self.ports[name]
+        self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", f"services.{name}.app:create_app",
+                           "--host", self.host, "--port", str(port), "--log-level", "warning"],
+                    {**env, "SERVICE_NAME": f"lucid-session-{name}", "PORT": str(port)})
+
+    def restart(self, name: str, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+        """Kill one service (SIGKILL by default, as a crash) and start it again."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+        proc.wait()
+        self._spawn_service(name, self.env())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url(name)}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} did not come back; see {self.logs / (name + '.log')}")
+            time.sleep(0.3)
+
     def start(self, timeout: float = 120) -> None:
         self.prepare()
         env = self.env()
         bindir = Path(sys.executable).parent
         for name in self.run:
-            port = self.ports[name]
-            self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", f"services.{name}.app:create_app",
-                               "--host", self.host, "--port", str(port), "--log-level", "warning"],
-                        {**env, "SERVICE_NAME": f"lucid-session-{name}", "PORT": str(port)})
+            self._spawn_service(name, env)
         workspace = str(REPO / "workspace.yaml")
         if self.daemon:
             self._spawn("dagster-daemon", [str(bindir / "dagster-daemon"), "run", "-w", workspace], env)

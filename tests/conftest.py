@@ -8,6 +8,9 @@ import pytest
 from services.launcher import SERVICES, Platform
 
 
+MAX_CHUNK = 4 * 1024 * 1024
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -18,8 +21,11 @@ def free_port() -> int:
 def platform(tmp_path_factory):
     """The real embedded platform: four services and the Dagster daemon on 127.0.0.1."""
     data = tmp_path_factory.mktemp("lucid-data")
+    (data / "media").mkdir()
     p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
-                 extra_env={"LUCID_API_KEY": "test-admin-key-0123456789abcdef"})
+                 extra_env={"LUCID_API_KEY": "test-admin-key-0123456789abcdef",
+                            "LUCID_URL_FILE_ROOTS": str(data / "media"),
+                            "LUCID_MAX_CHUNK_BYTES": str(MAX_CHUNK)})
     try:
         p.start(timeout=180)
     except Exception:

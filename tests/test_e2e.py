@@ -3,24 +3,14 @@ sensor launches the run, the assets seal the session and the run-status sensor r
 import time
 from pathlib import Path
 
-import av
 import pytest
 
 from lucid_assets.core import catalog
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
+from tests.helpers import decode, download, wait_state
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_state(client, sid, wanted, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = client.get(f"/v1/sessions/{sid}").json()
-        if s["state"] in wanted:
-            return s
-        time.sleep(0.5)
-    raise AssertionError(f"session {sid} still {s['state']} after {timeout}s")
 
 
 def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admin, tmp_path):
@@ -68,13 +58,9 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
 
     # the recording: decrypted chunks, concatenated, decode to the registered frames (~12 s)
     stream = tmp_path / "recording.ts"
-    with stream.open("wb") as f:
-        for c in chunks:
-            r = admin.get(f"/v1/sessions/{sid}/chunks/{c['seq']}")
-            assert r.status_code == 200 and len(r.content) == c["size"]
-            f.write(r.content)
-    with av.open(str(stream)) as container:
-        frames = list(container.decode(video=0))
+    download(admin, sid, stream)
+    assert stream.stat().st_size == sum(c["size"] for c in chunks)
+    frames = decode(stream)
     assert len(frames) == sum(c["frames"] for c in chunks)
     assert abs(len(frames) / fps - recorded) < 1.5
     pts = [f.pts for f in frames]

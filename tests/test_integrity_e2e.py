@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,15 @@ from lucid_assets.core import catalog
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
 from tests.conftest import client_for
+from tests.helpers import record
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 
 
-def record(admin, seconds=5, name="integrity"):
-    sid = admin.post("/v1/sessions", json={"name": name, "video": {"width": 160, "height": 120, "fps": 10},
-                                            "chunk_seconds": 2}).json()["id"]
-    assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
-    time.sleep(seconds)
-    assert admin.post(f"/v1/sessions/{sid}/stop").status_code == 200
-    deadline = time.monotonic() + 180
-    while (s := admin.get(f"/v1/sessions/{sid}").json())["state"] not in ("sealed", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    assert s["state"] == "sealed", s["failure_reason"]
-    return s
-
-
 @pytest.fixture(scope="module")
 def sealed(admin):
-    return record(admin)
+    return record(admin, name="integrity")
 
 
 def test_inclusion_proofs_check_with_the_independent_checker(admin, sealed, tmp_path):

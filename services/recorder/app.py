@@ -73,9 +73,11 @@ def create_app():
 
     def ended(session_id: str):
         def _ended(why: CaptureEnded) -> None:
-            retire(session_id)
+            cap = retire(session_id)
             try:
-                if why.kind == "source_ended":
+                if why.kind == "source_ended" and cap is not None and not cap.registered:
+                    transition(session_id, "fail", reason=f"{why.reason} before any frame was recorded")
+                elif why.kind == "source_ended":
                     transition(session_id, "stop", reason=why.reason)
                     finalize(session_id, reason=why.reason)
                 else:
