@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None  # the active key-encryption key
     keyring_dir: Path | None = None  # older KEKs, still readable (one base64 key per *.key file)
     signing_key_file: Path | None = None
+    link_secret_file: Path | None = None  # HMAC key of the signed media links (gateway)
     generate_keys: bool = False  # the embedded default generates missing keys; compose does not
     database_url: str | None = None  # pipeline registry
     api_database_url: str | None = None  # gateway's API keys
@@ -58,6 +59,10 @@ class Settings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return Path(self._d(self.signing_key_file, "keys", "signing.key"))
+
+    @property
+    def link_secret_path(self) -> Path:
+        return Path(self._d(self.link_secret_file, "keys", "link.key"))
 
     @property
     def pipeline_db(self) -> str:

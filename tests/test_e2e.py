@@ -63,6 +63,7 @@ def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admi
     frames = decode(stream)
     assert len(frames) == sum(c["frames"] for c in chunks)
     assert abs(len(frames) / fps - recorded) < 1.5
+    assert abs(s["duration_ms"] / 1000 - len(frames) / fps) < 0.2
     pts = [f.pts for f in frames]
     assert pts == sorted(pts) and len(set(pts)) == len(pts)
     assert frames[0].width == 320 and frames[0].height == 240

@@ -7,8 +7,16 @@ from lucid_assets.settings import get_settings
 from services.common.app import make_app, peer_check
 from services.common.db import Database
 
+from pathlib import Path
+
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import links
 from .auth import ensure_admin_key
-from .routes import keys, sessions
+from .routes import keys, media, sessions
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def create_app():
@@ -22,6 +30,13 @@ def create_app():
                                    "storage": peer_check(s.storage_url)},
                    description="Lucid Sessions: record, seal, verify and play back remote sessions.")
     app.state.keys_db = db
+    app.state.link_secret = links.load_secret(s.link_secret_path)
     app.include_router(sessions.router)
+    app.include_router(media.router)
     app.include_router(keys.router)
+    app.mount("/viewer", StaticFiles(directory=STATIC, html=True), name="viewer")
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse("/viewer/")
     return app

@@ -94,6 +94,12 @@ def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -
     return Principal(row)
 
 
+def principal_by_key_id(request: Request, key_id: str) -> Principal | None:
+    with request.app.state.keys_db.read() as s:
+        row = s.get(ApiKeyRow, key_id)
+    return Principal(row) if row is not None and row.revoked_at is None else None
+
+
 def require(role: Role):
     def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         who = authenticate(request, creds)

@@ -101,3 +101,9 @@ class ManifestSummary(Strict):
     version: int = Field(..., ge=1)
     merkle_root: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     manifest_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+
+
+class VerificationSummary(Strict):
+    status: Literal["verified", "failed", "shredded"]
+    problems: int = Field(..., ge=0)
+    at: str = Field(..., max_length=40)

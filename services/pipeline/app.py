@@ -7,7 +7,8 @@ from sqlmodel import select
 from lucid_assets.settings import get_settings
 from services.common.app import make_app
 from services.common.db import Database
-from services.common.schemas import ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition
+from services.common.schemas import (ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition,
+                                     VerificationSummary)
 
 from . import registry
 from .models import TABLES, AuditRow, ChunkRow, SessionRow, WorkItem
@@ -88,6 +89,14 @@ def create_app(database_url: str | None = None):
             registry.record_manifest(s, row, body)
             s.flush()
             return registry.session_dict(s, row)
+
+    @app.put("/sessions/{session_id}/verification")
+    def verification(session_id: str, body: VerificationSummary):
+        with db.write() as s:
+            row = registry.get_row(s, session_id, lock=True)
+            row.verification = body.model_dump()
+            s.add(row)
+            return body.model_dump()
 
     @app.get("/sessions/{session_id}/events")
     def events(session_id: str):

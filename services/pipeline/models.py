@@ -32,6 +32,7 @@ class SessionRow(SQLModel, table=True):
     manifest_version: int | None = None
     manifest_sha256: str | None = None
     failure_reason: str | None = None
+    verification: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # last verify
     end_reason: str | None = None  # why the recording ended: operator stop, source ended, recorder restart
 
 

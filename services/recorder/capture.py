@@ -161,16 +161,17 @@ class SegmentWriter:
             self.tmp.unlink(missing_ok=True)
 
     def write(self, packet: av.Packet) -> None:
+        pts = packet.pts  # in frames (the encoder's time base); mux() rescales the packet in place
         if packet.is_keyframe and (self.container is None or self.frames > 0):
             self.close_segment()
             self._open()
-            self.first_pts = packet.pts
+            self.first_pts = pts
         if self.container is None:  # the encoder's first packet is always a keyframe
             raise SourceError("encoder produced a non-keyframe first packet")
         packet.stream = self.stream
         self.container.mux(packet)
         self.frames += 1
-        self.last_pts = packet.pts
+        self.last_pts = pts
 
 
 def _reason(exc: BaseException) -> CaptureEnded:

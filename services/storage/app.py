@@ -2,22 +2,28 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import logging
 import shutil
 import uuid
 from datetime import datetime, timezone
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
+from lucid_assets.playback import DamagedChunk, plain_chunks, remux_mp4
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.verification import verify_stored
 from services.common.app import make_app, peer_check, writable_dir_check
 from services.common.errors import ApiError, not_found
 from services.common.peers import call_sync
+
+
+log = logging.getLogger("lucid.storage")
 
 
 def _sid(session_id: str) -> str:
@@ -168,6 +174,53 @@ def create_app():
         shutil.rmtree(staging, ignore_errors=True)
         result.update(lake.mark_deleted(sid, datetime.now(timezone.utc)))
         return result
+
+    def stored_prefix(sid: str) -> list[dict]:
+        """The catalogued chunks 0..k-1 without a gap: what can be played so far."""
+        out = []
+        for r in lake.rows(catalog.CHUNKS, sid):
+            if r["seq"] != len(out):
+                break
+            out.append(r)
+        return out
+
+    @app.get("/sessions/{session_id}/playlist")
+    def playlist(session_id: str):
+        sid = _sid(session_id)
+        return {"items": [{"seq": r["seq"], "duration_ms": r["duration_ms"], "size": r["raw_size"]}
+                          for r in stored_prefix(sid)]}
+
+    def recording(sid: str, render) -> StreamingResponse:
+        seqs = [r["seq"] for r in stored_prefix(sid)]
+        if not seqs:
+            raise not_found(f"session {sid} has no stored chunks yet")
+        chunks = plain_chunks(store, keyring, sid, seqs)
+        try:
+            first = next(chunks)  # a damaged first chunk is a clear error, before any byte is sent
+        except DamagedChunk as exc:
+            raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
+
+        def body():
+            try:
+                yield from render(itertools.chain([first], chunks))
+            except DamagedChunk as exc:  # the status line is gone: cut the stream, never send bad video
+                log.error("stopped streaming %s: %s", sid, exc)
+                raise
+        return body()
+
+    @app.get("/sessions/{session_id}/recording.ts")
+    def recording_ts(session_id: str):
+        sid = _sid(session_id)
+        return StreamingResponse(recording(sid, lambda chunks: chunks), media_type="video/mp2t",
+                                 headers={"Content-Disposition": f'attachment; filename="{sid}.ts"',
+                                          "Cache-Control": "no-store"})
+
+    @app.get("/sessions/{session_id}/recording.mp4")
+    def recording_mp4(session_id: str):
+        sid = _sid(session_id)
+        return StreamingResponse(recording(sid, remux_mp4), media_type="video/mp4",
+                                 headers={"Content-Disposition": f'attachment; filename="{sid}.mp4"',
+                                          "Cache-Control": "no-store"})
 
     @app.get("/keys/signing")
     def signing_key():

@@ -1,6 +1,8 @@
 """/v1/sessions: validated at the edge, then routed to the pipeline, recorder and storage."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
@@ -129,4 +131,8 @@ async def manifest(session_id: str, _: Principal = Depends(viewer)):
 @router.post("/{session_id}/verify", summary="Full verification report")
 async def verify(session_id: str, _: Principal = Depends(viewer)):
     await call("GET", f"{S.pipeline_url}/sessions/{session_id}")  # 404 for unknown sessions
-    return await call("POST", f"{S.storage_url}/sessions/{session_id}/verify")
+    report = await call("POST", f"{S.storage_url}/sessions/{session_id}/verify")
+    await call("PUT", f"{S.pipeline_url}/sessions/{session_id}/verification",  # shown in session lists
+               json={"status": report["status"], "problems": len(report["problems"]),
+                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return report

@@ -1,0 +1,59 @@
+"""Short-lived signed media links, so a <video> element (or hls.js) can fetch a session's playlist,
+chunks and exports without the API key: token = b64url(payload) "." b64url(HMAC-SHA256(secret,
+payload)), payload = {"s": session, "k": api key id, "e": expiry}. A link dies with its expiry or
+with the API key that made it."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+
+from lucid_assets.core import keys as corekeys
+from services.common.errors import ApiError
+
+TTL_SECONDS = 15 * 60
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def load_secret(path: Path) -> bytes:
+    if not path.exists():
+        try:
+            corekeys.write_private_file(path, os.urandom(32))
+        except FileExistsError:  # another worker made it first
+            pass
+    corekeys.check_private_file(path)
+    return path.read_bytes()
+
+
+def sign(secret: bytes, session_id: str, key_id: str, ttl: int = TTL_SECONDS) -> tuple[str, int]:
+    exp = int(time.time()) + ttl
+    payload = json.dumps({"s": session_id, "k": key_id, "e": exp}, separators=(",", ":")).encode()
+    mac = hmac.new(secret, payload, hashlib.sha256).digest()
+    return f"{_b64(payload)}.{_b64(mac)}", exp
+
+
+def check(secret: bytes, token: str, session_id: str) -> str:
+    """The API key id the link was made with; 401 if the link is forged, expired or for another session."""
+    bad = ApiError(401, "unauthorized", "the media link is invalid or has expired; ask for a new one")
+    try:
+        p, m = token.split(".", 1)
+        payload, mac = _unb64(p), _unb64(m)
+        body = json.loads(payload)
+    except (ValueError, TypeError):
+        raise bad from None
+    if not hmac.compare_digest(hmac.new(secret, payload, hashlib.sha256).digest(), mac):
+        raise bad
+    if body.get("s") != session_id or not isinstance(body.get("e"), int) or body["e"] < time.time():
+        raise bad
+    return body["k"]
