@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 
@@ -20,7 +22,8 @@ class DamagedChunk(Exception):
     """A chunk failed authentication: the stream stops here rather than serve corrupt video."""
 
 
-def plain_chunks(store: ChunkStore, keyring: Keyring, session_id: str, seqs: Iterable[int]) -> Iterator[bytes]:
+def plain_chunks(store: ChunkStore, keyring: Keyring, session_id: str, seqs: Iterable[int]) -> Iterator[memoryview]:
+    """Each chunk's plaintext as a memoryview (no copy; what HTTP responses and PyAV readers take)."""
     dek = store.data_key(session_id, keyring)
     if dek is None:
         raise DamagedChunk(f"session {session_id} has no data key (crypto-shredded)")
@@ -30,9 +33,23 @@ def plain_chunks(store: ChunkStore, keyring: Keyring, session_id: str, seqs: Ite
         if data is None:
             raise DamagedChunk(f"chunk {seq} is missing from the store")
         try:
-            yield envelope.open_envelope(data, dek=dek, session_id=sid, seq=seq)[1]
+            yield memoryview(envelope.open_envelope(data, dek=dek, session_id=sid, seq=seq)[1])
         except envelope.EnvelopeError as exc:
             raise DamagedChunk(f"chunk {seq}: {exc}") from None
+
+
+def prefetch(chunks: Iterator, depth: int = 2) -> Iterator:
+    """Produce the next `depth` items in a worker thread while the consumer sends the current one
+    (reading and AES-GCM release the GIL), so decrypting and sending overlap."""
+    sentinel = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = deque(pool.submit(next, chunks, sentinel) for _ in range(depth))
+        while pending:
+            item = pending.popleft().result()
+            if item is sentinel:
+                return
+            pending.append(pool.submit(next, chunks, sentinel))
+            yield item
 
 
 class _ChunkReader(io.RawIOBase):

@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
-from lucid_assets.playback import DamagedChunk, plain_chunks, remux_mp4
+from lucid_assets.playback import DamagedChunk, plain_chunks, prefetch, remux_mp4
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.verification import verify_stored
@@ -190,11 +190,23 @@ def create_app():
         return {"items": [{"seq": r["seq"], "duration_ms": r["duration_ms"], "size": r["raw_size"]}
                           for r in stored_prefix(sid)]}
 
+    def playable_seqs(sid: str) -> list[int]:
+        """A sealed session's chunks per its signed manifest; a live one's durable prefix."""
+        doc = store.latest_manifest_doc(sid)
+        if doc is not None and "_error" not in doc:
+            return [c["seq"] for c in doc["body"]["chunks"]]
+        seqs = []
+        for seq in store.stored_seqs(sid):
+            if seq != len(seqs):
+                break
+            seqs.append(seq)
+        return seqs
+
     def recording(sid: str, render) -> StreamingResponse:
-        seqs = [r["seq"] for r in stored_prefix(sid)]
+        seqs = playable_seqs(sid)
         if not seqs:
             raise not_found(f"session {sid} has no stored chunks yet")
-        chunks = plain_chunks(store, keyring, sid, seqs)
+        chunks = prefetch(plain_chunks(store, keyring, sid, seqs))
         try:
             first = next(chunks)  # a damaged first chunk is a clear error, before any byte is sent
         except DamagedChunk as exc:
