@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -23,6 +24,8 @@ class Lake:
 
     @classmethod
     def sql(cls, uri: str, warehouse: str) -> "Lake":
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return cls(SqlCatalog("lucid", uri=uri, warehouse=warehouse))
 
     def ensure_tables(self) -> None:

@@ -1,8 +1,8 @@
 """The Dagster code location against a real pipeline service: the work-queue sensor, the assets
 under `materialize` on `instance_for_test`, idempotent reruns, and verification of the result."""
-import json
 import time
 import uuid
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,8 +28,8 @@ from tests.conftest import free_port
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     data = tmp_path_factory.mktemp("pipeline-only")
-    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, run=("pipeline",), webserver=False,
-                 daemon=False)
+    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, run=("pipeline", "storage"),
+                 webserver=False, daemon=False)
     p.start(timeout=60)
     yield p
     p.stop()
@@ -177,3 +177,106 @@ def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
     fresh = Keyring.load(settings)
     assert old_id not in fresh.keks
     assert {sid: vault.store.data_key(sid, fresh) for sid in sids} == deks  # same DEKs, new wrapping
+
+
+def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tmp_path):
+    from lucid_assets.defs.sensors import fail_on_failure, failed_checks
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = api.post("/sessions", json={"name": "drift", "video": {"width": 160, "height": 120, "fps": 10},
+                                      "chunk_seconds": 2}).json()["id"]
+    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    for seg in record_segments(tmp_path / "rec" / sid, seconds=4):
+        api.post(f"/sessions/{sid}/chunks", json={"seq": seg.seq, "sha256": seg.sha256, "size": seg.size,
+                                                  "frames": seg.frames, "duration_ms": seg.duration_ms,
+                                                  "path": str(seg.path)})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2})
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    vault = VaultResource.from_settings(settings)
+    now = datetime.now(timezone.utc)  # a catalog row the registry does not know: drift the check must catch
+    vault.lake.append_missing(catalog.CHUNKS, sid, [{
+        "session_id": sid, "seq": 7, "raw_sha256": "0" * 64, "envelope_sha256": "0" * 64, "raw_size": 1,
+        "stored_size": 1, "compressed": False, "key_version": 1, "envelope_uri": "file:///nowhere", "duration_ms": 0,
+        "recorded_at": now, "stored_at": now}], key="seq")
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        result = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
+                                resources=resources, raise_on_error=False, tags={"lucid/session": sid})
+        assert not result.success
+        assert not result.asset_materializations_for_node("session_manifest")  # blocked
+        why = failed_checks(instance, result.run_id)
+        assert "chunks_readable_and_complete failed" in why and "[0, 1, 7]" in why, why
+        run = instance.get_run_by_id(result.run_id)
+        failure = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE][0]
+        ctx = dg.build_run_status_sensor_context(sensor_name="fail_on_failure", dagster_instance=instance,
+                                                 dagster_run=run, dagster_event=failure.dagster_event,
+                                                 resources={"pipeline": resources["pipeline"]}).for_run_failure()
+        fail_on_failure(ctx)
+    s = api.get(f"/sessions/{sid}").json()
+    assert s["state"] == "failed" and "chunks_readable_and_complete failed" in s["failure_reason"], s
+    assert not vault.store.manifest_versions(sid)
+
+
+def finalized_without_dagster(api, retention_days=None) -> str:
+    """An empty session taken to `processing` through the pipeline's own transitions."""
+    body = {"name": "ops", "retention_days": retention_days} if retention_days else {"name": "ops"}
+    sid = api.post("/sessions", json=body).json()["id"]
+    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 0})
+    return sid
+
+
+def test_reconcile_launches_what_stalled(pipeline):
+    from datetime import timedelta
+
+    from lucid_assets.defs.operations import reconcile_requests
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    stalled = finalized_without_dagster(api)  # finalized, processing, and no run ever came
+    live = api.post("/sessions", json={"name": "live"}).json()["id"]
+    api.post(f"/sessions/{live}/transitions", json={"event": "start"})
+    api.post(f"/sessions/{live}/chunks", json={"seq": 0, "sha256": "1" * 64, "size": 1, "path": "/p"})
+    res = PipelineResource(url=pipeline.url("pipeline"))
+    with dg.instance_for_test() as instance:
+        requests, new = reconcile_requests(instance, res, idle=timedelta(0))
+        by_sid = {r.partition_key: r.job_name for r in requests}
+        assert by_sid.get(stalled) == "seal_session" and by_sid.get(live) == "store_chunks"
+        assert {stalled, live} <= set(new)
+        fresh = reconcile_requests(instance, res)[0]  # default idle: fresh sessions are the queue sensor's
+        assert all(r.partition_key not in (stalled, live) for r in fresh)
+
+
+def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
+    from datetime import timedelta
+
+    from lucid_assets.defs.operations import retention
+    from lucid_assets.defs.resources import StorageServiceResource
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = finalized_without_dagster(api, retention_days=1)
+    api.put(f"/sessions/{sid}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "seal"})
+    keep = finalized_without_dagster(api)  # no retention: kept forever
+    later = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                 "storage": StorageServiceResource(url=pipeline.url("storage"))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        now = retention.execute_in_process(instance=instance, resources=resources, run_config={
+            "ops": {"apply_retention": {"config": {"dry_run": True}}}})
+        assert sid not in now.output_for_node("apply_retention")  # not due yet
+        dry = retention.execute_in_process(instance=instance, resources=resources, run_config={
+            "ops": {"apply_retention": {"config": {"dry_run": True, "as_of": later}}}})
+        assert sid in dry.output_for_node("apply_retention") and keep not in dry.output_for_node("apply_retention")
+        assert api.get(f"/sessions/{sid}").json()["state"] == "sealed"  # a dry run changes nothing
+        real = retention.execute_in_process(instance=instance, resources=resources, run_config={
+            "ops": {"apply_retention": {"config": {"dry_run": False, "as_of": later}}}})
+        assert sid in real.output_for_node("apply_retention")
+        assert not instance.has_dynamic_partition(sessions.name, sid)
+    assert api.get(f"/sessions/{sid}").json()["state"] == "deleted"
+    assert api.get(f"/sessions/{keep}").json()["state"] == "processing"
+    events = [e["entry"] for e in api.get(f"/sessions/{sid}/events").json()["items"]]
+    assert events[-1]["event"] == "delete" and events[-1]["actor"] == "retention"

@@ -11,6 +11,7 @@ import dagster as dg
 
 from lucid_assets.core import catalog, checkpoint, envelope, merkle
 from lucid_assets.core.manifest import build_manifest, canonical_json, sign, verify_signature
+from lucid_assets.verification import verify_stored
 
 from .partitions import sessions
 from .resources import PipelineResource, VaultResource
@@ -61,9 +62,47 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict) -> dict:
     }
 
 
+CHUNKS_CHECK = dg.AssetCheckSpec(
+    "chunks_readable_and_complete", asset="stored_chunks", blocking=True,
+    description="Re-reads every registered chunk's envelope from the store: it exists, opens under the session's "
+                "data key, its plaintext has the registered SHA-256, lucid.chunks has exactly one row for it, and "
+                "once the session is finalized the seqs are 0..n-1. Blocks the manifest when it fails.")
+MANIFEST_CHECK = dg.AssetCheckSpec(
+    "manifest_matches_storage", asset="session_manifest", blocking=True,
+    description="Runs the full verification (signature, Merkle root, every envelope's hash, tag and plaintext, "
+                "checkpoints, audit chain) of the manifest just written against the store.")
+
+
+def _check_chunks(vault: VaultResource, sid: str, dek: bytes, chunks: list[dict], session: dict) -> dg.AssetCheckResult:
+    problems = []
+    for c in chunks:
+        data = vault.store.read_envelope(sid, c["seq"])
+        if data is None:
+            problems.append(f"chunk {c['seq']}: envelope missing")
+            continue
+        try:
+            _, raw = envelope.open_envelope(data, dek=dek, session_id=uuid.UUID(sid), seq=c["seq"])
+            if hashlib.sha256(raw).hexdigest() != c["sha256"]:
+                problems.append(f"chunk {c['seq']}: plaintext differs from the registered SHA-256")
+        except envelope.EnvelopeError as exc:
+            problems.append(f"chunk {c['seq']}: {exc}")
+    rows = [r["seq"] for r in vault.lake.rows(catalog.CHUNKS, sid)]
+    registered = sorted(c["seq"] for c in chunks)
+    if rows != registered:
+        problems.append(f"lucid.chunks holds seqs {rows}, the registry {registered}")
+    n = session["expected_chunks"]
+    if n is not None and registered != list(range(n)):
+        problems.append(f"finalized with {n} chunks but the registry holds {registered}")
+    return dg.AssetCheckResult(
+        check_name=CHUNKS_CHECK.name, passed=not problems,
+        description="; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        if problems else f"{len(chunks)} chunks readable, catalogued once each",
+        metadata={"chunks_checked": len(chunks), "problems": len(problems)})
+
+
 @dg.asset(
     partitions_def=sessions, deps=[recorded_chunks], group_name=GROUP, owners=OWNERS,
-    kinds={"python", "iceberg"},
+    kinds={"python", "iceberg"}, check_specs=[CHUNKS_CHECK],
     description="Every registered chunk of the session compressed (zstd when it pays), encrypted into an "
                 "AES-256-GCM envelope under the session's data key, written durably to the chunk store and "
                 "catalogued as one row of lucid.chunks. Idempotent: a rerun reuses durable envelopes and "
@@ -89,6 +128,7 @@ def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
             newly += 1
         Path(chunk["path"]).unlink(missing_ok=True)  # durable and catalogued: staging can go
     published = _publish_checkpoint(vault, sid, rows)
+    check = _check_chunks(vault, sid, dek, chunks, session)
     raw, stored = sum(r["raw_size"] for r in rows), sum(r["stored_size"] for r in rows)
     context.log.info(f"{len(rows)} chunks durable; {newly} newly stored, {appended} catalog rows appended"
                      + (f"; checkpoint {published['tree_size']} published" if published else ""))
@@ -99,7 +139,7 @@ def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
         "raw_bytes": raw, "stored_bytes": stored,
         "compression_ratio": dg.MetadataValue.float(round(stored / raw, 4) if raw else 1.0),
         "compressed_chunks": sum(r["compressed"] for r in rows),
-    })
+    }, check_results=[check])
 
 
 def _publish_checkpoint(vault: VaultResource, sid: str, rows: list[dict]) -> dict | None:
@@ -127,7 +167,7 @@ def _session_header(session: dict) -> dict:
 
 @dg.asset(
     partitions_def=sessions, deps=[stored_chunks], group_name=GROUP, owners=OWNERS,
-    kinds={"python", "iceberg"},
+    kinds={"python", "iceberg"}, check_specs=[MANIFEST_CHECK],
     description="The session's RFC 6962 Merkle root over the SHA-256 of its envelopes, in a canonical-JSON "
                 "manifest signed with Ed25519, stored beside the envelopes and catalogued in lucid.sessions. "
                 "A rerun over unchanged chunks keeps the existing manifest byte for byte.",
@@ -183,7 +223,14 @@ def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResour
     }], key="manifest_version")
     pipeline.put(f"/sessions/{sid}/manifest", {"version": version, "merkle_root": root_hex,
                                                "manifest_sha256": manifest_sha})
-    return dg.MaterializeResult(metadata={
+    report = verify_stored(vault.store, vault.keyring, signer.public_key(), sid,
+                           audit_rows=pipeline.get(f"/sessions/{sid}/events")["items"],
+                           registry_manifest_sha256=manifest_sha)
+    check = dg.AssetCheckResult(
+        check_name=MANIFEST_CHECK.name, passed=report.ok,
+        description="; ".join(report.problems[:5]) if report.problems else "verified against the store",
+        metadata={"status": report.status, "problems": len(report.problems)})
+    return dg.MaterializeResult(check_results=[check], metadata={
         "chunk_count": len(entries), "merkle_root": root_hex, "manifest_version": version,
         "manifest_reused": reused, "raw_bytes": body["raw_bytes"], "stored_bytes": body["stored_bytes"],
         "duration_ms": body["duration_ms"], "encoder": session["encoder"] or "",

@@ -43,6 +43,18 @@ class PipelineResource(dg.ConfigurableResource):
         return self.request("PUT", path, json=body)
 
 
+class StorageServiceResource(dg.ConfigurableResource):
+    """HTTP client of lucid-session-storage (the owner of crypto-shredding)."""
+
+    url: str
+
+    def shred(self, session_id: str) -> dict:
+        r = httpx.delete(f"{self.url}/sessions/{session_id}/data", timeout=120)
+        if r.status_code >= 400:
+            raise PipelineError(r.status_code, r.json())
+        return r.json()
+
+
 class VaultResource(dg.ConfigurableResource):
     """Where sealed data lives: master/signing keys, the chunk store and the Iceberg catalog."""
 

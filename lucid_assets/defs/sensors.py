@@ -46,6 +46,17 @@ def work_queue_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     )
 
 
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The explanation of every failed asset check of a run (what an operator needs to read first)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    out = []
+    for rec in records:
+        ev = rec.event_log_entry.dagster_event.event_specific_data
+        if not ev.passed:
+            out.append(f"check {ev.check_name} failed: {ev.description}")
+    return "; ".join(out)
+
+
 def _session_of(run: dg.DagsterRun) -> str | None:
     return run.tags.get("dagster/partition")
 
@@ -73,9 +84,10 @@ def fail_on_failure(context: dg.RunFailureSensorContext, pipeline: PipelineResou
     sid = _session_of(context.dagster_run)
     if not sid:
         return dg.SkipReason("run has no session partition")
+    why = failed_checks(context.instance, context.dagster_run.run_id)
     steps = context.get_step_failure_events()
-    why = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in steps
-                    if e.event_specific_data and e.event_specific_data.error) or context.failure_event.message
+    why = why or "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in steps
+                           if e.event_specific_data and e.event_specific_data.error) or context.failure_event.message
     try:
         pipeline.post(f"/sessions/{sid}/transitions",
                       {"event": "fail", "actor": "dagster",

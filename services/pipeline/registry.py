@@ -51,7 +51,7 @@ def to_dict(row: SessionRow, t: dict | None) -> dict:
         "expected_chunks": row.expected_chunks, **t, "merkle_root": row.merkle_root,
         "manifest_version": row.manifest_version, "manifest_sha256": row.manifest_sha256,
         "failure_reason": row.failure_reason, "end_reason": row.end_reason,
-        "verification": row.verification,
+        "verification": row.verification, "updated_at": _iso(row.updated_at),
     }
 
 
