@@ -103,20 +103,22 @@ def create_app():
             return sum(1 for p in c.demux(video=0) if p.size)
 
     def recover_one(d: Path) -> None:
-        partial = list(d.glob(".*.partial*"))
-        for p in partial:
-            p.unlink()
+        with lock:
+            if d.name in captures:  # recording in this process: not a leftover
+                return
         try:
             session = call_sync("GET", f"{pipeline}/sessions/{d.name}")
         except ApiError as exc:
             if exc.status == 404:
                 return
             raise
-        if session["source"].get("kind") == "push" or session["state"] not in ("recording", "paused", "finalizing"):
+        if session["source"].get("kind") == "push":
+            return  # uploads are not tied to this process: an agent may still be pushing
+        partial = list(d.glob(".*.partial*"))
+        for p in partial:
+            p.unlink()
+        if session["state"] not in ("recording", "paused", "finalizing"):
             return
-        with lock:
-            if d.name in captures:
-                return
         fps = session["video"]["fps"]
         segs = sorted(p for p in d.glob("*.ts") if p.stem.isdigit())
         for p in segs:
@@ -133,26 +135,27 @@ def create_app():
         except ApiError as exc:
             transition(d.name, "fail", reason=f"{reason}; {exc.detail}")
 
-    def recover() -> None:
-        if not recordings.is_dir():
-            return
+    def recover(leftovers: list[Path]) -> None:
+        """Finish what a previous recorder process left: only the directories that existed before
+        this one started serving (a session started since then is this process's own)."""
         for attempt in range(60):
             try:
                 call_sync("GET", f"{pipeline}/health")
                 break
             except ApiError:
                 time.sleep(1)
-        for d in sorted(recordings.iterdir()):
-            if d.is_dir() and _is_uuid(d.name):
-                try:
-                    recover_one(d)
-                except Exception:
-                    log.exception("recovery of %s failed", d.name)
+        for d in leftovers:
+            try:
+                recover_one(d)
+            except Exception:
+                log.exception("recovery of %s failed", d.name)
 
     @asynccontextmanager
     async def lifespan(_app):
         encoders.update(await run_in_threadpool(probe_encoders, settings.encoder_order))
-        threading.Thread(target=recover, name="recover", daemon=True).start()
+        leftovers = sorted(d for d in recordings.iterdir() if d.is_dir() and _is_uuid(d.name)) \
+            if recordings.is_dir() else []
+        threading.Thread(target=recover, args=(leftovers,), name="recover", daemon=True).start()
         yield
 
     async def encoders_check():
