@@ -66,7 +66,7 @@ def main() -> int:
         settle(browser, sid[:8])
         browser.screenshot(out / "dagster-partition.png")
         browser.goto(f"{args.dagster}/assets/stored_chunks?view=events&partition={sid}")
-        settle(browser, "Materialized")
+        settle(browser, "Materializ")
         browser.screenshot(out / "dagster-history.png")
     finally:
         browser.close()
