@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import EqualTo, In
 
 from .core import catalog as schema
 
@@ -85,3 +86,52 @@ class Lake:
                 pa.Table.from_pylist(stamped, schema=schema.SESSIONS_SCHEMA.as_arrow()),
                 overwrite_filter=EqualTo("session_id", session_id))
         return {"chunk_rows_removed": had_chunks, "session_rows_marked": len(rows)}
+
+    def expire_snapshots(self, name: str, older_than) -> int:
+        """Drop snapshots older than `older_than` from the table's metadata (the current one stays)."""
+        table = self.table(name)
+        current = table.metadata.current_snapshot_id
+        old = [s.snapshot_id for s in table.metadata.snapshots
+               if s.timestamp_ms < older_than.timestamp() * 1000 and s.snapshot_id != current]
+        if old:
+            table.maintenance.expire_snapshots().by_ids(old).commit()
+        return len(old)
+
+    def compact(self, name: str, min_files: int = 4) -> dict:
+        """Rewrite each partition that has at least `min_files` data files into one file, sorted by
+        (session_id, seq), with an overwrite filtered to exactly that partition's sessions. PyIceberg
+        has no rewrite-data-files action; a concurrent commit makes the overwrite fail and the
+        partition is retried from a fresh read, so no row is ever lost or doubled."""
+        rewritten = files_before = files_after = 0
+        arrow_schema = schema.TABLES[name].as_arrow()
+        sort_keys = [("session_id", "ascending")] + ([("seq", "ascending")] if "seq" in arrow_schema.names
+                                                      else [("manifest_version", "ascending")])
+        table = self.table(name)
+        by_partition: dict = {}
+        for task in table.scan().plan_files():
+            by_partition.setdefault(tuple(task.file.partition), []).append(task.file.file_path)
+        for part, paths in sorted(by_partition.items(), key=lambda kv: str(kv[0])):
+            files_before += len(paths)
+            if len(paths) < min_files:
+                files_after += len(paths)
+                continue
+            for attempt in range(8):
+                table = self.table(name)
+                tasks = [t for t in table.scan().plan_files() if tuple(t.file.partition) == part]
+                sids = sorted(set().union(*(self._sessions_in(t) for t in tasks)))
+                if not sids:
+                    break
+                data = table.scan(row_filter=In("session_id", sids)).to_arrow().sort_by(sort_keys)
+                try:
+                    table.overwrite(data.cast(arrow_schema), overwrite_filter=In("session_id", sids))
+                    rewritten += 1
+                    break
+                except CommitFailedException:
+                    time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            files_after += sum(1 for t in self.table(name).scan().plan_files() if tuple(t.file.partition) == part)
+        return {"partitions_rewritten": rewritten, "files_before": files_before, "files_after": files_after}
+
+    def _sessions_in(self, task) -> set[str]:
+        """The session ids in one data file (its partition is a bucket of them)."""
+        with self.table(schema.CHUNKS).io.new_input(task.file.file_path).open() as f:
+            return set(pq.read_table(f, columns=["session_id"]).column("session_id").to_pylist())

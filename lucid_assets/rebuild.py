@@ -1,0 +1,78 @@
+"""Rebuild the Iceberg catalog from the chunk store alone: envelopes, wrapped data keys and signed
+manifests determine every column except the two wall-clock times of a chunk row (recorded_at and
+stored_at, taken from the envelope file's mtime) and a session row's deleted_at."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime, timezone
+
+import pyarrow as pa
+from pyiceberg.expressions import EqualTo
+
+from .core import catalog, envelope
+from .keyring import Keyring
+from .lake import Lake
+from .store import ChunkStore
+
+NOT_DETERMINED = {catalog.CHUNKS: {"recorded_at", "stored_at"}, catalog.SESSIONS: {"deleted_at"}}
+
+
+def _ts(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict], list[dict]]:
+    manifests = []
+    for v in store.manifest_versions(sid):
+        data = store.manifest_path(sid, v).read_bytes()
+        manifests.append((v, data, json.loads(data)))
+    listed = {c["seq"]: c for c in manifests[-1][2]["body"]["chunks"]} if manifests else {}
+    dek = store.data_key(sid, keyring)
+    chunks = []
+    for seq in store.stored_seqs(sid):
+        path = store.envelope_path(sid, seq)
+        data = path.read_bytes()
+        header = envelope.parse_header(data)
+        entry = listed.get(seq)
+        if entry is not None:
+            raw_sha, duration = entry["raw_sha256"], entry["duration_ms"]
+        elif dek is not None:  # not sealed yet: the plaintext hash needs the key
+            raw_sha = hashlib.sha256(envelope.open_envelope(data, dek=dek, session_id=uuid.UUID(sid), seq=seq)[1]).hexdigest()
+            duration = 0
+        else:
+            continue
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        chunks.append({"session_id": sid, "seq": seq, "raw_sha256": raw_sha,
+                       "envelope_sha256": hashlib.sha256(data).hexdigest(), "raw_size": header.raw_len,
+                       "stored_size": len(data), "compressed": header.compressed, "key_version": header.key_version,
+                       "envelope_uri": store.envelope_uri(sid, seq), "duration_ms": duration,
+                       "recorded_at": mtime, "stored_at": mtime})
+    sessions = []
+    for version, data, doc in manifests:
+        body, head = doc["body"], doc["body"]["session"]
+        sessions.append({
+            "session_id": sid, "name": head["name"], "manifest_version": version, "chunk_count": body["chunk_count"],
+            "raw_bytes": body["raw_bytes"], "stored_bytes": body["stored_bytes"], "duration_ms": body["duration_ms"],
+            "merkle_root": body["merkle"]["root"], "manifest_uri": store.manifest_path(sid, version).as_uri(),
+            "manifest_sha256": hashlib.sha256(data).hexdigest(), "signing_key_id": doc["signature"]["key_id"],
+            "encoder": head.get("encoder"), "started_at": _ts(head.get("started_at")),
+            "stopped_at": _ts(head.get("stopped_at")), "sealed_at": _ts(body["sealed_at"]), "deleted_at": None})
+    return chunks, sessions
+
+
+def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
+    """Replace each session's rows in both tables by what its files say (one overwrite per session
+    and table, so it can run over a damaged catalog or an empty one, and be repeated)."""
+    lake.ensure_tables()
+    counts = {"sessions": 0, catalog.CHUNKS: 0, catalog.SESSIONS: 0}
+    for sid in store.sessions():
+        chunk_rows, session_rows = rows_for(store, keyring, sid)
+        for name, rows in ((catalog.CHUNKS, chunk_rows), (catalog.SESSIONS, session_rows)):
+            table = lake.table(name)
+            df = pa.Table.from_pylist(rows, schema=catalog.TABLES[name].as_arrow())
+            table.overwrite(df, overwrite_filter=EqualTo("session_id", sid))
+            counts[name] += len(rows)
+        counts["sessions"] += 1
+    return counts
