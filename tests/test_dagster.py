@@ -314,3 +314,25 @@ def test_maintenance_and_rebuild_jobs_run(tmp_path):
     assert all(snap.timestamp_ms >= started_ms for snap in table.metadata.snapshots)  # older ones expired
     # nothing on disk backs these rows: a rebuild from the files replaces them with nothing
     assert rebuild_catalog.execute_in_process(resources={"vault": vault}).success
+
+
+def test_archive_drops_only_old_sealed_partitions(pipeline):
+    from lucid_assets.defs.operations import archive_partitions
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sealed = finalized_without_dagster(api)
+    api.put(f"/sessions/{sealed}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
+    api.post(f"/sessions/{sealed}/transitions", json={"event": "seal"})
+    busy = finalized_without_dagster(api)  # still processing: never archived
+    res = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sealed, busy])
+        kept = archive_partitions.execute_in_process(instance=instance, resources=res, run_config={
+            "ops": {"archive_partitions_op": {"config": {"older_than_days": 1}}}})
+        assert kept.output_for_node("archive_partitions_op") == []  # sealed just now: not old enough
+        done = archive_partitions.execute_in_process(instance=instance, resources=res, run_config={
+            "ops": {"archive_partitions_op": {"config": {"older_than_days": -1}}}})
+        assert sealed in done.output_for_node("archive_partitions_op")
+        assert not instance.has_dynamic_partition(sessions.name, sealed)
+        assert instance.has_dynamic_partition(sessions.name, busy)
+    assert api.get(f"/sessions/{sealed}").json()["state"] == "sealed"  # everything else is kept

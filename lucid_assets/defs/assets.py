@@ -236,4 +236,5 @@ def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResour
         "duration_ms": body["duration_ms"], "encoder": session["encoder"] or "",
         "signing_key_id": doc["signature"]["key_id"],
         "manifest": dg.MetadataValue.path(str(vault.store.manifest_path(sid, version))),
+        "session_view": dg.MetadataValue.url(f"{vault.api_url}/viewer/#{sid}"),
     })

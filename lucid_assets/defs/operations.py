@@ -109,3 +109,32 @@ retention_schedule = dg.ScheduleDefinition(
     job=retention, cron_schedule="17 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING,
     run_config={"ops": {"apply_retention": {"config": {"dry_run": False}}}},
     description="Nightly at 03:17: apply retention for real.")
+
+
+class ArchiveConfig(dg.Config):
+    older_than_days: int = 30
+
+
+@dg.op(description="Keep the live partition count bounded: drop the Dagster partition of every session sealed "
+                   "more than older_than_days ago. Nothing else changes: its envelopes, manifest, catalog rows and "
+                   "audit log stay and are still served and verified; the partition comes back if it is ever "
+                   "processed again.")
+def archive_partitions_op(context: dg.OpExecutionContext, config: ArchiveConfig, pipeline: PipelineResource) -> dg.Output:
+    cutoff = datetime.now(timezone.utc) - timedelta(days=config.older_than_days)
+    live = set(context.instance.get_dynamic_partitions(sessions.name))
+    old = [s["id"] for s in _all(pipeline, "sealed")
+           if s["id"] in live and s["sealed_at"] and datetime.fromisoformat(s["sealed_at"]) < cutoff]
+    for sid in old:
+        context.instance.delete_dynamic_partition(sessions.name, sid)
+    context.log.info(f"archived {len(old)} partitions; {len(live) - len(old)} remain")
+    return dg.Output(old, metadata={"archived": len(old), "partitions_left": len(live) - len(old)})
+
+
+@dg.job(description="Archive old sealed sessions' partitions (their data stays and is served).")
+def archive_partitions():
+    archive_partitions_op()
+
+
+archive_schedule = dg.ScheduleDefinition(
+    job=archive_partitions, cron_schedule="37 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Nightly at 03:37.")

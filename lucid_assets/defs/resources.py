@@ -66,6 +66,7 @@ class VaultResource(dg.ConfigurableResource):
     catalog_uri: str
     warehouse: str
     workers: int = 2
+    api_url: str = "http://127.0.0.1:8087"  # for links to the viewer in asset metadata
 
     _lake: Lake | None = PrivateAttr(default=None)
     _keyring: Keyring | None = PrivateAttr(default=None)
@@ -75,7 +76,7 @@ class VaultResource(dg.ConfigurableResource):
         return cls(data_dir=str(s.data_dir), master_key_file=str(s.master_key_path),
                    signing_key_file=str(s.signing_key_path), generate_keys=s.generate_keys,
                    chunk_store=str(s.chunk_store_path), catalog_uri=s.catalog, warehouse=s.warehouse_uri,
-                   workers=s.process_workers)
+                   workers=s.process_workers, api_url=s.api_url)
 
     def settings(self) -> Settings:
         return Settings(data_dir=Path(self.data_dir), master_key_file=Path(self.master_key_file),

@@ -129,11 +129,14 @@ $("#signin-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.key = $("#key").value.trim();
   sessionStorage.setItem("lucid-key", state.key);
-  loadList().catch(fail);
+  start().catch(fail);
 });
 $("#signout").addEventListener("click", signOut);
 $("#refresh").addEventListener("click", () => loadList().catch(fail));
 $("#state-filter").addEventListener("change", () => loadList().catch(fail));
 $("#back").addEventListener("click", () => { if (state.hls) state.hls.destroy(); $("#video").removeAttribute("src"); loadList().catch(fail); });
 $("#verify").addEventListener("click", () => verify().catch(fail));
-if (state.key) loadList().catch(fail); else show("#signin");
+// /viewer/#<session id> opens that session (the Dagster UI links here)
+const start = () => (location.hash.length > 1 ? openSession(location.hash.slice(1)) : loadList());
+window.addEventListener("hashchange", () => { if (state.key && location.hash.length > 1) openSession(location.hash.slice(1)).catch(fail); });
+if (state.key) start().catch(fail); else show("#signin");
