@@ -18,22 +18,19 @@ import sys
 import tempfile
 import time
 import uuid
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import av  # noqa: E402
 import httpx  # noqa: E402
-from av.video.frame import PictureType  # noqa: E402
 
 from lucid_assets.core import catalog, envelope  # noqa: E402
 from lucid_assets.defs.assets import _store_one  # noqa: E402
 from lucid_assets.defs.resources import VaultResource  # noqa: E402
 from lucid_assets.settings import Settings  # noqa: E402
 from services.launcher import SERVICES, Platform  # noqa: E402
-from services.recorder.capture import SegmentWriter, open_encoder  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.helpers import record_segments  # noqa: E402
 
 FPS, W, H, CHUNK_S = 15, 640, 360, 10
 
@@ -41,23 +38,8 @@ FPS, W, H, CHUNK_S = 15, 640, 360, 10
 def build_session(data: Path, minutes: float) -> tuple[str, int]:
     sid = str(uuid.uuid4())
     vault = VaultResource.from_settings(Settings(data_dir=data, generate_keys=True))
-    video = {"width": W, "height": H, "fps": FPS, "encoders": ["libx264"]}
-    codec = open_encoder(video, FPS * CHUNK_S)
-    segs = []
-    writer = SegmentWriter(data / "recordings" / sid, codec, FPS, segs.append)
-    src = av.open(f"testsrc2=size={W}x{H}:rate={FPS},format=yuv420p", format="lavfi")
-    n = int(minutes * 60 * FPS)
-    for i, frame in enumerate(src.decode(video=0)):
-        if i == n:
-            break
-        frame.pts, frame.time_base = i, Fraction(1, FPS)
-        frame.pict_type = PictureType.I if i % (FPS * CHUNK_S) == 0 else PictureType.NONE
-        for p in codec.encode(frame):
-            writer.write(p)
-    for p in codec.encode(None):
-        writer.write(p)
-    writer.close_segment()
-    src.close()
+    segs = record_segments(data / "recordings" / sid, fps=FPS, seconds=minutes * 60, chunk_seconds=CHUNK_S,
+                           size=(W, H), pattern="testsrc2")
     dek = vault.store.data_key(sid, vault.keyring, create=True)
     rows = [_store_one(vault, sid, dek, {"seq": s.seq, "sha256": s.sha256, "path": str(s.path),
                                          "duration_ms": s.duration_ms, "registered_at": "2026-11-27T00:00:00+00:00"})

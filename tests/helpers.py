@@ -1,8 +1,12 @@
 """Shared steps of the end-to-end tests."""
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.frame import PictureType
+
+from services.recorder.capture import SegmentWriter, open_encoder
 
 
 def wait_state(client, sid, wanted, timeout=180) -> dict:
@@ -50,3 +54,25 @@ def download(client, sid, path: Path) -> list[dict]:
 def decode(path: Path) -> list:
     with av.open(str(path)) as container:
         return list(container.decode(video=0))
+
+
+def record_segments(directory: Path, fps=10, seconds: float = 6, chunk_seconds=2, size=(160, 120),
+                    pattern="testsrc") -> list:
+    """Real libx264 segments through the recorder's own encoder setup and writer, unpaced."""
+    video = {"width": size[0], "height": size[1], "fps": fps, "encoders": ["libx264"]}
+    codec = open_encoder(video, fps * chunk_seconds)
+    segs = []
+    writer = SegmentWriter(directory, codec, fps, segs.append)
+    src = av.open(f"{pattern}=size={size[0]}x{size[1]}:rate={fps},format=yuv420p", format="lavfi")
+    for i, frame in enumerate(src.decode(video=0)):
+        if i == int(fps * seconds):
+            break
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        frame.pict_type = PictureType.I if i % (fps * chunk_seconds) == 0 else PictureType.NONE
+        for pkt in codec.encode(frame):
+            writer.write(pkt)
+    for pkt in codec.encode(None):
+        writer.write(pkt)
+    writer.close_segment()
+    src.close()
+    return segs

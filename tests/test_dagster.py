@@ -3,14 +3,11 @@ under `materialize` on `instance_for_test`, idempotent reruns, and verification 
 import time
 import uuid
 from datetime import datetime, timezone
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import dagster as dg
 import httpx
 import pytest
-from av.video.frame import PictureType
 
 from lucid_assets.core import catalog
 from lucid_assets.defs.assets import session_manifest, stored_chunks
@@ -23,8 +20,8 @@ from lucid_assets.rebuild import NOT_DETERMINED, rebuild
 from lucid_assets.settings import Settings
 from lucid_assets.verification import verify_stored
 from services.launcher import SERVICES, Platform
-from services.recorder.capture import SegmentWriter, open_encoder
 from tests.conftest import free_port
+from tests.helpers import record_segments
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +32,6 @@ def pipeline(tmp_path_factory):
     p.start(timeout=60)
     yield p
     p.stop()
-
-
-def record_segments(directory: Path, fps=10, seconds=6, chunk_seconds=2, size=(160, 120)):
-    """Real PyAV encoding through the recorder's own writer, unpaced."""
-    video = {"width": size[0], "height": size[1], "fps": fps, "encoders": ["libx264"]}
-    codec = open_encoder(video, fps * chunk_seconds)
-    segs = []
-    writer = SegmentWriter(directory, codec, fps, segs.append)
-    src = av.open(f"testsrc=size={size[0]}x{size[1]}:rate={fps},format=yuv420p", format="lavfi")
-    for i, frame in enumerate(src.decode(video=0)):
-        if i == fps * seconds:
-            break
-        frame.pts, frame.time_base = i, Fraction(1, fps)
-        frame.pict_type = PictureType.I if i % (fps * chunk_seconds) == 0 else PictureType.NONE
-        for pkt in codec.encode(frame):
-            writer.write(pkt)
-    for pkt in codec.encode(None):
-        writer.write(pkt)
-    writer.close_segment()
-    src.close()
-    return segs
 
 
 def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):

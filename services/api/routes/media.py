@@ -14,6 +14,7 @@ from services.common.peers import call, stream
 
 from .. import links
 from ..auth import Principal, authenticate, bearer, principal_by_key_id, viewer
+from .sessions import proxy_chunk
 
 router = APIRouter(prefix="/v1/sessions", tags=["playback"])
 S = get_settings()
@@ -67,10 +68,7 @@ async def playlist(session_id: str, request: Request, who: Principal = Depends(m
 @router.get("/{session_id}/media/{seq}.ts", summary="One decrypted chunk for players (Range supported)",
             response_class=Response)
 async def media_chunk(session_id: str, seq: int, request: Request, _: Principal = Depends(media_access)):
-    headers = {"range": request.headers["range"]} if "range" in request.headers else {}
-    r = await call("GET", f"{S.storage_url}/sessions/{session_id}/chunks/{seq}", headers=headers, raw=True)
-    passed = {k: v for k, v in r.headers.items() if k.lower() in ("content-range", "accept-ranges", "cache-control")}
-    return Response(r.content, status_code=r.status_code, media_type="video/mp2t", headers=passed)
+    return await proxy_chunk(session_id, seq, request)
 
 
 async def _export(session_id: str, ext: str) -> StreamingResponse:

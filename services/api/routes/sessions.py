@@ -86,10 +86,15 @@ async def push_chunk(session_id: str, seq: int, request: Request, response: Resp
 @router.get("/{session_id}/chunks/{seq}", summary="Decrypted chunk bytes (Range supported)",
             response_class=Response)
 async def chunk_bytes(session_id: str, seq: int, request: Request, _: Principal = Depends(viewer)):
+    return await proxy_chunk(session_id, seq, request)
+
+
+async def proxy_chunk(session_id: str, seq: int, request: Request) -> Response:
+    """One decrypted chunk from the storage service, the client's Range passed through."""
     headers = {"range": request.headers["range"]} if "range" in request.headers else {}
     r = await call("GET", f"{S.storage_url}/sessions/{session_id}/chunks/{seq}", headers=headers, raw=True)
     passed = {k: v for k, v in r.headers.items() if k.lower() in ("content-range", "accept-ranges", "cache-control")}
-    return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=passed)
+    return Response(r.content, status_code=r.status_code, media_type="video/mp2t", headers=passed)
 
 
 @router.get("/{session_id}/chunks/{seq}/envelope", summary="The encrypted envelope as stored (for key-less audits)",
