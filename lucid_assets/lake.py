@@ -72,6 +72,13 @@ class Lake:
                 time.sleep(wait)
         raise RuntimeError(f"could not commit to {name} after 8 attempts")
 
+    def replace_rows(self, name: str, session_id: str, rows: list[dict]) -> None:
+        """Make `rows` the session's only rows in the table, in one commit (an overwrite filtered to
+        the session; its bucket is the only partition touched)."""
+        df = pa.Table.from_pylist(sorted(rows, key=lambda r: r.get("seq", r.get("manifest_version", 0))),
+                                  schema=schema.TABLES[name].as_arrow())
+        self.table(name).overwrite(df, overwrite_filter=EqualTo("session_id", session_id))
+
     def mark_deleted(self, session_id: str, when) -> dict:
         """Remove the session's chunk rows and stamp its sessions rows with deleted_at, each in one
         commit (an overwrite filtered to the session); repeating it changes nothing."""
@@ -82,9 +89,7 @@ class Lake:
         rows = self.rows(schema.SESSIONS, session_id)
         stamped = [dict(r, deleted_at=r.get("deleted_at") or when) for r in rows]
         if rows and stamped != rows:
-            self.table(schema.SESSIONS).overwrite(
-                pa.Table.from_pylist(stamped, schema=schema.SESSIONS_SCHEMA.as_arrow()),
-                overwrite_filter=EqualTo("session_id", session_id))
+            self.replace_rows(schema.SESSIONS, session_id, stamped)
         return {"chunk_rows_removed": had_chunks, "session_rows_marked": len(rows)}
 
     def expire_snapshots(self, name: str, older_than) -> int:

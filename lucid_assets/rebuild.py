@@ -8,9 +8,6 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-import pyarrow as pa
-from pyiceberg.expressions import EqualTo
-
 from .core import catalog, envelope
 from .keyring import Keyring
 from .lake import Lake
@@ -70,9 +67,7 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
     for sid in store.sessions():
         chunk_rows, session_rows = rows_for(store, keyring, sid)
         for name, rows in ((catalog.CHUNKS, chunk_rows), (catalog.SESSIONS, session_rows)):
-            table = lake.table(name)
-            df = pa.Table.from_pylist(rows, schema=catalog.TABLES[name].as_arrow())
-            table.overwrite(df, overwrite_filter=EqualTo("session_id", sid))
+            lake.replace_rows(name, sid, rows)
             counts[name] += len(rows)
         counts["sessions"] += 1
     return counts

@@ -180,6 +180,17 @@ class ChunkStore:
     def write_checkpoint(self, session_id: str, tree_size: int, data: bytes) -> bool:
         return atomic_write(self.checkpoint_path(session_id, tree_size), data, exclusive=True)
 
+    def supersede_checkpoints(self, session_id: str, label: str) -> Path | None:
+        """Set the current checkpoint chain aside (kept as a record) so a forced reprocess starts a
+        new one."""
+        d = self.session_dir(session_id) / "checkpoints"
+        if not d.is_dir():
+            return None
+        target = d.with_name(f"checkpoints.superseded-{label}")
+        d.rename(target)
+        _fsync_dir(d.parent)
+        return target
+
     def checkpoints(self, session_id: str) -> list[dict]:
         """Every checkpoint, oldest first; an unreadable file is returned as an error entry."""
         d = self.session_dir(session_id) / "checkpoints"

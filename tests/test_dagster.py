@@ -312,3 +312,44 @@ def test_archive_drops_only_old_sealed_partitions(pipeline):
         assert not instance.has_dynamic_partition(sessions.name, sealed)
         assert instance.has_dynamic_partition(sessions.name, busy)
     assert api.get(f"/sessions/{sealed}").json()["state"] == "sealed"  # everything else is kept
+
+
+def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeline, tmp_path):
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = api.post("/sessions", json={"name": "forced", "video": {"width": 160, "height": 120, "fps": 10},
+                                      "chunk_seconds": 2}).json()["id"]
+    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    for seg in record_segments(tmp_path / "rec" / sid, seconds=4):
+        api.post(f"/sessions/{sid}/chunks", json={"seq": seg.seq, "sha256": seg.sha256, "size": seg.size,
+                                                  "frames": seg.frames, "duration_ms": seg.duration_ms,
+                                                  "path": str(seg.path)})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
+    api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2})
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    vault = VaultResource.from_settings(settings)
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
+    force = {"ops": {name: {"config": {"force": True}} for name in ("stored_chunks", "session_manifest")}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        assert dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
+                              resources=resources).success
+        v1 = vault.store.manifest_path(sid, 1).read_bytes()
+        before = {s: vault.store.read_envelope(sid, s) for s in range(2)}
+        assert dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
+                              resources=resources, run_config=force).success
+    assert vault.store.manifest_versions(sid) == [1, 2]
+    assert vault.store.manifest_path(sid, 1).read_bytes() == v1  # the old version's record is kept
+    after = {s: vault.store.read_envelope(sid, s) for s in range(2)}
+    assert all(after[s] != before[s] for s in range(2))  # new envelopes (new nonces)
+    rows = vault.lake.rows(catalog.CHUNKS, sid)
+    assert [r["seq"] for r in rows] == [0, 1]  # replaced, not duplicated
+    assert [r["manifest_version"] for r in vault.lake.rows(catalog.SESSIONS, sid)] == [1, 2]
+    events = api.get(f"/sessions/{sid}/events").json()["items"]
+    assert "reprocess" in [e["entry"]["event"] for e in events]
+    keyring = Keyring.load(settings)
+    state = api.get(f"/sessions/{sid}").json()
+    assert state["manifest_version"] == 2
+    report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events,
+                           registry_manifest_sha256=state["manifest_sha256"]).as_dict()
+    assert report["ok"], report["problems"]
+    assert list((vault.store.session_dir(sid)).glob("checkpoints.superseded-*"))  # the old chain, kept

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from lucid_assets.core import catalog, checkpoint, envelope, merkle
 from lucid_assets.core.manifest import build_manifest, canonical_json, sign, verify_signature
@@ -30,16 +31,21 @@ def _ts(iso: str | None) -> datetime | None:
     return datetime.fromisoformat(iso) if iso else None
 
 
-def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict) -> dict:
+class ProcessConfig(dg.Config):
+    force: bool = Field(False, description="forced reprocess: re-encrypt every chunk into new envelopes and write "
+                        "a new manifest version; the old manifest and checkpoints are kept as a record")
+
+
+def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict, force: bool = False) -> dict:
     """Envelope one registered chunk (or reuse its durable envelope) and return its catalog row."""
     seq = chunk["seq"]
     existing = vault.store.read_envelope(sid, seq)
-    data = None
+    data = raw = None
     if existing is not None:
         try:
-            _, raw = envelope.open_envelope(existing, dek=dek, session_id=uuid.UUID(sid), seq=seq)
-            if hashlib.sha256(raw).hexdigest() == chunk["sha256"]:
-                data = existing  # already durable from an earlier run: never rewrite it
+            _, plain = envelope.open_envelope(existing, dek=dek, session_id=uuid.UUID(sid), seq=seq)
+            if hashlib.sha256(plain).hexdigest() == chunk["sha256"]:
+                data, raw = existing, plain  # already durable from an earlier run: never rewritten unless forced
         except envelope.EnvelopeError:
             pass
     if data is None:
@@ -50,6 +56,7 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict) -> dict:
             raise dg.Failure(f"chunk {seq}: staging file {staging} is gone and no valid envelope exists") from None
         if hashlib.sha256(raw).hexdigest() != chunk["sha256"]:
             raise dg.Failure(f"chunk {seq}: staging file {staging} does not match its registered SHA-256")
+    if data is None or force:
         data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
         vault.store.write_envelope(sid, seq, data)
     header = envelope.parse_header(data)
@@ -108,7 +115,7 @@ def _check_chunks(vault: VaultResource, sid: str, dek: bytes, chunks: list[dict]
                 "catalogued as one row of lucid.chunks. Idempotent: a rerun reuses durable envelopes and "
                 "appends only missing rows.",
 )
-def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+def stored_chunks(context: dg.AssetExecutionContext, config: ProcessConfig, pipeline: PipelineResource,
                   vault: VaultResource) -> dg.MaterializeResult:
     sid = context.partition_key
     session = pipeline.get(f"/sessions/{sid}")
@@ -116,9 +123,17 @@ def stored_chunks(context: dg.AssetExecutionContext, pipeline: PipelineResource,
         raise dg.Failure(f"session {sid} is {session['state']}: nothing to store")
     chunks = pipeline.get(f"/sessions/{sid}/chunks")["items"]
     dek = vault.store.data_key(sid, vault.keyring, create=True)
+    if config.force:
+        pipeline.post(f"/sessions/{sid}/audit", {"event": "reprocess", "actor": "dagster",
+                                                 "detail": {"run_id": context.run_id, "chunks": len(chunks)}})
+        vault.store.supersede_checkpoints(sid, context.run_id[:8])
     with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
-        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c), chunks))
-    appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
+        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c, config.force), chunks))
+    if config.force:
+        vault.lake.replace_rows(catalog.CHUNKS, sid, rows)
+        appended = len(rows)
+    else:
+        appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
     newly = 0
     for chunk, row in zip(chunks, rows):
         if chunk["state"] != "stored" or chunk["envelope_sha256"] != row["envelope_sha256"]:
@@ -172,7 +187,7 @@ def _session_header(session: dict) -> dict:
                 "manifest signed with Ed25519, stored beside the envelopes and catalogued in lucid.sessions. "
                 "A rerun over unchanged chunks keeps the existing manifest byte for byte.",
 )
-def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+def session_manifest(context: dg.AssetExecutionContext, config: ProcessConfig, pipeline: PipelineResource,
                      vault: VaultResource) -> dg.MaterializeResult:
     sid = context.partition_key
     session = pipeline.get(f"/sessions/{sid}")
@@ -193,8 +208,8 @@ def session_manifest(context: dg.AssetExecutionContext, pipeline: PipelineResour
     if latest is not None:
         version, data = latest
         doc = json.loads(data)
-        reused = (doc["body"].get("chunks") == entries and doc["body"]["merkle"]["root"] == root_hex
-                  and verify_signature(doc, signer.public_key())[0])
+        reused = (not config.force and doc["body"].get("chunks") == entries
+                  and doc["body"]["merkle"]["root"] == root_hex and verify_signature(doc, signer.public_key())[0])
         if not reused:
             version += 1
     else:

@@ -28,7 +28,6 @@ def reconcile_requests(instance: dg.DagsterInstance, pipeline: PipelineResource,
     """Sessions whose processing stalled: finalized without a run in flight, failed in processing
     (bounded retries), or recording with chunks not stored and no batch waiting."""
     requests, new = [], []
-    known = set(instance.get_dynamic_partitions(sessions.name))
     candidates = [(s, seal_session) for s in _all(pipeline, "processing")]
     candidates += [(s, seal_session) for s in _all(pipeline, "failed") if s["expected_chunks"] is not None]
     candidates += [(s, store_chunks) for state in ("recording", "paused") for s in _all(pipeline, state)
@@ -45,7 +44,7 @@ def reconcile_requests(instance: dg.DagsterInstance, pipeline: PipelineResource,
             tries = sum(1 for r in runs if r.tags.get("lucid/reason") == "reconcile")
             if tries >= MAX_RETRIES:
                 continue
-        if sid not in known:
+        if not instance.has_dynamic_partition(sessions.name, sid):
             new.append(sid)
         requests.append(dg.RunRequest(partition_key=sid, job_name=job.name,
                                       tags={SESSION_TAG: sid, "lucid/reason": "reconcile"}))

@@ -37,8 +37,7 @@ def work_queue_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
             partition_key=sid, run_key=f"{sid}:{it['up_to_seq']}:w{it['id']}",
             job_name=(seal_session if sid in sealing else store_chunks).name,
             tags={SESSION_TAG: sid, "lucid/reason": "final" if sid in sealing else "chunks"}))
-    known = set(context.instance.get_dynamic_partitions(sessions.name))
-    new = sorted(set(latest) - known)
+    new = sorted(sid for sid in latest if not context.instance.has_dynamic_partition(sessions.name, sid))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[sessions.build_add_request(new)] if new else [],

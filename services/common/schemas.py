@@ -107,3 +107,9 @@ class VerificationSummary(Strict):
     status: Literal["verified", "failed", "shredded"]
     problems: int = Field(..., ge=0)
     at: str = Field(..., max_length=40)
+
+
+class AuditNote(Strict):
+    event: Literal["reprocess"]
+    actor: str = Field(..., max_length=200)
+    detail: dict = Field(default_factory=dict)

@@ -7,7 +7,7 @@ from sqlmodel import select
 from lucid_assets.settings import get_settings
 from services.common.app import make_app
 from services.common.db import Database
-from services.common.schemas import (ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition,
+from services.common.schemas import (AuditNote, ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition,
                                      VerificationSummary)
 
 from . import registry
@@ -89,6 +89,16 @@ def create_app(database_url: str | None = None):
             registry.record_manifest(s, row, body)
             s.flush()
             return registry.session_dict(s, row)
+
+    @app.post("/sessions/{session_id}/audit", status_code=201)
+    def audit_note(session_id: str, body: AuditNote):
+        """An audited event that is not a transition (a forced reprocess)."""
+        with db.write() as s:
+            registry.get_row(s, session_id, lock=True)
+            row = registry.append_audit(s, session_id, {"event": body.event, "from": None, "to": None,
+                                                        "actor": body.actor, "detail": body.detail})
+            s.flush()
+            return {"entry": row.entry, "hash": row.hash}
 
     @app.put("/sessions/{session_id}/verification")
     def verification(session_id: str, body: VerificationSummary):
