@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import Query
+from sqlalchemy import func
 from sqlmodel import select
 
 from lucid_assets.settings import get_settings
@@ -36,14 +37,14 @@ def create_app(database_url: str | None = None):
     def list_sessions(state: str | None = None, label: list[str] = Query(default=[]),
                       limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
         with db.read() as s:
-            q = select(SessionRow).order_by(SessionRow.created_at.desc())
+            q = select(SessionRow)
             if state:
                 q = q.where(SessionRow.state == state)
-            rows = s.exec(q).all()
-            for lab in label:
+            for lab in label:  # label=key or label=key=value, filtered in the database
                 k, _, v = lab.partition("=")
-                rows = [r for r in rows if k in r.labels and (not v or r.labels[k] == v)]
-            total, page = len(rows), rows[offset:offset + limit]
+                q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            page = s.exec(q.order_by(SessionRow.created_at.desc()).offset(offset).limit(limit)).all()
             t = registry.totals(s, [r.id for r in page])
             return {"items": [registry.to_dict(r, t.get(r.id)) for r in page], "total": total,
                     "limit": limit, "offset": offset}
