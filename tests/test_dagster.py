@@ -353,3 +353,26 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
                            registry_manifest_sha256=state["manifest_sha256"]).as_dict()
     assert report["ok"], report["problems"]
     assert list((vault.store.session_dir(sid)).glob("checkpoints.superseded-*"))  # the old chain, kept
+
+
+def test_a_premature_manual_run_does_not_fail_a_recording_session(pipeline, tmp_path):
+    from lucid_assets.defs.sensors import fail_on_failure
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = api.post("/sessions", json={"name": "still recording"}).json()["id"]
+    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                 "vault": VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(sessions.name, [sid])
+        result = dg.materialize([session_manifest], partition_key=sid, instance=instance, resources=resources,
+                                raise_on_error=False)  # an operator's "materialize" before the session ended
+        assert not result.success
+        failure = [e for e in instance.all_logs(result.run_id)
+                   if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE][0]
+        ctx = dg.build_run_status_sensor_context(sensor_name="fail_on_failure", dagster_instance=instance,
+                                                 dagster_run=instance.get_run_by_id(result.run_id),
+                                                 dagster_event=failure.dagster_event,
+                                                 resources={"pipeline": resources["pipeline"]}).for_run_failure()
+        assert isinstance(fail_on_failure(ctx), dg.SkipReason)
+    assert api.get(f"/sessions/{sid}").json()["state"] == "recording"

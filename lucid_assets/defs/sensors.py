@@ -83,6 +83,11 @@ def fail_on_failure(context: dg.RunFailureSensorContext, pipeline: PipelineResou
     sid = _session_of(context.dagster_run)
     if not sid:
         return dg.SkipReason("run has no session partition")
+    state = pipeline.get(f"/sessions/{sid}")["state"]
+    if state in ("recording", "paused", "sealed", "deleted"):
+        # a run launched by hand before the session was finalized (or after it was sealed) failing
+        # does not end the recording, nor unseal what is sealed
+        return dg.SkipReason(f"{sid} is {state}: a failed run does not change it")
     why = failed_checks(context.instance, context.dagster_run.run_id)
     steps = context.get_step_failure_events()
     why = why or "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in steps
