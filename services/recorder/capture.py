@@ -182,6 +182,55 @@ def _reason(exc: BaseException) -> CaptureEnded:
     return CaptureEnded("failed", f"capture failed: {type(exc).__name__}: {exc}")
 
 
+class RecordingClock:
+    """Places frames on the recording's timeline: slot (pts, in frames) = round(recording time x fps),
+    recording time being the source's own clock since its first frame, less the time paused.
+
+    Live sources (an X display, a stream) keep their clock running while paused, so the gap their
+    timestamps show across a pause is taken out. Paced sources (a pattern, a file read at its own
+    speed) wait for each frame's moment on the wall clock. A synthetic pattern that falls behind
+    real time by a whole frame skips slots (counted as dropped) instead of drifting; a gap in a live
+    source's timestamps is a real gap and is counted too; a source faster than the frame rate is
+    thinned."""
+
+    def __init__(self, fps: int, *, paced: bool, synthetic: bool, now=time.monotonic, sleep=time.sleep):
+        self.fps, self.paced, self.synthetic = fps, paced, synthetic
+        self.now, self.sleep = now, sleep
+        self.first = self.prev = self.wall0 = None
+        self.offset = 0.0  # source time taken out: pauses of live sources, skips of late patterns
+        self.wall_paused = 0.0
+        self.resumed = False
+        self.last = -1
+
+    def paused(self, wall_seconds: float) -> None:
+        self.wall_paused += wall_seconds
+        self.resumed = True
+
+    def place(self, ts: float | None) -> tuple[int, int] | None:
+        """(slot, frames dropped before it), or None for a frame to skip."""
+        if ts is None:  # a source without timestamps for this frame: the next frame's moment
+            ts = self.prev + 1 / self.fps if self.prev is not None else 0.0
+        if self.first is None:
+            self.first, self.wall0 = ts, self.now()
+        elif self.resumed and not self.paced:
+            self.offset += max(0.0, ts - self.prev - 1 / self.fps)
+        self.resumed, self.prev = False, ts
+        t = ts - self.first - self.offset
+        if self.paced:
+            lag = self.now() - (self.wall0 + self.wall_paused + t)
+            if lag < 0:
+                self.sleep(-lag)
+            elif self.synthetic and lag >= 1 / self.fps:
+                skip = int(lag * self.fps) / self.fps
+                self.offset -= skip
+                t += skip
+        slot = round(t * self.fps)
+        if slot <= self.last:
+            return None
+        dropped, self.last = slot - self.last - 1, slot
+        return slot, dropped
+
+
 class Capture:
     """One session's capture thread plus a registrar thread that hands segments to the pipeline."""
 
@@ -243,11 +292,8 @@ class Capture:
         writer = SegmentWriter(self.dir, self.codec, self.fps, self._queue.put)
         w, h = self.video["width"], self.video["height"]
         src = self.source
-        last = -1
+        clock = RecordingClock(self.fps, paced=src.paced, synthetic=src.synthetic)
         next_key = 0
-        t0: float | None = None
-        first_time: float | None = None
-        paused_total = 0.0
         try:
             frames = iter(src.frames())
             try:
@@ -256,33 +302,19 @@ class Capture:
                         break
                     if not self.resume_event.is_set():
                         pause_start = time.monotonic()
-                        if src.synthetic or src.source_clock:
+                        if src.paced:  # nothing flows meanwhile: this frame is simply the next one
                             self.resume_event.wait()
                         while not self.resume_event.is_set() and not self._stopping():
                             next(frames, None)  # a live source keeps flowing while paused: discard
-                        paused_total += time.monotonic() - pause_start
-                        continue
+                        clock.paused(time.monotonic() - pause_start)
+                        if not src.paced or self._stopping():
+                            continue  # the frame in hand is from before the pause
                     self.stats.frames_captured += 1
-                    if src.source_clock:
-                        if frame.time is None:
-                            continue
-                        first_time = frame.time if first_time is None else first_time
-                        t = frame.time - first_time
-                    else:
-                        now = time.monotonic()
-                        if t0 is None:
-                            t0 = now
-                        if src.synthetic:
-                            due = t0 + paused_total + (last + 1) / self.fps
-                            if now < due:
-                                time.sleep(due - now)
-                                now = due
-                        t = now - t0 - paused_total
-                    idx = round(t * self.fps)
-                    if idx <= last:
+                    placed = clock.place(frame.time)
+                    if placed is None:
                         continue  # the source is faster than the frame rate
-                    self.stats.frames_dropped += idx - last - 1
-                    last = idx
+                    idx, dropped = placed
+                    self.stats.frames_dropped += dropped
                     if frame.width != w or frame.height != h or frame.format.name != "yuv420p":
                         frame = frame.reformat(width=w, height=h, format="yuv420p")
                     frame.pts, frame.time_base = idx, Fraction(1, self.fps)

@@ -20,8 +20,8 @@ class SourceError(Exception):
 
 class Source:
     kind = "source"
-    synthetic = False  # produces frames instantly: the capture loop paces it to the wall clock
-    source_clock = False  # timestamps come from the source (a file read as fast as possible)
+    paced = False  # frames are available at once (a pattern, a file): the capture waits for each one's moment
+    synthetic = False  # behind real time, skip slots rather than drift (nothing real is lost)
 
     def __init__(self, container):
         self.container = container
@@ -42,6 +42,7 @@ class Source:
 
 class PatternSource(Source):
     kind = "testsrc"
+    paced = True
     synthetic = True
 
 
@@ -54,8 +55,7 @@ class UrlSource(Source):
 
     def __init__(self, container, realtime: bool):
         super().__init__(container)
-        self.synthetic = realtime and container.format.name not in ("rtsp", "rtp", "sdp", "hls")
-        self.source_clock = not realtime
+        self.paced = realtime and container.format.name not in ("rtsp", "rtp", "sdp", "hls")
 
 
 def _open(target: str, what: str, **kwargs):
