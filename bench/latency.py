@@ -41,19 +41,12 @@ def main() -> int:
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--chunk-seconds", type=int, default=10)
-    ap.add_argument("--dequeue-interval", type=float, help="override the run queue's dequeue interval (s)")
-    ap.add_argument("--max-runs", type=int, help="override max_concurrent_runs")
     args = ap.parse_args()
-    overrides = {}
-    if args.dequeue_interval is not None:
-        overrides["run_coordinator.config.dequeue_interval_seconds"] = args.dequeue_interval
-    if args.max_runs is not None:
-        overrides["run_coordinator.config.max_concurrent_runs"] = args.max_runs
     w, h = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
-                     extra_env={"LUCID_API_KEY": KEY}, dagster_overrides=overrides)
+                     extra_env={"LUCID_API_KEY": KEY})
         p.start(timeout=180)
         try:
             api = httpx.Client(base_url=p.url("api"), headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
@@ -68,8 +61,10 @@ def main() -> int:
             while True:
                 now = time.time()
                 if stop_at is None and now >= t_end:
-                    api.post(f"/v1/sessions/{sid}/stop")
+                    api.post(f"/v1/sessions/{sid}/stop").raise_for_status()
                     stop_at = time.time()
+                if stop_at is not None and now - stop_at > 300:
+                    raise SystemExit(f"not sealed 300 s after stop: {api.get(f'/v1/sessions/{sid}').json()}")
                 for r in lake.rows(catalog.CHUNKS, sid):
                     seen.setdefault(r["seq"], time.time())
                 state = api.get(f"/v1/sessions/{sid}").json()
@@ -95,7 +90,7 @@ def main() -> int:
                     wall += rec.end_time - rec.create_timestamp.timestamp()
                     launch += rec.start_time - rec.create_timestamp.timestamp()
             print(f"latency bench: {args.seconds:.0f} s session at {w}x{h}@{args.fps}, {args.chunk_seconds} s chunks, "
-                  f"embedded default (SQLite), {len(records)} runs" + (f", overrides {overrides}" if overrides else ""))
+                  f"embedded default (SQLite), {len(records)} runs")
             print(f"- registration -> lucid.chunks row: p50 {pct(lat, 50):.1f} s, p95 {pct(lat, 95):.1f} s, "
                   f"max {max(lat):.1f} s over {len(lat)} chunks ({len(live)} registered while recording: "
                   f"p50 {pct(live, 50) if live else float('nan'):.1f} s)")

@@ -27,7 +27,6 @@ class Platform:
     daemon: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     run: tuple[str, ...] = tuple(SERVICES)  # which of the services to start
-    dagster_overrides: dict = field(default_factory=dict)  # merged into dagster.yaml (benchmarks)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
@@ -58,16 +57,6 @@ class Platform:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / "dagster_home" / "dagster.yaml", self.dagster_home / "dagster.yaml")
-        if self.dagster_overrides:
-            import yaml
-            conf = yaml.safe_load((self.dagster_home / "dagster.yaml").read_text())
-            for path, value in self.dagster_overrides.items():  # "a.b.c": value
-                node = conf
-                *parents, leaf = path.split(".")
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = value
-            (self.dagster_home / "dagster.yaml").write_text(yaml.safe_dump(conf))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")
