@@ -165,11 +165,9 @@ def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
     assert {sid: vault.store.data_key(sid, fresh) for sid in sids} == deks  # same DEKs, new wrapping
 
 
-def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tmp_path):
-    from lucid_assets.defs.sensors import fail_on_failure, failed_checks
-
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
-    sid = api.post("/sessions", json={"name": "drift", "video": {"width": 160, "height": 120, "fps": 10},
+def recorded_and_finalized(api, tmp_path, name: str) -> str:
+    """A session with two real 2 s segments registered and finalized through the pipeline."""
+    sid = api.post("/sessions", json={"name": name, "video": {"width": 160, "height": 120, "fps": 10},
                                       "chunk_seconds": 2}).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
     for seg in record_segments(tmp_path / "rec" / sid, seconds=4):
@@ -177,7 +175,16 @@ def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tm
                                                   "frames": seg.frames, "duration_ms": seg.duration_ms,
                                                   "path": str(seg.path)})
     api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
-    api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2})
+    assert api.post(f"/sessions/{sid}/transitions",
+                    json={"event": "finalize", "expected_chunks": 2}).json()["state"] == "processing"
+    return sid
+
+
+def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tmp_path):
+    from lucid_assets.defs.sensors import fail_on_failure, failed_checks
+
+    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    sid = recorded_and_finalized(api, tmp_path, "drift")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     vault = VaultResource.from_settings(settings)
     now = datetime.now(timezone.utc)  # a catalog row the registry does not know: drift the check must catch
@@ -316,15 +323,7 @@ def test_archive_drops_only_old_sealed_partitions(pipeline):
 
 def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeline, tmp_path):
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
-    sid = api.post("/sessions", json={"name": "forced", "video": {"width": 160, "height": 120, "fps": 10},
-                                      "chunk_seconds": 2}).json()["id"]
-    api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
-    for seg in record_segments(tmp_path / "rec" / sid, seconds=4):
-        api.post(f"/sessions/{sid}/chunks", json={"seq": seg.seq, "sha256": seg.sha256, "size": seg.size,
-                                                  "frames": seg.frames, "duration_ms": seg.duration_ms,
-                                                  "path": str(seg.path)})
-    api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
-    api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2})
+    sid = recorded_and_finalized(api, tmp_path, "forced")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     vault = VaultResource.from_settings(settings)
     resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
