@@ -79,6 +79,9 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
         assert again.success
         meta = again.asset_materializations_for_node("session_manifest")[0].metadata
         assert meta["manifest_reused"].value is True
+        rechecked = [e.event_specific_data for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                     and e.event_specific_data.check_name == "chunks_readable_and_complete"][0]
+        assert rechecked.passed and rechecked.metadata["chunks_reread"].value == 0  # nothing new: nothing re-read
         assert manifest_path.read_bytes() == manifest_bytes
         assert vault.store.manifest_versions(sid) == [1]
         assert {s: vault.store.read_envelope(sid, s) for s in range(3)} == envelopes

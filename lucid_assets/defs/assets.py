@@ -71,18 +71,20 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict, force: b
 
 CHUNKS_CHECK = dg.AssetCheckSpec(
     "chunks_readable_and_complete", asset="stored_chunks", blocking=True,
-    description="Re-reads every registered chunk's envelope from the store: it exists, opens under the session's "
-                "data key, its plaintext has the registered SHA-256, lucid.chunks has exactly one row for it, and "
-                "once the session is finalized the seqs are 0..n-1. Blocks the manifest when it fails.")
+    description="Re-reads every envelope this run wrote from the store: it exists, opens under the session's data "
+                "key and its plaintext has the registered SHA-256; lucid.chunks has exactly one row per registered "
+                "chunk; once the session is finalized the seqs are 0..n-1. Blocks the manifest when it fails (the "
+                "manifest's own check then re-reads every envelope of the session).")
 MANIFEST_CHECK = dg.AssetCheckSpec(
     "manifest_matches_storage", asset="session_manifest", blocking=True,
     description="Runs the full verification (signature, Merkle root, every envelope's hash, tag and plaintext, "
                 "checkpoints, audit chain) of the manifest just written against the store.")
 
 
-def _check_chunks(vault: VaultResource, sid: str, dek: bytes, chunks: list[dict], session: dict) -> dg.AssetCheckResult:
+def _check_chunks(vault: VaultResource, sid: str, dek: bytes, chunks: list[dict], written: list[dict],
+                  session: dict) -> dg.AssetCheckResult:
     problems = []
-    for c in chunks:
+    for c in written:
         data = vault.store.read_envelope(sid, c["seq"])
         if data is None:
             problems.append(f"chunk {c['seq']}: envelope missing")
@@ -103,8 +105,8 @@ def _check_chunks(vault: VaultResource, sid: str, dek: bytes, chunks: list[dict]
     return dg.AssetCheckResult(
         check_name=CHUNKS_CHECK.name, passed=not problems,
         description="; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
-        if problems else f"{len(chunks)} chunks readable, catalogued once each",
-        metadata={"chunks_checked": len(chunks), "problems": len(problems)})
+        if problems else f"{len(written)} written chunks readable; {len(chunks)} catalogued once each",
+        metadata={"chunks_reread": len(written), "chunks_registered": len(chunks), "problems": len(problems)})
 
 
 @dg.asset(
@@ -127,33 +129,41 @@ def stored_chunks(context: dg.AssetExecutionContext, config: ProcessConfig, pipe
         pipeline.post(f"/sessions/{sid}/audit", {"event": "reprocess", "actor": "dagster",
                                                  "detail": {"run_id": context.run_id, "chunks": len(chunks)}})
         vault.store.supersede_checkpoints(sid, context.run_id[:8])
+    # A chunk the registry already records as stored was enveloped and catalogued by an earlier batch
+    # (the catalog row is appended before the registry is told): only the others are read here, so
+    # live batches stay proportional to what is new, not to the whole session.
+    todo = chunks if config.force else [c for c in chunks if c["state"] != "stored"]
     with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
-        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c, config.force), chunks))
+        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c, config.force), todo))
     if config.force:
         vault.lake.replace_rows(catalog.CHUNKS, sid, rows)
         appended = len(rows)
     else:
         appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
     newly = 0
-    for chunk, row in zip(chunks, rows):
+    for chunk, row in zip(todo, rows):
         if chunk["state"] != "stored" or chunk["envelope_sha256"] != row["envelope_sha256"]:
             pipeline.post(f"/sessions/{sid}/chunks/{row['seq']}/stored",
                           {"envelope_sha256": row["envelope_sha256"], "stored_size": row["stored_size"],
                            "compressed": row["compressed"]})
             newly += 1
+    for chunk in chunks:
         Path(chunk["path"]).unlink(missing_ok=True)  # durable and catalogued: staging can go
-    published = _publish_checkpoint(vault, sid, rows)
-    check = _check_chunks(vault, sid, dek, chunks, session)
-    raw, stored = sum(r["raw_size"] for r in rows), sum(r["stored_size"] for r in rows)
-    context.log.info(f"{len(rows)} chunks durable; {newly} newly stored, {appended} catalog rows appended"
+    fresh = {r["seq"]: r for r in rows}
+    stored = [fresh.get(c["seq"]) or {"seq": c["seq"], "envelope_sha256": c["envelope_sha256"], "raw_size": c["size"],
+                                      "stored_size": c["stored_size"], "compressed": c["compressed"]} for c in chunks]
+    published = _publish_checkpoint(vault, sid, stored)
+    check = _check_chunks(vault, sid, dek, chunks, todo, session)
+    raw, size = sum(r["raw_size"] for r in stored), sum(r["stored_size"] for r in stored)
+    context.log.info(f"{len(stored)} chunks durable; {newly} newly stored, {appended} catalog rows appended"
                      + (f"; checkpoint {published['tree_size']} published" if published else ""))
     return dg.MaterializeResult(metadata={
-        "chunk_count": len(rows), "newly_stored": newly, "catalog_rows_appended": appended,
+        "chunk_count": len(stored), "newly_stored": newly, "catalog_rows_appended": appended,
         "checkpoint_tree_size": published["tree_size"] if published else None,
         "checkpoint_root": published["root"] if published else None,
-        "raw_bytes": raw, "stored_bytes": stored,
-        "compression_ratio": dg.MetadataValue.float(round(stored / raw, 4) if raw else 1.0),
-        "compressed_chunks": sum(r["compressed"] for r in rows),
+        "raw_bytes": raw, "stored_bytes": size,
+        "compression_ratio": dg.MetadataValue.float(round(size / raw, 4) if raw else 1.0),
+        "compressed_chunks": sum(bool(r["compressed"]) for r in stored),
     }, check_results=[check])
 
 
