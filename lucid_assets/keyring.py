@@ -60,6 +60,8 @@ class Keyring:
 
     @classmethod
     def public_key(cls, settings: Settings) -> Ed25519PublicKey:
+        if settings.signing_public_key_file is not None:
+            return keys.load_verify_key(settings.signing_public_key_file)
         if settings.generate_keys:
             ensure_keys(settings)
         return keys.load_signing_key(settings.signing_key_path).public_key()

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None  # the active key-encryption key
     keyring_dir: Path | None = None  # older KEKs, still readable (one base64 key per *.key file)
     signing_key_file: Path | None = None
+    # where only verification happens (storage service, gateway), the public half is enough
+    signing_public_key_file: Path | None = None
     link_secret_file: Path | None = None  # HMAC key of the signed media links (gateway)
     generate_keys: bool = False  # the embedded default generates missing keys; compose does not
     database_url: str | None = None  # pipeline registry
@@ -39,6 +41,7 @@ class Settings(BaseSettings):
     dagster_url: str = "http://127.0.0.1:3000"
 
     api_key: SecretStr | None = None  # the first admin key, if the operator wants to choose it
+    api_key_file: Path | None = None  # the same, read from a (secret) file
     chunk_seconds: int = 10
     encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins
     url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
@@ -63,6 +66,12 @@ class Settings(BaseSettings):
     @property
     def link_secret_path(self) -> Path:
         return Path(self._d(self.link_secret_file, "keys", "link.key"))
+
+    @property
+    def preset_admin_key(self) -> str | None:
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip() or None
+        return self.api_key.get_secret_value() if self.api_key else None
 
     @property
     def pipeline_db(self) -> str:

@@ -163,6 +163,41 @@ def cmd_keys(args) -> int:
     return 0
 
 
+SECRET_FILES = ("master.key", "signing.key", "signing.pub", "link.key", "admin-api-key")
+
+
+def cmd_secrets(args) -> int:
+    """The secret files of a compose deployment, made once: existing files are never replaced."""
+    from lucid_assets.core import keys
+    from services.api.auth import new_key
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    makers = {
+        "master.key": lambda p: keys.create_kek(p),
+        "signing.key": lambda p: keys.create_signing_key(p),
+        "signing.pub": lambda p: keys.write_private_file(
+            p, keys.public_pem(keys.load_signing_key(out / "signing.key"))),
+        "link.key": lambda p: keys.write_private_file(p, os.urandom(32)),
+        "admin-api-key": lambda p: keys.write_private_file(p, (new_key() + "\n").encode()),
+    }
+    uid, gid = (int(x) for x in args.owner.split(":")) if args.owner else (None, None)
+    for name in SECRET_FILES:
+        path = out / name
+        if path.exists():
+            print(f"lucid: kept {path}")
+        else:
+            makers[name](path)
+            print(f"lucid: created {path} (mode 0600)")
+        if uid is not None:
+            os.chown(path, uid, gid)
+    if uid is not None:
+        os.chown(out, uid, gid)
+    print(f"lucid: back up {out}: without master.key (and retired keys) the recordings cannot be read")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lucid", description="Lucid Sessions")
     p.add_argument("--data-dir", default=os.environ.get("LUCID_DATA_DIR", "data"))
@@ -185,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_p = sub.add_parser("keys", help="rotate the key-encryption key, rewrap data keys, prune retired keys")
     keys_p.add_argument("action", choices=["rotate", "rewrap", "prune", "status"])
     keys_p.set_defaults(fn=cmd_keys)
+    sec = sub.add_parser("secrets", help="create the secret files of a compose deployment (never overwrites)")
+    sec.add_argument("dir")
+    sec.add_argument("--owner", help="UID:GID to own the files (the images run as 65532:65532)")
+    sec.set_defaults(fn=cmd_secrets)
     args = p.parse_args(argv)
     return args.fn(args)
 

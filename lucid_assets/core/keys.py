@@ -129,6 +129,25 @@ def create_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_verify_key(path: Path) -> Ed25519PublicKey:
+    """The manifest signing key's public half (PEM), for services that only verify."""
+    path = Path(path)
+    if not path.exists():
+        raise KeyMaterialError(f"signing public key file {path} does not exist")
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except ValueError:
+        raise KeyMaterialError(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyMaterialError(f"{path} is not an Ed25519 public key")
+    return key
+
+
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     if not path.exists():

@@ -60,6 +60,7 @@ class VaultResource(dg.ConfigurableResource):
 
     data_dir: str
     master_key_file: str
+    keyring_dir: str = ""  # retired KEKs; empty: under data_dir
     signing_key_file: str
     generate_keys: bool = False
     chunk_store: str
@@ -74,13 +75,13 @@ class VaultResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, s: Settings) -> "VaultResource":
         return cls(data_dir=str(s.data_dir), master_key_file=str(s.master_key_path),
-                   signing_key_file=str(s.signing_key_path), generate_keys=s.generate_keys,
+                   keyring_dir=str(s.keyring_path), signing_key_file=str(s.signing_key_path), generate_keys=s.generate_keys,
                    chunk_store=str(s.chunk_store_path), catalog_uri=s.catalog, warehouse=s.warehouse_uri,
                    workers=s.process_workers, api_url=s.api_url)
 
     def settings(self) -> Settings:
         return Settings(data_dir=Path(self.data_dir), master_key_file=Path(self.master_key_file),
-                        signing_key_file=Path(self.signing_key_file), generate_keys=self.generate_keys)
+                        keyring_dir=Path(self.keyring_dir) if self.keyring_dir else None, signing_key_file=Path(self.signing_key_file), generate_keys=self.generate_keys)
 
     @property
     def keyring(self) -> Keyring:

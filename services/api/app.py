@@ -22,8 +22,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 def create_app():
     s = get_settings()
     db = Database(s.api_db)
-    first = ensure_admin_key(db, s.api_key.get_secret_value() if s.api_key else None)
-    if first and not s.api_key:
+    preset = s.preset_admin_key
+    first = ensure_admin_key(db, preset)
+    if first and not preset:
         # shown once, on the terminal that started the gateway; only its hash is stored
         print(f"lucid: created the first admin API key (shown once): {first}", file=sys.stderr, flush=True)
     app = make_app("api", checks={"pipeline": peer_check(s.pipeline_url), "recorder": peer_check(s.recorder_url),

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# The seed's name for build-chunk-processor.sh.
+exec "$(dirname "$0")/build-chunk-processor.sh" "$@"

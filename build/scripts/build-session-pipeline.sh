@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Build ${REGISTRY:-pickme}/lucid-session-pipeline:${TAG:-latest-arm64} for ${PLATFORM:-linux/arm64} (see lib.sh).
+source "$(dirname "$0")/lib.sh"
+build_image session-pipeline

@@ -1,0 +1,25 @@
+"""`python -m services.serve NAME`: run one FastAPI service under uvicorn, as the images do.
+HOST and PORT come from the settings (PORT defaults to the service's port in the design)."""
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from lucid_assets.settings import get_settings
+from services.launcher import SERVICES
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in SERVICES:
+        print(f"usage: python -m services.serve {{{','.join(SERVICES)}}}", file=sys.stderr)
+        return 2
+    name = argv[0]
+    s = get_settings()
+    uvicorn.run(f"services.{name}.app:create_app", factory=True, host=s.host, port=s.port or SERVICES[name],
+                log_level=s.log_level.lower(), proxy_headers=False, server_header=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
