@@ -93,7 +93,9 @@ def rotate_kek(settings: Settings) -> tuple[str, str]:
     archived = retired / f"{old.key_id}.key"
     if not archived.exists():
         keys.write_private_file(archived, settings.master_key_path.read_bytes())
-    staged = retired / f".next-{uuid.uuid4().hex}.tmp"
+    # staged beside the active key: a rename is atomic only within one filesystem (in compose the
+    # keyring is a volume and the master key a secrets directory)
+    staged = settings.master_key_path.parent / f".next-{uuid.uuid4().hex}.tmp"
     new = keys.create_kek(staged)
     os.replace(staged, settings.master_key_path)
     return old.key_id, new.key_id

@@ -153,6 +153,20 @@ def main() -> int:
             return 1
         numbers.update(chunks=len(chunks), mp4_bytes=len(mp4), verify=report["status"])
 
+        # a master-key rotation: the old KEK retired but readable, every data key rewrapped, the
+        # processor and storage recreated; the session still verifies and decrypts
+        t0 = time.monotonic()
+        out = run([str(COMPOSE), "rotate-key"], env=env, capture=True).stdout
+        if "rewrapped 1 of 1 session data keys" not in out:
+            say(f"rotation did not rewrap the session's data key:\n{out}")
+            return 1
+        numbers["rotate_key_s"] = round(time.monotonic() - t0, 1)
+        again = api.call("POST", f"/v1/sessions/{sid}/verify")
+        chunk0 = api.call("GET", f"/v1/sessions/{sid}/chunks/0", raw=True)
+        if not again["ok"] or chunk0[:1] != b"\x47":  # an MPEG-TS packet starts with the sync byte
+            say(f"after rotation: verify {again['status']}, chunk 0 starts {chunk0[:4]!r}")
+            return 1
+
         # runs were containers of their own (DockerRunLauncher, auto-removed); none is left behind
         left = run(["docker", "ps", "-aq", "--filter", "label=lucid/role=run"], env=env, capture=True).stdout.split()
         if left:
