@@ -5,7 +5,11 @@ lucid.chunks (p50, p95), from stop to sealed, and how much of it is Dagster's ow
 tick wait, queueing, run launch) rather than the steps' work.
 
 Targets (issue 5): p50 <= 15 s, p95 <= 30 s; stop-to-sealed <= 20 s for a 60 s session.
-Usage: python bench/latency.py [--seconds 60] [--size 1280x720] [--fps 30]
+Usage: python bench/latency.py [--seconds 60] [--size 1280x720] [--fps 30] [--variants all|NAME,...]
+
+With --variants, the same session is measured once per Dagster tuning (VARIANTS below: the queue's
+dequeue interval, no queue at all, the executor, the sensor interval), one platform each, in turn,
+and a table compares them with the default.
 """
 from __future__ import annotations
 
@@ -35,18 +39,56 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
+QUEUE = "run_coordinator"
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    # name: (what it changes, dagster.yaml overrides, environment)
+    "default": ("as shipped: queue dequeue 2 s, in-process executor, sensors every 5 s", {}, {}),
+    "dequeue-5s": ("Dagster's default dequeue interval (5 s)", {QUEUE: {"config": {"dequeue_interval_seconds": 5}}}, {}),
+    "dequeue-1s": ("dequeue every 1 s", {QUEUE: {"config": {"dequeue_interval_seconds": 1}}}, {}),
+    "no-queue": ("DefaultRunCoordinator: the sensor launches directly (no global or per-session limit)",
+                 {QUEUE: {"class": "DefaultRunCoordinator", "config": None}}, {}),
+    "multiprocess": ("multiprocess executor (a process per step)", {}, {"LUCID_EXECUTOR": "multiprocess"}),
+    "sensor-15s": ("sensors every 15 s", {}, {"LUCID_SENSOR_INTERVAL_SECONDS": "15"}),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--chunk-seconds", type=int, default=10)
+    ap.add_argument("--variants", default="default", help="all, or a comma-separated list of " + ", ".join(VARIANTS))
     args = ap.parse_args()
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    results = {}
+    for name in names:
+        print(f"== variant {name}: {VARIANTS[name][0]}", flush=True)
+        try:
+            results[name] = measure(args, *VARIANTS[name][1:])
+        except RuntimeError as exc:
+            print(f"  FAILED: {exc}")
+            results[name] = None
+    if len(results) > 1:
+        base = results.get("default")
+        print("\n| variant | what | p50 | p95 | stop->sealed | queued/launching | Dagster share |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in results.items():
+            if r is None:
+                print(f"| {name} | {VARIANTS[name][0]} | - | - | not sealed within 300 s | - | - |")
+                continue
+            rel = f" ({r['stop_to_sealed'] - base['stop_to_sealed']:+.1f})" if base and name != "default" else ""
+            print(f"| {name} | {VARIANTS[name][0]} | {r['p50']:.1f} s | {r['p95']:.1f} s | {r['stop_to_sealed']:.1f} s{rel} "
+                  f"| {r['launch']:.1f} s over {r['runs']} runs | {r['share']:.0%} |")
+    return 0
+
+
+def measure(args, overrides: dict, env: dict) -> dict:
     w, h = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
-                     extra_env={"LUCID_API_KEY": KEY})
+                     extra_env={"LUCID_API_KEY": KEY, **env}, instance_overrides=overrides)
         p.start(timeout=180)
         try:
             api = httpx.Client(base_url=p.url("api"), headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
@@ -64,7 +106,7 @@ def main() -> int:
                     api.post(f"/v1/sessions/{sid}/stop").raise_for_status()
                     stop_at = time.time()
                 if stop_at is not None and now - stop_at > 300:
-                    raise SystemExit(f"not sealed 300 s after stop: {api.get(f'/v1/sessions/{sid}').json()}")
+                    raise RuntimeError(f"not sealed 300 s after stop: {api.get(f'/v1/sessions/{sid}').json()}")
                 for r in lake.rows(catalog.CHUNKS, sid):
                     seen.setdefault(r["seq"], time.time())
                 state = api.get(f"/v1/sessions/{sid}").json()
@@ -102,9 +144,10 @@ def main() -> int:
                                      ("p95 <= 30 s", pct(lat, 95) <= 30, f"{pct(lat, 95):.1f} s"),
                                      ("stop-to-sealed <= 20 s", sealed_at - stop_at <= 20, f"{sealed_at - stop_at:.1f} s")):
                 print(f"  {'MET ' if ok else 'MISS'} {label}: {value}")
+            return {"p50": pct(lat, 50), "p95": pct(lat, 95), "stop_to_sealed": sealed_at - stop_at,
+                    "launch": launch, "runs": len(records), "share": 1 - work / wall if wall else 0}
         finally:
             p.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def build_defs(settings=None) -> dg.Definitions:
         sensors=[work_queue_sensor, seal_on_success, fail_on_failure, reconcile],
         resources={"pipeline": PipelineResource(url=s.pipeline_url), "vault": VaultResource.from_settings(s),
                    "storage": StorageServiceResource(url=s.storage_url)},
-        executor=dg.in_process_executor,
+        executor=dg.multiprocess_executor if s.executor == "multiprocess" else dg.in_process_executor,
     )
 
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
     max_chunk_bytes: int = 512 * 1024 * 1024
     process_workers: int = 2
+    # Dagster tunings (measured in bench/latency.py --variants; docs/DECISIONS.md has the table)
+    sensor_interval_seconds: int = 5  # work queue and run-status sensors
+    executor: str = "in_process"  # or "multiprocess": one process per step
 
     def _d(self, value, *parts):
         return value if value is not None else self.data_dir.joinpath(*parts)

@@ -90,6 +90,23 @@ class ChunkStore:
             return []
         return sorted(int(p.stem) for p in d.glob("*.luce") if p.stem.isdigit())
 
+    # --- MP4 export indexes (derived from the plaintext; rebuilt when missing or stale) -------
+    def mp4_index_path(self, session_id: str, seq: int) -> Path:
+        return self.session_dir(session_id) / "mp4" / f"{seq:08d}.json"
+
+    def read_mp4_index(self, session_id: str, seq: int) -> dict | None:
+        try:
+            doc = json.loads(self.mp4_index_path(session_id, seq).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_mp4_index(self, session_id: str, seq: int, doc: dict) -> None:
+        atomic_write(self.mp4_index_path(session_id, seq), json.dumps(doc, sort_keys=True).encode())
+
+    def drop_mp4_index(self, session_id: str, seq: int) -> None:
+        self.mp4_index_path(session_id, seq).unlink(missing_ok=True)
+
     # --- data keys --------------------------------------------------------------------------
     def dek_path(self, session_id: str) -> Path:
         return self.session_dir(session_id) / "dek.json"
@@ -129,6 +146,7 @@ class ChunkStore:
             dek.unlink()
         n = len(self.stored_seqs(session_id))
         shutil.rmtree(d / "chunks", ignore_errors=True)
+        shutil.rmtree(d / "mp4", ignore_errors=True)
         if d.exists():
             _fsync_dir(d)
         return {"data_key_destroyed": had_key, "envelopes_removed": n}

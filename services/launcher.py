@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICES = {"pipeline": 8083, "recorder": 8084, "storage": 8086, "api": 8087}
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base`, key by key; a None value removes the key."""
+    out = dict(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 @dataclass
 class Platform:
     data_dir: Path
@@ -26,6 +39,7 @@ class Platform:
     webserver: bool = True
     daemon: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    instance_overrides: dict = field(default_factory=dict)  # merged into dagster.yaml (benchmarks)
     run: tuple[str, ...] = tuple(SERVICES)  # which of the services to start
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -57,6 +71,11 @@ class Platform:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / "dagster_home" / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        if self.instance_overrides:
+            import yaml
+
+            path = self.dagster_home / "dagster.yaml"
+            path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), self.instance_overrides)))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")

@@ -1,9 +1,11 @@
 """The read path and the viewer: exports, HLS (live and sealed), signed links, damage handling,
 the role matrix, and the page itself in headless Chromium."""
+import json
 import os
 import time
 from pathlib import Path
 
+import av
 import httpx
 import pytest
 
@@ -32,6 +34,49 @@ def test_exports_are_complete_and_play(admin, sealed, tmp_path):
     frames = decode(tmp_path / "r.mp4")
     (tmp_path / "r.ts").write_bytes(ts.content)
     assert len(frames) == len(decode(tmp_path / "r.ts")) > 0  # remuxed, not a frame lost
+
+
+def test_mp4_has_a_size_and_serves_any_byte_range(admin, sealed, tmp_path):
+    sid = sealed["id"]
+    full = admin.get(f"/v1/sessions/{sid}/recording.mp4")
+    size = len(full.content)
+    assert full.headers["accept-ranges"] == "bytes" and int(full.headers["content-length"]) == size
+    etag = full.headers["etag"]
+    head = admin.head(f"/v1/sessions/{sid}/recording.mp4")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == size and head.headers["etag"] == etag
+    assert head.content == b""
+    # ranges inside the header, across the header/fragment and fragment/fragment borders, the tail
+    moov_end = full.content.index(b"sidx") - 4
+    for start, end in ((0, 7), (moov_end - 3, moov_end + 100), (size // 2, size // 2 + 5000), (size - 10, size - 1),
+                       (1, size - 2)):
+        r = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": f"bytes={start}-{end}"})
+        assert r.status_code == 206 and r.content == full.content[start:end + 1], (start, end)
+        assert r.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    suffix = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": "bytes=-100"})
+    assert suffix.status_code == 206 and suffix.content == full.content[-100:]
+    bad = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": f"bytes={size}-"})
+    assert bad.status_code == 416 and bad.json()["error"] == "range_not_satisfiable"
+    # an If-Range naming another version gets the whole (current) file, not a piece of it
+    other = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": "bytes=0-9", "If-Range": '"old"'})
+    assert other.status_code == 200 and other.content == full.content
+    # the file is a playable MP4 with the session's duration and every frame
+    (tmp_path / "r.mp4").write_bytes(full.content)
+    with av.open(str(tmp_path / "r.mp4")) as c:
+        assert abs(c.duration / 1e6 - sealed["duration_ms"] / 1000) < 0.2
+    assert len(decode(tmp_path / "r.mp4")) == round(sealed["duration_ms"] / 1000 * 15)
+
+
+def test_mp4_index_that_lies_is_caught_and_rebuilt(platform, admin, sealed):
+    sid = sealed["id"]
+    good = admin.get(f"/v1/sessions/{sid}/recording.mp4").content
+    idx = platform.data_dir / "chunks" / sid / "mp4" / "00000001.json"
+    doc = json.loads(idx.read_text())
+    doc["samples"] += 1  # a layout one sample longer than the chunk really is
+    idx.write_text(json.dumps(doc))
+    with pytest.raises(httpx.HTTPError):  # the transfer is cut at the lying fragment, never sent wrong
+        admin.get(f"/v1/sessions/{sid}/recording.mp4")
+    assert not idx.exists()  # dropped, and rebuilt from the chunk on the next request
+    assert admin.get(f"/v1/sessions/{sid}/recording.mp4").content == good
 
 
 def test_hls_playlist_of_a_sealed_session(admin, sealed):
@@ -175,5 +220,17 @@ def test_viewer_page_plays_and_seeks_in_chromium(platform, sealed, artifacts):
         href = browser.js("document.querySelector('#mp4').getAttribute('href')")
         assert "token=" in href and "test-admin-key" not in href
         browser.screenshot(artifacts / "viewer.png")
+        # the MP4 download itself, opened by a bare <video>: its duration is known before it is
+        # fetched, and a seek near the end plays from there (the browser fetches that range only)
+        browser.js(f"""(() => {{ const v = document.createElement('video'); v.id = 'mp4video'; v.muted = true;
+            v.preload = 'metadata'; v.src = {href!r}; document.body.appendChild(v); }})()""")
+        duration = browser.wait_for("(v => v.readyState >= 1 && isFinite(v.duration) && v.duration)"
+                                    "(document.querySelector('#mp4video'))")
+        assert abs(duration - expected) < 0.5, (duration, expected)
+        target = round(expected * 0.8, 2)
+        browser.js(f"""new Promise(done => {{ const v = document.querySelector('#mp4video');
+            v.addEventListener('seeked', () => done(true), {{once: true}}); v.currentTime = {target}; }})""")
+        browser.js("document.querySelector('#mp4video').play()")
+        browser.wait_for(f"document.querySelector('#mp4video').currentTime > {target + 0.3}", timeout=30)
     finally:
         browser.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from lucid_assets import playback
 from lucid_assets.core import catalog, checkpoint, envelope, merkle
 from lucid_assets.core.manifest import build_manifest, canonical_json, sign, verify_signature
 from lucid_assets.verification import verify_stored
@@ -36,6 +37,15 @@ class ProcessConfig(dg.Config):
                         "a new manifest version; the old manifest and checkpoints are kept as a record")
 
 
+def _index_for_export(vault: VaultResource, sid: str, seq: int, raw: bytes) -> None:
+    """The chunk's MP4 layout facts, so the first export of a long session needs no full pass.
+    Derived data: storage rebuilds it when missing; a chunk that is not H.264 simply has none."""
+    try:
+        playback.write_chunk_index(vault.store, sid, seq, raw)
+    except playback.NotExportable:
+        pass
+
+
 def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict, force: bool = False) -> dict:
     """Envelope one registered chunk (or reuse its durable envelope) and return its catalog row."""
     seq = chunk["seq"]
@@ -59,6 +69,7 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict, force: b
     if data is None or force:
         data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
         vault.store.write_envelope(sid, seq, data)
+        _index_for_export(vault, sid, seq, raw)
     header = envelope.parse_header(data)
     return {
         "session_id": sid, "seq": seq, "raw_sha256": chunk["sha256"],

@@ -5,14 +5,16 @@ import dagster as dg
 from .jobs import seal_session, store_chunks
 from .partitions import sessions
 from .resources import PipelineError, PipelineResource
+from ..settings import get_settings
 
 SESSION_TAG = "lucid/session"
+INTERVAL = get_settings().sensor_interval_seconds
 
 
 WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
 
 
-@dg.sensor(jobs=[seal_session, store_chunks], minimum_interval_seconds=5,
+@dg.sensor(jobs=[seal_session, store_chunks], minimum_interval_seconds=INTERVAL,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Reads the pipeline's work queue by cursor, adds session partitions and requests one "
                        "run per session batch (run key session:seq:item): store_chunks while recording, "
@@ -61,7 +63,7 @@ def _session_of(run: dg.DagsterRun) -> str | None:
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[seal_session],
-                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=INTERVAL,
                       description="A successful seal run seals its session in the pipeline.")
 def seal_on_success(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
     sid = _session_of(context.dagster_run)
@@ -77,7 +79,7 @@ def seal_on_success(context: dg.RunStatusSensorContext, pipeline: PipelineResour
 
 
 @dg.run_failure_sensor(monitored_jobs=[seal_session], default_status=dg.DefaultSensorStatus.RUNNING,
-                       minimum_interval_seconds=5,
+                       minimum_interval_seconds=INTERVAL,
                        description="A failed seal run fails its session in the pipeline, with the step's error.")
 def fail_on_failure(context: dg.RunFailureSensorContext, pipeline: PipelineResource):
     sid = _session_of(context.dagster_run)

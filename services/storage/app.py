@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
-from lucid_assets.playback import DamagedChunk, plain_chunks, prefetch, remux_mp4
+from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, plain_chunks, prefetch
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.verification import verify_stored
@@ -227,12 +227,45 @@ def create_app():
                                  headers={"Content-Disposition": f'attachment; filename="{sid}.ts"',
                                           "Cache-Control": "no-store"})
 
-    @app.get("/sessions/{session_id}/recording.mp4")
-    def recording_mp4(session_id: str):
+    @app.api_route("/sessions/{session_id}/recording.mp4", methods=["GET", "HEAD"])
+    def recording_mp4(session_id: str, request: Request):
+        """Fragmented MP4 with a size, an ETag and Range: a browser seeks anywhere in it by
+        fetching only the fragments (chunks) it needs."""
         sid = _sid(session_id)
-        return StreamingResponse(recording(sid, remux_mp4), media_type="video/mp4",
-                                 headers={"Content-Disposition": f'attachment; filename="{sid}.mp4"',
-                                          "Cache-Control": "no-store"})
+        seqs = playable_seqs(sid)
+        if not seqs:
+            raise not_found(f"session {sid} has no stored chunks yet")
+        try:
+            export = Mp4Export(store, keyring, sid, seqs)
+        except DamagedChunk as exc:
+            raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
+        except NotExportable as exc:
+            raise ApiError(422, "not_exportable", f"no MP4 for session {sid}: {exc}") from None
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", "ETag": export.etag,
+                   "Content-Disposition": f'attachment; filename="{sid}.mp4"'}
+        if_range = request.headers.get("if-range")
+        rng = parse_range(request.headers.get("range"), export.size) if if_range in (None, export.etag) else None
+        start, end = rng if rng is not None else (0, export.size - 1)
+        headers["Content-Length"] = str(end - start + 1)
+        status = 200
+        if rng is not None:
+            status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{export.size}"
+        if request.method == "HEAD":
+            return Response(status_code=status, media_type="video/mp4", headers=headers)
+        parts = export.byte_range(start, end)
+        try:
+            first = next(parts)  # a damaged first chunk is a clear error, before any byte is sent
+        except DamagedChunk as exc:
+            raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
+
+        def body():
+            try:
+                yield first
+                yield from parts
+            except DamagedChunk as exc:  # the status line is gone: cut the stream, never send bad video
+                log.error("stopped streaming %s: %s", sid, exc)
+                raise
+        return StreamingResponse(body(), status_code=status, media_type="video/mp4", headers=headers)
 
     @app.get("/keys/signing")
     def signing_key():

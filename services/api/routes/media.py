@@ -71,9 +71,17 @@ async def media_chunk(session_id: str, seq: int, request: Request, _: Principal 
     return await proxy_chunk(session_id, seq, request)
 
 
-async def _export(session_id: str, ext: str) -> StreamingResponse:
+PASSED_BACK = ("content-disposition", "cache-control", "content-length", "content-range", "accept-ranges", "etag")
+
+
+async def _export(session_id: str, ext: str, request: Request) -> Response:
     await call("GET", f"{S.pipeline_url}/sessions/{session_id}")  # 404 for unknown sessions
-    r = await stream("GET", f"{S.storage_url}/sessions/{session_id}/recording.{ext}")
+    forward = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range")}
+    r = await stream(request.method, f"{S.storage_url}/sessions/{session_id}/recording.{ext}", headers=forward)
+    headers = {k: v for k, v in r.headers.items() if k.lower() in PASSED_BACK}
+    if request.method == "HEAD":
+        await r.aclose()
+        return Response(status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
 
     async def body():
         try:
@@ -81,17 +89,18 @@ async def _export(session_id: str, ext: str) -> StreamingResponse:
                 yield part
         finally:
             await r.aclose()
-    headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-disposition", "cache-control")}
-    return StreamingResponse(body(), media_type=r.headers.get("content-type"), headers=headers)
+    return StreamingResponse(body(), status_code=r.status_code, media_type=r.headers.get("content-type"),
+                             headers=headers)
 
 
-@router.get("/{session_id}/recording.mp4", summary="The whole recording as fragmented MP4 (remuxed, streamed)",
-            response_class=StreamingResponse)
-async def recording_mp4(session_id: str, _: Principal = Depends(media_access)):
-    return await _export(session_id, "mp4")
+@router.api_route("/{session_id}/recording.mp4", methods=["GET", "HEAD"],
+                  summary="The whole recording as MP4 (no re-encode; Range and seeking supported)",
+                  response_class=StreamingResponse)
+async def recording_mp4(session_id: str, request: Request, _: Principal = Depends(media_access)):
+    return await _export(session_id, "mp4", request)
 
 
 @router.get("/{session_id}/recording.ts", summary="The whole recording as the original MPEG-TS (streamed)",
             response_class=StreamingResponse)
-async def recording_ts(session_id: str, _: Principal = Depends(media_access)):
-    return await _export(session_id, "ts")
+async def recording_ts(session_id: str, request: Request, _: Principal = Depends(media_access)):
+    return await _export(session_id, "ts", request)
