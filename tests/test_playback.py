@@ -1,15 +1,18 @@
 """The read path's building blocks on real envelopes: every chunk is released as a memoryview
 (what HTTP responses and PyAV take), compressed or not; damage stops the stream at that chunk."""
 import os
+import struct
 import uuid
 
+import av
 import pytest
 
 from lucid_assets.core import envelope
 from lucid_assets.keyring import Keyring
-from lucid_assets.playback import DamagedChunk, plain_chunks
+from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, plain_chunks
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
+from tests.helpers import record_segments
 
 
 def test_plain_chunks_are_memoryviews_and_damage_stops_the_stream(tmp_path):
@@ -28,3 +31,69 @@ def test_plain_chunks_are_memoryviews_and_damage_stops_the_stream(tmp_path):
     assert bytes(next(it)) == raw[0]
     with pytest.raises(DamagedChunk, match="chunk 1"):
         next(it)
+
+
+def _boxes(data: bytes, at: int = 0, end: int | None = None) -> list[tuple[bytes, int, int]]:
+    """(type, offset, size) of the boxes in data[at:end], by their own size fields."""
+    out, end = [], len(data) if end is None else end
+    while at < end:
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        assert size >= 8 and at + size <= end, (kind, at, size)
+        out.append((kind, at, size))
+        at += size
+    return out
+
+
+@pytest.fixture(scope="module")
+def mp4_session(tmp_path_factory):
+    """Real libx264 segments (the recorder's own encoder setup) sealed into a store."""
+    tmp = tmp_path_factory.mktemp("mp4")
+    segs = record_segments(tmp / "segs", fps=10, seconds=9, chunk_seconds=2, size=(320, 240))
+    keyring = Keyring.load(Settings(data_dir=tmp, generate_keys=True))
+    store, sid = ChunkStore(tmp / "chunks"), str(uuid.uuid4())
+    dek = store.data_key(sid, keyring, create=True)
+    paths = sorted((tmp / "segs").glob("*.ts"))
+    for seq, p in enumerate(paths):
+        store.write_envelope(sid, seq, envelope.seal(p.read_bytes(), dek=dek, session_id=uuid.UUID(sid), seq=seq))
+    return store, keyring, sid, paths, segs
+
+
+def test_mp4_layout_is_what_gets_built(mp4_session, tmp_path):
+    store, keyring, sid, paths, _ = mp4_session
+    export = Mp4Export(store, keyring, sid, list(range(len(paths))))
+    whole = b"".join(export.byte_range(0, export.size - 1))
+    assert len(whole) == export.size
+    top = _boxes(whole)
+    assert [k for k, _, _ in top] == [b"ftyp", b"moov", b"sidx"] + [b"moof", b"mdat"] * len(paths)
+    # each fragment starts where the layout says, and the sidx references add up to the fragments
+    assert [o for k, o, _ in top if k == b"moof"] == export.offsets
+    sidx = whole[top[2][1]:top[2][1] + top[2][2]]
+    refs = [struct.unpack(">III", sidx[40 + 12 * i:52 + 12 * i]) for i in range(len(paths))]
+    assert [r[0] for r in refs] == [top[3 + 2 * i][2] + top[4 + 2 * i][2] for i in range(len(paths))]
+    assert sum(r[1] for r in refs) == export.layout.duration == 9 * 90_000
+    # the same bytes again (deterministic), and any range is the same slice of them
+    assert b"".join(Mp4Export(store, keyring, sid, list(range(len(paths)))).byte_range(0, export.size - 1)) == whole
+    for start, end in ((0, 0), (5, 700), (export.offsets[1] - 1, export.offsets[2] + 3), (export.size - 1, export.size - 1)):
+        assert b"".join(export.byte_range(start, end)) == whole[start:end + 1], (start, end)
+    # what FFmpeg makes of it: every frame, the right duration, seekable to a fragment
+    (tmp_path / "s.mp4").write_bytes(whole)
+    with av.open(str(tmp_path / "s.mp4")) as c:
+        assert abs(c.duration / 1e6 - 9.0) < 0.01
+        assert sum(1 for _ in c.decode(video=0)) == 90
+    with av.open(str(tmp_path / "s.mp4")) as c:
+        c.seek(6_500_000)
+        assert float(next(c.decode(video=0)).time) == 6.0  # the keyframe that starts chunk 3
+    # the indexes were cached beside the envelopes, and a missing one is rebuilt identically
+    cached = store.read_mp4_index(sid, 2)
+    store.drop_mp4_index(sid, 2)
+    assert Mp4Export(store, keyring, sid, list(range(len(paths)))).size == export.size
+    assert store.read_mp4_index(sid, 2) == cached
+
+
+def test_mp4_refuses_what_is_not_h264(tmp_path):
+    keyring = Keyring.load(Settings(data_dir=tmp_path, generate_keys=True))
+    store, sid = ChunkStore(tmp_path / "chunks"), str(uuid.uuid4())
+    dek = store.data_key(sid, keyring, create=True)
+    store.write_envelope(sid, 0, envelope.seal(b"not a transport stream" * 100, dek=dek, session_id=uuid.UUID(sid), seq=0))
+    with pytest.raises(NotExportable):
+        Mp4Export(store, keyring, sid, [0])
