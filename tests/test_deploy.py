@@ -19,6 +19,7 @@ from lucid_assets.keyring import Keyring
 from lucid_assets.settings import Settings
 from services.cli import SECRET_FILES, main as lucid
 from services.launcher import SERVICES
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.session-images.yml").read_text())
@@ -159,3 +160,50 @@ def test_every_image_names_a_real_command():
     for script in ("build-session-pipeline.sh", "build-session-recorder.sh", "build-chunk-processor.sh",
                    "build-session-storage.sh", "build-session-api.sh", "build-all-session-images.sh"):
         assert os.access(REPO / "build/scripts" / script, os.X_OK), script
+
+
+def test_health_checks_of_the_dagster_containers(postgres_url, tmp_path):
+    """The light checks the images use, against a real code server and a real daemon on Postgres."""
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from services.healthcheck import daemon_alive, grpc_serving
+
+    url = make_url(postgres_url)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port),
+           "DAGSTER_PG_USER": url.username, "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_DB": url.database}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}, "storage": {"postgres": {
+        "postgres_db": {k: {"env": f"DAGSTER_PG_{v}"} for k, v in (("hostname", "HOST"), ("username", "USER"),
+                                                                    ("password", "PASSWORD"), ("db_name", "DB"))}
+        | {"port": {"env": "DAGSTER_PG_PORT"}}}},
+        "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}))
+    (tmp_path / "defs.py").write_text("import dagster as dg\ndefs = dg.Definitions()\n")
+    port = free_port()
+    bindir = Path(sys.executable).parent
+    server = subprocess.Popen([str(bindir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+                               "-f", str(tmp_path / "defs.py")], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-f", str(tmp_path / "defs.py")], env=env,
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        assert not daemon_alive()  # nothing has beaten yet (or the tables are not even there)
+        deadline = time.monotonic() + 90
+        while not (grpc_serving(f"127.0.0.1:{port}") and daemon_alive()):
+            assert time.monotonic() < deadline, "code server or daemon not healthy after 90 s"
+            time.sleep(1)
+        server.terminate()
+        server.wait(30)
+        assert not grpc_serving(f"127.0.0.1:{port}")
+        daemon.terminate()
+        daemon.wait(30)
+        time.sleep(1.5)
+        assert not daemon_alive(max_age=1)  # a daemon that stopped beating is not alive
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for p in (server, daemon):
+            if p.poll() is None:
+                p.kill()
