@@ -9,7 +9,7 @@ import pytest
 
 from lucid_assets.core import envelope
 from lucid_assets.keyring import Keyring
-from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, plain_chunks
+from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from tests.helpers import record_segments
@@ -61,6 +61,7 @@ def mp4_session(tmp_path_factory):
 def test_mp4_layout_is_what_gets_built(mp4_session, tmp_path):
     store, keyring, sid, paths, _ = mp4_session
     export = Mp4Export(store, keyring, sid, list(range(len(paths))))
+    assert (export.width, export.height) == (320, 240)
     whole = b"".join(export.byte_range(0, export.size - 1))
     assert len(whole) == export.size
     top = _boxes(whole)
@@ -97,3 +98,11 @@ def test_mp4_refuses_what_is_not_h264(tmp_path):
     store.write_envelope(sid, 0, envelope.seal(b"not a transport stream" * 100, dek=dek, session_id=uuid.UUID(sid), seq=0))
     with pytest.raises(NotExportable):
         Mp4Export(store, keyring, sid, [0])
+
+
+def test_coalesce_joins_small_pieces_and_passes_large_ones():
+    big = memoryview(b"x" * 100)
+    out = list(coalesce([b"a" * 10, b"b" * 10, b"c" * 10, big, b"d" * 5], at_least=25))
+    assert out == [b"a" * 10 + b"b" * 10 + b"c" * 10, big, b"d" * 5]
+    assert out[1] is big  # no copy for a piece that is large enough alone
+    assert b"".join(coalesce([b"q"] * 1000, at_least=64)) == b"q" * 1000

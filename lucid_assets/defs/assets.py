@@ -138,8 +138,8 @@ def stored_chunks(context: dg.AssetExecutionContext, config: ProcessConfig, pipe
     dek = vault.store.data_key(sid, vault.keyring, create=True)
     if config.force:
         pipeline.post(f"/sessions/{sid}/audit", {"event": "reprocess", "actor": "dagster",
-                                                 "detail": {"run_id": context.run_id, "chunks": len(chunks)}})
-        vault.store.supersede_checkpoints(sid, context.run_id[:8])
+                                                 "detail": {"run_id": context.run.run_id, "chunks": len(chunks)}})
+        vault.store.supersede_checkpoints(sid, context.run.run_id[:8])
     # A chunk the registry already records as stored was enveloped and catalogued by an earlier batch
     # (the catalog row is appended before the registry is told): only the others are read here, so
     # live batches stay proportional to what is new, not to the whole session.

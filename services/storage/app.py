@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
-from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, plain_chunks, prefetch
+from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, prefetch
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.verification import verify_stored
@@ -214,7 +214,7 @@ def create_app():
 
         def body():
             try:
-                yield from render(itertools.chain([first], chunks))
+                yield from coalesce(render(itertools.chain([first], chunks)))
             except DamagedChunk as exc:  # the status line is gone: cut the stream, never send bad video
                 log.error("stopped streaming %s: %s", sid, exc)
                 raise
@@ -252,7 +252,7 @@ def create_app():
             status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{export.size}"
         if request.method == "HEAD":
             return Response(status_code=status, media_type="video/mp4", headers=headers)
-        parts = export.byte_range(start, end)
+        parts = coalesce(export.byte_range(start, end))
         try:
             first = next(parts)  # a damaged first chunk is a clear error, before any byte is sent
         except DamagedChunk as exc:
