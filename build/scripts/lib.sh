@@ -14,10 +14,13 @@ export DOCKER_BUILDKIT=1
 _build() { # dockerfile image-ref [build args...]
   local file=$1 ref=$2; shift 2
   local t0=$SECONDS
+  # The Dockerfile goes in on stdin. Given by path, BuildKit syncs it incrementally under a key of
+  # the build context: two image Dockerfiles of equal size and mtime (a fresh clone writes them in
+  # the same clock tick) were taken for one another, and the recorder image got the pipeline's.
   if docker buildx version >/dev/null 2>&1; then
-    docker buildx build --platform "$PLATFORM" --load -f "$file" -t "$ref" "$@" "$ROOT"
+    docker buildx build --platform "$PLATFORM" --load -f - -t "$ref" "$@" "$ROOT" <"$file"
   else
-    docker build --platform "$PLATFORM" -f "$file" -t "$ref" "$@" "$ROOT"
+    docker build --platform "$PLATFORM" -f - -t "$ref" "$@" "$ROOT" <"$file"
   fi
   echo "built $ref for $PLATFORM in $((SECONDS - t0)) s" >&2
 }
@@ -34,4 +37,12 @@ build_base() {
 build_image() { # directory under build/ = image name without the lucid- prefix
   build_base
   _build "$ROOT/build/$1/Dockerfile" "$REGISTRY/lucid-$1:$TAG" --build-arg "BASE=$REGISTRY/lucid-base:$TAG"
+  # every image names itself (SERVICE_NAME): refuse an image built from another one's Dockerfile
+  local name
+  name=$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$REGISTRY/lucid-$1:$TAG" |
+         sed -n 's/^SERVICE_NAME=//p')
+  if [[ $name != "lucid-$1" ]]; then
+    echo "build: $REGISTRY/lucid-$1:$TAG says SERVICE_NAME=$name, not lucid-$1" >&2
+    return 1
+  fi
 }
