@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import itertools
 import logging
 import shutil
 import uuid
@@ -194,28 +193,31 @@ def create_app():
         """A sealed session's chunks per its signed manifest; a live one's durable prefix."""
         doc = store.latest_manifest_doc(sid)
         if doc is not None and "_error" not in doc:
-            return [c["seq"] for c in doc["body"]["chunks"]]
-        seqs = []
-        for seq in store.stored_seqs(sid):
-            if seq != len(seqs):
-                break
-            seqs.append(seq)
-        return seqs
-
-    def recording(sid: str, render) -> StreamingResponse:
-        seqs = playable_seqs(sid)
+            seqs = [c["seq"] for c in doc["body"]["chunks"]]
+        else:
+            seqs = []
+            for seq in store.stored_seqs(sid):
+                if seq != len(seqs):
+                    break
+                seqs.append(seq)
         if not seqs:
             raise not_found(f"session {sid} has no stored chunks yet")
-        chunks = prefetch(plain_chunks(store, keyring, sid, seqs))
+        return seqs
+
+    def checked(sid: str, parts):
+        """Pull the first piece now, so damage there is a clear 409 before any byte is sent; damage
+        met later cuts the stream (the status line is gone), never sends bad video."""
+        parts = iter(parts)
         try:
-            first = next(chunks)  # a damaged first chunk is a clear error, before any byte is sent
+            first = next(parts)
         except DamagedChunk as exc:
             raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
 
         def body():
             try:
-                yield from coalesce(render(itertools.chain([first], chunks)))
-            except DamagedChunk as exc:  # the status line is gone: cut the stream, never send bad video
+                yield first
+                yield from parts
+            except DamagedChunk as exc:
                 log.error("stopped streaming %s: %s", sid, exc)
                 raise
         return body()
@@ -223,7 +225,9 @@ def create_app():
     @app.get("/sessions/{session_id}/recording.ts")
     def recording_ts(session_id: str):
         sid = _sid(session_id)
-        return StreamingResponse(recording(sid, lambda chunks: chunks), media_type="video/mp2t",
+        seqs = playable_seqs(sid)
+        chunks = checked(sid, prefetch(plain_chunks(store, keyring, sid, seqs)))
+        return StreamingResponse(coalesce(chunks), media_type="video/mp2t",
                                  headers={"Content-Disposition": f'attachment; filename="{sid}.ts"',
                                           "Cache-Control": "no-store"})
 
@@ -233,8 +237,6 @@ def create_app():
         fetching only the fragments (chunks) it needs."""
         sid = _sid(session_id)
         seqs = playable_seqs(sid)
-        if not seqs:
-            raise not_found(f"session {sid} has no stored chunks yet")
         try:
             export = Mp4Export(store, keyring, sid, seqs)
         except DamagedChunk as exc:
@@ -252,20 +254,8 @@ def create_app():
             status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{export.size}"
         if request.method == "HEAD":
             return Response(status_code=status, media_type="video/mp4", headers=headers)
-        parts = coalesce(export.byte_range(start, end))
-        try:
-            first = next(parts)  # a damaged first chunk is a clear error, before any byte is sent
-        except DamagedChunk as exc:
-            raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
-
-        def body():
-            try:
-                yield first
-                yield from parts
-            except DamagedChunk as exc:  # the status line is gone: cut the stream, never send bad video
-                log.error("stopped streaming %s: %s", sid, exc)
-                raise
-        return StreamingResponse(body(), status_code=status, media_type="video/mp4", headers=headers)
+        return StreamingResponse(checked(sid, coalesce(export.byte_range(start, end))), status_code=status,
+                                 media_type="video/mp4", headers=headers)
 
     @app.get("/keys/signing")
     def signing_key():
