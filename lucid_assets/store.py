@@ -4,6 +4,7 @@
     <root>/<session>/chunks/<seq>.luce   envelopes, seq zero-padded to 8 digits
     <root>/<session>/manifest.v<N>.json  signed manifests, one per version
     <root>/<session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
+    <root>/<session>/mp4/<seq>.plan      MP4 export plans (derived; sealed under the data key)
 
 Every write goes to a temporary name, is fsynced, then renamed, so a reader never sees half a file.
 """
@@ -62,6 +63,34 @@ def _is_uuid(name: str) -> bool:
         return False
 
 
+class EnvelopeReader:
+    """Reads many envelopes through one buffer (a streaming reader's envelopes are consumed one at
+    a time: no fresh allocation, no page faults per chunk). A returned view stays valid until the
+    next read."""
+
+    def __init__(self, store: "ChunkStore"):
+        self.store, self.buf = store, bytearray(0)
+
+    def read(self, session_id: str, seq: int) -> memoryview | None:
+        try:
+            f = open(self.store.envelope_path(session_id, seq), "rb", buffering=0)
+        except FileNotFoundError:
+            return None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if len(self.buf) <= size:  # a new buffer, not a resize: an earlier view may still be held
+                self.buf = bytearray(size + size // 4 + 1)
+            view, n = memoryview(self.buf), 0
+            while n < len(view):
+                got = f.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+            if n == len(view):  # the file is larger than it was when stat'ed
+                return memoryview(bytes(view) + f.read())
+            return view[:n]
+
+
 class ChunkStore:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -84,25 +113,41 @@ class ChunkStore:
         except FileNotFoundError:
             return None
 
+    def read_envelope_tail(self, session_id: str, seq: int, size: int) -> bytes | None:
+        """The last `size` bytes of an envelope (its GCM tag), without reading the rest."""
+        try:
+            with open(self.envelope_path(session_id, seq), "rb", buffering=0) as f:
+                f.seek(-size, os.SEEK_END)
+                return f.read(size)
+        except (FileNotFoundError, OSError):
+            return None
+
+    def read_envelope_head(self, session_id: str, seq: int, size: int) -> bytes | None:
+        """The first `size` bytes of an envelope (its header), without reading the rest."""
+        try:
+            with open(self.envelope_path(session_id, seq), "rb", buffering=0) as f:
+                return f.read(size)
+        except FileNotFoundError:
+            return None
+
     def stored_seqs(self, session_id: str) -> list[int]:
         d = self.session_dir(session_id) / "chunks"
         if not d.is_dir():
             return []
         return sorted(int(p.stem) for p in d.glob("*.luce") if p.stem.isdigit())
 
-    # --- MP4 export indexes (derived from the plaintext; rebuilt when missing or stale) -------
+    # --- MP4 export plans (derived from the plaintext, sealed under the session's data key) ---------
     def mp4_index_path(self, session_id: str, seq: int) -> Path:
-        return self.session_dir(session_id) / "mp4" / f"{seq:08d}.json"
+        return self.session_dir(session_id) / "mp4" / f"{seq:08d}.plan"
 
-    def read_mp4_index(self, session_id: str, seq: int) -> dict | None:
+    def read_mp4_index(self, session_id: str, seq: int) -> bytes | None:
         try:
-            doc = json.loads(self.mp4_index_path(session_id, seq).read_bytes())
-        except (FileNotFoundError, ValueError):
+            return self.mp4_index_path(session_id, seq).read_bytes()
+        except FileNotFoundError:
             return None
-        return doc if isinstance(doc, dict) else None
 
-    def write_mp4_index(self, session_id: str, seq: int, doc: dict) -> None:
-        atomic_write(self.mp4_index_path(session_id, seq), json.dumps(doc, sort_keys=True).encode())
+    def write_mp4_index(self, session_id: str, seq: int, blob: bytes) -> None:
+        atomic_write(self.mp4_index_path(session_id, seq), blob)
 
     def drop_mp4_index(self, session_id: str, seq: int) -> None:
         self.mp4_index_path(session_id, seq).unlink(missing_ok=True)

@@ -1,15 +1,18 @@
 """The read path's building blocks on real envelopes: every chunk is released as a memoryview
 (what HTTP responses and PyAV take), compressed or not; damage stops the stream at that chunk."""
+import io
 import os
+import re
 import struct
 import uuid
 
 import av
 import pytest
 
-from lucid_assets.core import envelope
+from lucid_assets.core import envelope, fmp4, mpegts
 from lucid_assets.keyring import Keyring
-from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks
+from lucid_assets.playback import (ChunkPlan, DamagedChunk, Mp4Export, NotExportable, build_fragment, chunk_plan,
+                                  coalesce, plain_chunks, read_chunk_plan)
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from tests.helpers import record_segments
@@ -84,11 +87,103 @@ def test_mp4_layout_is_what_gets_built(mp4_session, tmp_path):
     with av.open(str(tmp_path / "s.mp4")) as c:
         c.seek(6_500_000)
         assert float(next(c.decode(video=0)).time) == 6.0  # the keyframe that starts chunk 3
-    # the indexes were cached beside the envelopes, and a missing one is rebuilt identically
-    cached = store.read_mp4_index(sid, 2)
+    # the plans were sealed beside the envelopes, and a missing one is made again identically
+    dek = store.data_key(sid, keyring)
+    cached = read_chunk_plan(store, sid, 2, dek=dek).to_bytes()
     store.drop_mp4_index(sid, 2)
     assert Mp4Export(store, keyring, sid, list(range(len(paths)))).size == export.size
-    assert store.read_mp4_index(sid, 2) == cached
+    assert read_chunk_plan(store, sid, 2, dek=dek).to_bytes() == cached
+
+
+def test_a_plan_that_does_not_open_cannot_change_the_mp4(mp4_session):
+    """Plans are sealed under the data key and bound to their chunk and envelope: a damaged plan,
+    one copied from another chunk or one left from a replaced envelope is made again from the
+    chunk, and the MP4 stays byte for byte what it was."""
+    store, keyring, sid, paths, _ = mp4_session
+    seqs = list(range(len(paths)))
+    good = b"".join(Mp4Export(store, keyring, sid, seqs).byte_range(0, Mp4Export(store, keyring, sid, seqs).size - 1))
+    damaged = bytearray(store.read_mp4_index(sid, 1))
+    damaged[60] ^= 1
+    store.write_mp4_index(sid, 1, bytes(damaged))
+    store.write_mp4_index(sid, 3, store.read_mp4_index(sid, 2))  # another chunk's (valid) plan
+    export = Mp4Export(store, keyring, sid, seqs)
+    before = export.etag
+    assert b"".join(export.byte_range(0, export.size - 1)) == good
+    assert store.read_mp4_index(sid, 1) != bytes(damaged) and store.read_mp4_index(sid, 3) != store.read_mp4_index(sid, 2)
+    # the envelope sealed again (reprocessing: new nonce, new tag): its old plan is stale
+    dek = store.data_key(sid, keyring)
+    old_plan = store.read_mp4_index(sid, 0)
+    store.write_envelope(sid, 0, envelope.seal(paths[0].read_bytes(), dek=dek, session_id=uuid.UUID(sid), seq=0))
+    export = Mp4Export(store, keyring, sid, seqs)
+    assert store.read_mp4_index(sid, 0) != old_plan and export.etag != before  # a cached copy is not reused
+    assert b"".join(export.byte_range(0, export.size - 1)) == good
+
+
+def _ts(tmp_path, name, **opts) -> bytes:
+    """A short MPEG-TS made by FFmpeg's libx264 with the given options (B-frames, slices...)."""
+    path = tmp_path / name
+    with av.open(str(path), "w", format="mpegts") as out:
+        st = out.add_stream("libx264", rate=25, options=opts)
+        st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+        with av.open("testsrc2=size=320x240:rate=25", format="lavfi") as src:
+            for i, frame in enumerate(src.decode(video=0)):
+                if i == 50:
+                    break
+                frame.pts = None
+                out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    return path.read_bytes()
+
+
+def _pyav_samples(data: bytes) -> tuple[list[tuple], bytes]:
+    """What FFmpeg's own demuxer sees: (dts, pts, key, size) per access unit, and the MP4 sample
+    data (Annex-B start codes -> 4-byte lengths, trailing zeros dropped), by the obvious method."""
+    samples, out = [], []
+    with av.open(io.BytesIO(data), format="mpegts") as src:
+        for pkt in src.demux(video=0):
+            if pkt.dts is None or pkt.size == 0:
+                continue
+            raw, unit = bytes(pkt), []
+            starts = [m.end() for m in re.finditer(b"\x00\x00\x01", raw)]
+            for a, b in zip(starts, starts[1:] + [len(raw) + 3]):
+                nal = raw[a:b - 3].rstrip(b"\x00")
+                if nal:
+                    unit.append(struct.pack(">I", len(nal)) + nal)
+            samples.append((pkt.dts, pkt.pts, bool(pkt.is_keyframe), sum(map(len, unit))))
+            out.extend(unit)
+    return samples, b"".join(out)
+
+
+@pytest.mark.parametrize("opts", [
+    {"preset": "ultrafast", "tune": "zerolatency"},  # the recorder's kind: no B-frames
+    {"preset": "fast", "bf": "3"},  # B-frames: dts != pts
+    {"preset": "fast", "x264-params": "slices=4"},  # several slices (3-byte start codes) per frame
+], ids=["no-bframes", "bframes", "slices"])
+def test_mpegts_plan_matches_ffmpeg_and_the_fast_gather(tmp_path, opts):
+    data = _ts(tmp_path, "c.ts", **opts)
+    plan = mpegts.plan(data)
+    samples, mdat = _pyav_samples(data)
+    assert [(u.dts, u.pts, u.key, u.size) for u in plan.units] == samples
+    assert mpegts.gather_reference(data, plan) == mdat
+    cp = chunk_plan(data, b"t" * 16)
+    assert ChunkPlan.from_bytes(cp.to_bytes()) == cp
+    frag = build_fragment(cp, memoryview(bytearray(data)), 1, 0, None)
+    assert frag.endswith(mdat) and len(frag) == fmp4.fragment_size(cp.index)
+    if opts.get("bf"):
+        assert any(u.dts != u.pts for u in plan.units)
+    # both ways a length reaches the mdat are exercised: written in place, or from `prefixes`
+    assert plan.patch_at
+    if "slices" in opts.get("x264-params", ""):
+        assert plan.prefixes  # 3-byte start codes between the slices of a frame
+
+
+def test_mpegts_plan_refuses_what_it_cannot_describe():
+    with pytest.raises(mpegts.TsError, match="whole number"):
+        mpegts.plan(b"\x47" * 200)
+    with pytest.raises(mpegts.TsError, match="sync byte"):
+        mpegts.plan(b"\x00" * 188)
+    with pytest.raises(mpegts.TsError, match="no PAT/PMT"):
+        mpegts.plan(b"\x47\x1f\xff\x10" + bytes(184))  # a null packet only
 
 
 def test_mp4_refuses_what_is_not_h264(tmp_path):

@@ -66,21 +66,19 @@ def test_mp4_has_a_size_and_serves_any_byte_range(admin, sealed, tmp_path):
     assert len(decode(tmp_path / "r.mp4")) == round(sealed["duration_ms"] / 1000 * 15)
 
 
-def test_mp4_index_that_lies_is_caught_and_rebuilt(platform, admin, sealed):
+def test_mp4_plan_that_is_tampered_with_cannot_change_the_export(platform, admin, sealed):
+    """The per-chunk MP4 plans are sealed under the session's data key: flipping a byte or copying
+    another chunk's plan over it only makes storage plan that chunk again; the bytes stay right."""
     sid = sealed["id"]
     good = admin.get(f"/v1/sessions/{sid}/recording.mp4").content
-    idx = platform.data_dir / "chunks" / sid / "mp4" / "00000001.json"
-    doc = json.loads(idx.read_text())
-    doc["samples"] += 1  # a layout one sample longer than the chunk really is
-    idx.write_text(json.dumps(doc))
-    try:  # a clear error before the first byte, or the transfer cut at the lying fragment: never wrong bytes
-        r = admin.get(f"/v1/sessions/{sid}/recording.mp4")
-        assert r.status_code == 409 and r.json()["error"] == "chunk_damaged", r.status_code
-        assert "index is stale" in r.json()["detail"]
-    except httpx.HTTPError:
-        pass
-    assert not idx.exists()  # dropped, and rebuilt from the chunk on the next request
+    plans = platform.data_dir / "chunks" / sid / "mp4"
+    damaged = bytearray((plans / "00000001.plan").read_bytes())
+    damaged[-5] ^= 0x40
+    (plans / "00000001.plan").write_bytes(bytes(damaged))
+    (plans / "00000002.plan").write_bytes((plans / "00000000.plan").read_bytes())
     assert admin.get(f"/v1/sessions/{sid}/recording.mp4").content == good
+    assert (plans / "00000001.plan").read_bytes() != bytes(damaged)
+    assert (plans / "00000002.plan").read_bytes() != (plans / "00000000.plan").read_bytes()
 
 
 def test_hls_playlist_of_a_sealed_session(admin, sealed):

@@ -115,11 +115,7 @@ def seal(
     return out
 
 
-def open_envelope(
-    data: bytes, *, dek: bytes, session_id: uuid.UUID | None = None, seq: int | None = None
-) -> tuple[Header, bytes | bytearray]:
-    """Authenticate, decrypt and decompress an envelope; checks its claimed position if given.
-    The chunk comes back as bytes-like (an uncompressed payload is not copied again)."""
+def _checked_header(data: bytes | memoryview, session_id: uuid.UUID | None, seq: int | None) -> Header:
     header = parse_header(data)
     if session_id is not None and header.session_id != session_id:
         raise EnvelopeError(f"envelope belongs to session {header.session_id}, not {session_id}")
@@ -128,20 +124,85 @@ def open_envelope(
     expected = HEADER_LEN + header.payload_len + TAG_LEN
     if len(data) != expected:
         raise EnvelopeError(f"envelope is {len(data)} bytes, header says {expected}")
+    return header
+
+
+def _decrypt_into(header: Header, data: bytes | memoryview, dek: bytes, out: memoryview) -> None:
     view = memoryview(data)
-    payload = bytearray(header.payload_len)
     try:
-        AESGCM(dek).decrypt_into(header.nonce, view[HEADER_LEN:], bytes(view[:HEADER_LEN]), payload)
+        AESGCM(dek).decrypt_into(header.nonce, view[HEADER_LEN:], bytes(view[:HEADER_LEN]), out)
     except InvalidTag:
         raise EnvelopeError("authentication tag mismatch: wrong key or damaged envelope") from None
+
+
+def _decompress(header: Header, payload: bytes | bytearray | memoryview) -> bytes:
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.raw_len)
+    except zstandard.ZstdError as exc:
+        raise EnvelopeError(f"zstd payload does not decompress: {exc}") from None
+    if len(raw) != header.raw_len:
+        raise EnvelopeError(f"chunk is {len(raw)} bytes, header says {header.raw_len}")
+    return raw
+
+
+def open_envelope(
+    data: bytes | memoryview, *, dek: bytes, session_id: uuid.UUID | None = None, seq: int | None = None
+) -> tuple[Header, bytes | bytearray]:
+    """Authenticate, decrypt and decompress an envelope; checks its claimed position if given.
+    The chunk comes back as bytes-like (an uncompressed payload is not copied again)."""
+    header = _checked_header(data, session_id, seq)
+    payload = bytearray(header.payload_len)
+    _decrypt_into(header, data, dek, memoryview(payload))
     if header.compressed:
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.raw_len)
-            if len(raw) != header.raw_len:
-                raise EnvelopeError(f"chunk is {len(raw)} bytes, header says {header.raw_len}")
-            return header, raw
-        except zstandard.ZstdError as exc:
-            raise EnvelopeError(f"zstd payload does not decompress: {exc}") from None
+        return header, _decompress(header, payload)
     if len(payload) != header.raw_len:
         raise EnvelopeError(f"chunk is {len(payload)} bytes, header says {header.raw_len}")
     return header, payload
+
+
+def open_into(
+    data: bytes | memoryview, out: memoryview, *, dek: bytes, session_id: uuid.UUID | None = None,
+    seq: int | None = None,
+) -> Header:
+    """`open_envelope` writing the chunk into `out[:header.raw_len]` (the caller sizes `out` from
+    `parse_header(data).raw_len`): an uncompressed chunk is decrypted in place, never copied.
+    Nothing in `out` is to be used when this raises."""
+    header = _checked_header(data, session_id, seq)
+    if len(out) < header.raw_len:
+        raise ValueError(f"output buffer of {len(out)} bytes for a {header.raw_len}-byte chunk")
+    if header.compressed:
+        payload = bytearray(header.payload_len)
+        _decrypt_into(header, data, dek, memoryview(payload))
+        out[:header.raw_len] = _decompress(header, payload)
+    else:
+        if header.payload_len != header.raw_len:
+            raise EnvelopeError(f"chunk is {header.payload_len} bytes, header says {header.raw_len}")
+        _decrypt_into(header, data, dek, out[:header.raw_len])
+    return header
+
+
+# --- sidecars: derived data about one chunk, sealed under the same data key ---------------------
+# LSC1 | kind(4) | nonce(12) | AES-256-GCM(DEK, nonce, data, AAD = LSC1 | kind | session(16) | seq(8))
+# Never mistaken for an envelope (other magic), nor moved to another chunk or kind (the AAD).
+SIDECAR_MAGIC = b"LSC1"
+
+
+def _sidecar_aad(kind: bytes, session_id: uuid.UUID, seq: int) -> bytes:
+    if len(kind) != 4:
+        raise ValueError("a sidecar kind is 4 bytes")
+    return SIDECAR_MAGIC + kind + session_id.bytes + struct.pack(">Q", seq)
+
+
+def seal_sidecar(data: bytes, *, dek: bytes, kind: bytes, session_id: uuid.UUID, seq: int) -> bytes:
+    nonce = os.urandom(NONCE_LEN)
+    return SIDECAR_MAGIC + kind + nonce + AESGCM(dek).encrypt(nonce, data, _sidecar_aad(kind, session_id, seq))
+
+
+def open_sidecar(blob: bytes, *, dek: bytes, kind: bytes, session_id: uuid.UUID, seq: int) -> bytes:
+    head = len(SIDECAR_MAGIC) + 4 + NONCE_LEN
+    if len(blob) < head + TAG_LEN or blob[:4] != SIDECAR_MAGIC or blob[4:8] != kind:
+        raise EnvelopeError(f"not a {kind.decode(errors='replace')} sidecar")
+    try:
+        return AESGCM(dek).decrypt(blob[8:head], blob[head:], _sidecar_aad(kind, session_id, seq))
+    except InvalidTag:
+        raise EnvelopeError("sidecar authentication failed: damaged, or made for another chunk") from None

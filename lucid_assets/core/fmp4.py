@@ -8,7 +8,7 @@ fragment) | moof+mdat per chunk. Timescale 90 kHz (MPEG-TS's own). Samples are t
 access units with Annex-B start codes replaced by 4-byte lengths (nothing else changes: no
 re-encode, parameter sets stay in-band as in the source).
 
-Pure: no PyAV, no I/O. The caller demuxes chunks into `Sample`s (playback.py)."""
+Pure: no PyAV, no I/O. core/mpegts.py turns a chunk into `Sample`s and the bytes of its mdat."""
 from __future__ import annotations
 
 import struct
@@ -44,45 +44,6 @@ class ChunkIndex:
     @classmethod
     def from_dict(cls, d: dict) -> "ChunkIndex":
         return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
-
-
-# --- Annex-B -> length-prefixed ----------------------------------------------------------------
-
-def nal_units(data: bytes | memoryview) -> list[memoryview]:
-    """The NAL units of an Annex-B access unit (start codes removed, trailing zero bytes dropped)."""
-    buf = bytes(data)
-    mv = memoryview(buf)
-    out = []
-    i = buf.find(b"\x00\x00\x01")
-    while i >= 0:
-        start = i + 3
-        nxt = buf.find(b"\x00\x00\x01", start)
-        end = len(buf) if nxt < 0 else nxt
-        while end > start and buf[end - 1] == 0:
-            end -= 1
-        if end > start:
-            out.append(mv[start:end])
-        i = nxt
-    return out
-
-
-def avcc_sample(data: bytes | memoryview) -> bytes:
-    parts = []
-    for nal in nal_units(data):
-        parts.append(struct.pack(">I", len(nal)))
-        parts.append(nal)
-    return b"".join(parts)
-
-
-def parameter_sets(data: bytes | memoryview) -> tuple[bytes | None, bytes | None]:
-    sps = pps = None
-    for nal in nal_units(data):
-        kind = nal[0] & 0x1F
-        if kind == 7 and sps is None:
-            sps = bytes(nal)
-        elif kind == 8 and pps is None:
-            pps = bytes(nal)
-    return sps, pps
 
 
 # --- boxes -------------------------------------------------------------------------------------

@@ -37,11 +37,11 @@ class ProcessConfig(dg.Config):
                         "a new manifest version; the old manifest and checkpoints are kept as a record")
 
 
-def _index_for_export(vault: VaultResource, sid: str, seq: int, raw: bytes) -> None:
-    """The chunk's MP4 layout facts, so the first export of a long session needs no full pass.
-    Derived data: storage rebuilds it when missing; a chunk that is not H.264 simply has none."""
+def _plan_export(vault: VaultResource, sid: str, seq: int, raw: bytes, dek: bytes, data: bytes) -> None:
+    """The chunk's sealed MP4 plan, so exports never parse a chunk. Derived data: storage makes it
+    again when missing; a chunk that is not H.264 in MPEG-TS simply has none."""
     try:
-        playback.write_chunk_index(vault.store, sid, seq, raw)
+        playback.write_chunk_plan(vault.store, sid, seq, raw, dek=dek, tag=bytes(data[-envelope.TAG_LEN:]))
     except playback.NotExportable:
         pass
 
@@ -69,7 +69,7 @@ def _store_one(vault: VaultResource, sid: str, dek: bytes, chunk: dict, force: b
     if data is None or force:
         data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
         vault.store.write_envelope(sid, seq, data)
-        _index_for_export(vault, sid, seq, raw)
+        _plan_export(vault, sid, seq, raw, dek, data)
     header = envelope.parse_header(data)
     return {
         "session_id": sid, "seq": seq, "raw_sha256": chunk["sha256"],

@@ -8,18 +8,19 @@ import uuid
 from datetime import datetime, timezone
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from lucid_assets.core import catalog, envelope, keys, merkle
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
-from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, prefetch
+from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, plain_size
 from lucid_assets.settings import get_settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.verification import verify_stored
 from services.common.app import make_app, peer_check, writable_dir_check
 from services.common.errors import ApiError, not_found
 from services.common.peers import call_sync
+from services.common.streaming import ProducedResponse
 
 
 log = logging.getLogger("lucid.storage")
@@ -226,10 +227,13 @@ def create_app():
     def recording_ts(session_id: str):
         sid = _sid(session_id)
         seqs = playable_seqs(sid)
-        chunks = checked(sid, prefetch(plain_chunks(store, keyring, sid, seqs)))
-        return StreamingResponse(coalesce(chunks), media_type="video/mp2t",
-                                 headers={"Content-Disposition": f'attachment; filename="{sid}.ts"',
-                                          "Cache-Control": "no-store"})
+        try:
+            size = plain_size(store, sid, seqs)
+        except DamagedChunk as exc:
+            raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
+        return ProducedResponse(checked(sid, plain_chunks(store, keyring, sid, seqs)), media_type="video/mp2t",
+                                headers={"Content-Disposition": f'attachment; filename="{sid}.ts"',
+                                         "Content-Length": str(size), "Cache-Control": "no-store"})
 
     @app.api_route("/sessions/{session_id}/recording.mp4", methods=["GET", "HEAD"])
     def recording_mp4(session_id: str, request: Request):
@@ -254,8 +258,8 @@ def create_app():
             status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{export.size}"
         if request.method == "HEAD":
             return Response(status_code=status, media_type="video/mp4", headers=headers)
-        return StreamingResponse(checked(sid, coalesce(export.byte_range(start, end))), status_code=status,
-                                 media_type="video/mp4", headers=headers)
+        return ProducedResponse(checked(sid, coalesce(export.byte_range(start, end))), status_code=status,
+                                media_type="video/mp4", headers=headers)
 
     @app.get("/keys/signing")
     def signing_key():

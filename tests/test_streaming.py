@@ -1,0 +1,80 @@
+"""ProducedResponse on a real uvicorn server: the body arrives whole and in order, a client that goes
+away stops the producer (and closes it), and a producer that fails mid-stream cuts the transfer."""
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from services.common.streaming import ProducedResponse
+from tests.conftest import free_port
+
+PART = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def server():
+    state = {"produced": 0, "closed": threading.Event()}
+    app = FastAPI()
+
+    def parts(n: int, fail_at: int | None = None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise RuntimeError("producer failed")
+                state["produced"] += 1
+                yield bytes([i % 256]) * PART
+        finally:
+            state["closed"].set()
+
+    @app.get("/parts/{n}")
+    def whole(n: int):
+        return ProducedResponse(parts(n), headers={"Content-Length": str(n * PART)})
+
+    @app.get("/fails/{n}")
+    def fails(n: int):
+        return ProducedResponse(parts(n, fail_at=n // 2), headers={"Content-Length": str(n * PART)})
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", state
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_body_arrives_whole_and_in_order(server):
+    url, _ = server
+    r = httpx.get(f"{url}/parts/40", timeout=30)
+    assert r.status_code == 200 and int(r.headers["content-length"]) == 40 * PART
+    assert r.content == b"".join(bytes([i]) * PART for i in range(40))
+
+
+def test_client_that_goes_away_stops_the_producer(server):
+    url, state = server
+    state["produced"], n = 0, 100_000  # 25 GB if nobody stopped it
+    state["closed"].clear()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"GET /parts/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < 4 * PART:
+            got += len(s.recv(65536))
+    assert state["closed"].wait(10), "the producer was not closed after the client left"
+    produced = state["produced"]
+    time.sleep(0.5)
+    assert state["produced"] == produced < 200  # stopped, a few parts (socket buffers) past what was read
+
+
+def test_failure_mid_stream_cuts_the_transfer(server):
+    url, _ = server
+    with pytest.raises(httpx.HTTPError):  # fewer bytes than Content-Length, then the connection closes
+        httpx.get(f"{url}/fails/20", timeout=30)
