@@ -240,7 +240,8 @@ def build_fragment(plan: ChunkPlan, plain: bytes | memoryview, sequence: int, ba
             raise DamagedChunk("the chunk does not match its MP4 plan")
         e[at[:, None] + np.arange(4)] = np.frombuffer(plan.patch_bytes, np.uint8).reshape(-1, 4)
     view = memoryview(both)
-    parts = list(map(view.__getitem__, map(slice, plan.pieces[0::2], plan.pieces[1::2])))
+    ends = iter(plan.pieces)
+    parts = [view[a:b] for a, b in zip(ends, ends)]
     durations = fmp4.sample_durations(plan.samples, next_dts, plan.index.last_duration)
     frag = b"".join([fmp4.fragment_head(sequence, base_dts, plan.samples, durations), *parts])
     if len(frag) != fmp4.fragment_size(plan.index):

@@ -137,7 +137,8 @@ def _ts(tmp_path, name, **opts) -> bytes:
 
 def _pyav_samples(data: bytes) -> tuple[list[tuple], bytes]:
     """What FFmpeg's own demuxer sees: (dts, pts, key, size) per access unit, and the MP4 sample
-    data (Annex-B start codes -> 4-byte lengths, trailing zeros dropped), by the obvious method."""
+    data (Annex-B start codes -> 4-byte lengths, trailing zeros and delimiters dropped), by the
+    obvious method."""
     samples, out = [], []
     with av.open(io.BytesIO(data), format="mpegts") as src:
         for pkt in src.demux(video=0):
@@ -147,7 +148,7 @@ def _pyav_samples(data: bytes) -> tuple[list[tuple], bytes]:
             starts = [m.end() for m in re.finditer(b"\x00\x00\x01", raw)]
             for a, b in zip(starts, starts[1:] + [len(raw) + 3]):
                 nal = raw[a:b - 3].rstrip(b"\x00")
-                if nal:
+                if nal and nal[0] & 0x1F != 9:  # access unit delimiters are left out
                     unit.append(struct.pack(">I", len(nal)) + nal)
             samples.append((pkt.dts, pkt.pts, bool(pkt.is_keyframe), sum(map(len, unit))))
             out.extend(unit)

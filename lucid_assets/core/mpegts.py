@@ -20,6 +20,8 @@ the moof. Pure: no I/O, no PyAV; playback.py does the copies.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ PACKET = 188
 PAYLOAD = PACKET - 4
 SYNC = 0x47
 STREAM_TYPE_H264 = 0x1B
-NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
+NAL_IDR, NAL_SPS, NAL_PPS, NAL_AUD = 5, 7, 8, 9
 
 
 class TsError(ValueError):
@@ -115,36 +117,35 @@ def _nal_bounds(es: bytes) -> list[tuple[int, int]]:
 
 def plan(data: bytes | memoryview) -> Plan:
     """The chunk's access units and its MP4 copy plan (see the module's doc)."""
-    data = memoryview(data)
+    data = bytes(data)
     if not data or len(data) % PACKET:
         raise TsError(f"{len(data)} bytes is not a whole number of {PACKET}-byte TS packets")
     n = len(data) // PACKET
+    if data[0::PACKET].count(SYNC) != n:
+        k = next(k for k, b in enumerate(data[0::PACKET]) if b != SYNC)
+        raise TsError(f"packet {k} has no sync byte (not a {PACKET}-byte MPEG-TS stream)")
     pmt_pid = video_pid = None
-    # per video packet with a payload: (its row in E, where its payload starts in the packet, starts a PES)
+    # per video packet with a payload: (packet number, where its payload starts in the packet, starts a PES)
     video: list[tuple[int, int, bool]] = []
     rows: list[tuple[int, int]] = []
-    for k in range(n):
-        p = data[k * PACKET:(k + 1) * PACKET]
-        if p[0] != SYNC:
-            raise TsError(f"packet {k} has no sync byte (not a {PACKET}-byte MPEG-TS stream)")
-        pid = ((p[1] & 0x1F) << 8) | p[2]
-        pusi = bool(p[1] & 0x40)
-        afc = (p[3] >> 4) & 0x03
-        if not afc & 0x01:
+    # the header bytes of every packet at once (extended slices run in C, not per packet in Python)
+    for k, b1, b2, b3, b4 in zip(range(n), data[1::PACKET], data[2::PACKET], data[3::PACKET], data[4::PACKET]):
+        if not b3 & 0x10:
             continue  # adaptation field only
-        start = 4 + (1 + p[4] if afc & 0x02 else 0)
+        start = 5 + b4 if b3 & 0x20 else 4
         if start > PACKET:
             raise TsError(f"packet {k} has an adaptation field longer than the packet")
-        if pid == 0 and pusi and pmt_pid is None:
-            pmt_pid = _pmt_pid(_section(bytes(p[start:])))
-        elif pid == pmt_pid and pusi and video_pid is None:
-            video_pid = _video_pid(_section(bytes(p[start:])))
-        elif pid == video_pid and video_pid is not None:
-            video.append((k, start, pusi))
+        pid = ((b1 & 0x1F) << 8) | b2
+        if pid == video_pid:
+            video.append((k, start, bool(b1 & 0x40)))
             if rows and rows[-1][1] == k:
                 rows[-1] = (rows[-1][0], k + 1)
             else:
                 rows.append((k, k + 1))
+        elif pid == 0 and b1 & 0x40 and pmt_pid is None:
+            pmt_pid = _pmt_pid(_section(data[k * PACKET + start:(k + 1) * PACKET]))
+        elif pid == pmt_pid and b1 & 0x40 and video_pid is None:
+            video_pid = _video_pid(_section(data[k * PACKET + start:(k + 1) * PACKET]))
     if video_pid is None:
         raise TsError("no PAT/PMT announcing an H.264 stream before its packets")
     # cut into PES packets: each a list of (offset in E, length) payload ranges
@@ -159,7 +160,8 @@ def plan(data: bytes | memoryview) -> Plan:
     sps = pps = None
     for ranges in pes:
         # the PES's bytes, in one piece for parsing (plan time only)
-        raw = b"".join(bytes(data[video[o // PAYLOAD][0] * PACKET + 4 + o % PAYLOAD:][:ln]) for o, ln in ranges)
+        raw = b"".join([data[at:at + ln] for at, ln in
+                        ((video[o // PAYLOAD][0] * PACKET + 4 + o % PAYLOAD, ln) for o, ln in ranges)])
         if len(raw) < 9 or raw[:3] != b"\x00\x00\x01":
             raise TsError("a video PES packet does not start with a PES header")
         flags, hlen = raw[7] >> 6, raw[8]
@@ -169,8 +171,11 @@ def plan(data: bytes | memoryview) -> Plan:
         dts = _pts(raw, 14) if flags == 0x03 else pts
         au = AccessUnit(dts=dts, pts=pts)
         skip = 9 + hlen
+        cum = list(itertools.accumulate((ln for _, ln in ranges), initial=0))
         for s, e in _nal_bounds(raw[skip:]):
             kind = raw[skip + s] & 0x1F
+            if kind == NAL_AUD:
+                continue  # an access unit delimiter says nothing an MP4 sample needs: left out
             if kind == NAL_IDR:
                 au.key = True
             elif kind == NAL_SPS and sps is None:
@@ -179,7 +184,7 @@ def plan(data: bytes | memoryview) -> Plan:
                 pps = raw[skip + s:skip + e]
             au.nals.append(e - s)
             au.size += 4 + e - s
-            nal_ranges.append(_map(ranges, skip + s, skip + e))
+            nal_ranges.append(_map(ranges, cum, skip + s, skip + e))
         if au.nals:
             units.append(au)
     if not units or sps is None or pps is None:
@@ -204,16 +209,17 @@ def plan(data: bytes | memoryview) -> Plan:
                 struct.pack(f">{len(patched)}I", *(n for _, n in patched)), _merge(pieces), sps, pps)
 
 
-def _map(ranges: list[tuple[int, int]], s: int, e: int) -> list[tuple[int, int]]:
-    """Bytes s..e of a PES (counted over its payload ranges) as ranges of E."""
-    out, at = [], 0
-    for off, ln in ranges:
-        lo, hi = max(s, at), min(e, at + ln)
+def _map(ranges: list[tuple[int, int]], cum: list[int], s: int, e: int) -> list[tuple[int, int]]:
+    """Bytes s..e of a PES (counted over its payload ranges; cum = their running starts) as
+    ranges of E."""
+    out = []
+    i = bisect.bisect_right(cum, s) - 1
+    while i < len(ranges) and cum[i] < e:
+        off, ln = ranges[i]
+        lo, hi = max(s, cum[i]), min(e, cum[i] + ln)
         if lo < hi:
-            out.append((off + lo - at, off + hi - at))
-        at += ln
-        if at >= e:
-            break
+            out.append((off + lo - cum[i], off + hi - cum[i]))
+        i += 1
     return out
 
 
