@@ -202,3 +202,23 @@ def test_coalesce_joins_small_pieces_and_passes_large_ones():
     assert out == [b"a" * 10 + b"b" * 10 + b"c" * 10, big, b"d" * 5]
     assert out[1] is big  # no copy for a piece that is large enough alone
     assert b"".join(coalesce([b"q"] * 1000, at_least=64)) == b"q" * 1000
+
+
+def test_layout_facts_are_cached_per_manifest_and_a_replaced_envelope_is_still_caught(mp4_session):
+    store, keyring, sid, paths, _ = mp4_session
+    seqs = list(range(len(paths)))
+    first = Mp4Export(store, keyring, sid, seqs, cache_key="manifest-a")
+    whole = b"".join(first.byte_range(0, first.size - 1))
+    for seq in seqs:
+        store.drop_mp4_index(sid, seq)
+    again = Mp4Export(store, keyring, sid, seqs, cache_key="manifest-a")  # no plan read: none exist
+    assert again.etag == first.etag and not any(store.read_mp4_index(sid, s) for s in seqs)
+    assert b"".join(again.byte_range(0, again.size - 1)) == whole  # full plans made again as needed
+    # an envelope replaced behind the cache's back (same bytes, new nonce: a new tag)
+    dek = store.data_key(sid, keyring)
+    store.write_envelope(sid, 1, envelope.seal(paths[1].read_bytes(), dek=dek, session_id=uuid.UUID(sid), seq=1))
+    stale = Mp4Export(store, keyring, sid, seqs, cache_key="manifest-a")
+    with pytest.raises(DamagedChunk, match="changed since"):
+        b"".join(stale.byte_range(stale.offsets[1], stale.offsets[1] + 10))
+    fresh = Mp4Export(store, keyring, sid, seqs, cache_key="manifest-b")  # a new manifest: read again
+    assert b"".join(fresh.byte_range(0, fresh.size - 1)) == whole

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import shutil
 import uuid
@@ -190,20 +192,22 @@ def create_app():
         return {"items": [{"seq": r["seq"], "duration_ms": r["duration_ms"], "size": r["raw_size"]}
                           for r in stored_prefix(sid)]}
 
-    def playable_seqs(sid: str) -> list[int]:
-        """A sealed session's chunks per its signed manifest; a live one's durable prefix."""
+    def playable(sid: str) -> tuple[list[int], str | None]:
+        """A sealed session's chunks per its signed manifest, with a key naming exactly those
+        envelopes (their hashes); a live one's durable prefix, with no key."""
         doc = store.latest_manifest_doc(sid)
         if doc is not None and "_error" not in doc:
-            seqs = [c["seq"] for c in doc["body"]["chunks"]]
+            chunks = doc["body"]["chunks"]
+            seqs, key = [c["seq"] for c in chunks], hashlib.sha256(json.dumps(chunks, sort_keys=True).encode()).hexdigest()
         else:
-            seqs = []
+            seqs, key = [], None
             for seq in store.stored_seqs(sid):
                 if seq != len(seqs):
                     break
                 seqs.append(seq)
         if not seqs:
             raise not_found(f"session {sid} has no stored chunks yet")
-        return seqs
+        return seqs, key
 
     def checked(sid: str, parts):
         """Pull the first piece now, so damage there is a clear 409 before any byte is sent; damage
@@ -226,7 +230,7 @@ def create_app():
     @app.get("/sessions/{session_id}/recording.ts")
     def recording_ts(session_id: str):
         sid = _sid(session_id)
-        seqs = playable_seqs(sid)
+        seqs, _ = playable(sid)
         try:
             size = plain_size(store, sid, seqs)
         except DamagedChunk as exc:
@@ -240,9 +244,9 @@ def create_app():
         """Fragmented MP4 with a size, an ETag and Range: a browser seeks anywhere in it by
         fetching only the fragments (chunks) it needs."""
         sid = _sid(session_id)
-        seqs = playable_seqs(sid)
+        seqs, key = playable(sid)
         try:
-            export = Mp4Export(store, keyring, sid, seqs)
+            export = Mp4Export(store, keyring, sid, seqs, cache_key=key)
         except DamagedChunk as exc:
             raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
         except NotExportable as exc:
