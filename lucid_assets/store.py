@@ -152,6 +152,13 @@ class ChunkStore:
     def drop_mp4_index(self, session_id: str, seq: int) -> None:
         self.mp4_index_path(session_id, seq).unlink(missing_ok=True)
 
+    def drop_legacy_mp4_indexes(self, session_id: str) -> int:
+        """Remove the plain-JSON MP4 indexes an earlier release kept (`mp4/<seq>.json`)."""
+        old = list((self.session_dir(session_id) / "mp4").glob("*.json"))
+        for path in old:
+            path.unlink(missing_ok=True)
+        return len(old)
+
     # --- data keys --------------------------------------------------------------------------
     def dek_path(self, session_id: str) -> Path:
         return self.session_dir(session_id) / "dek.json"

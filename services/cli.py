@@ -163,6 +163,35 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_plans(args) -> int:
+    """Make the sealed MP4 plans a session lacks (one recorded before plans existed, or whose
+    processing could not write them): otherwise its first MP4 export makes them, ~25 ms a chunk."""
+    from lucid_assets.keyring import Keyring
+    from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable
+    from lucid_assets.store import ChunkStore
+
+    s = Settings(data_dir=Path(args.data_dir))
+    store = ChunkStore(s.chunk_store_path)
+    keyring = Keyring.load(s, with_signing=False)
+    failed = 0
+    for sid in args.session or store.sessions():
+        seqs = store.stored_seqs(sid)
+        before = [store.read_mp4_index(sid, seq) for seq in seqs]
+        try:
+            if seqs:
+                Mp4Export(store, keyring, sid, seqs)  # reads every plan, makes the missing and stale ones
+            made = sum(store.read_mp4_index(sid, seq) != old for seq, old in zip(seqs, before))
+            legacy = store.drop_legacy_mp4_indexes(sid)
+            print(f"lucid: {sid}: {len(seqs)} chunks, {made} plans made"
+                  + (f", {legacy} plain indexes of the earlier release removed" if legacy else ""))
+        except NotExportable as exc:
+            print(f"lucid: {sid}: no MP4 export ({exc})")
+        except DamagedChunk as exc:
+            failed += 1
+            print(f"lucid: {sid}: not planned: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 SECRET_FILES = ("master.key", "signing.key", "signing.pub", "link.key", "admin-api-key")
 
 
@@ -220,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     keys_p = sub.add_parser("keys", help="rotate the key-encryption key, rewrap data keys, prune retired keys")
     keys_p.add_argument("action", choices=["rotate", "rewrap", "prune", "status"])
     keys_p.set_defaults(fn=cmd_keys)
+    plans = sub.add_parser("plans", help="make the MP4 export plans that stored sessions lack")
+    plans.add_argument("session", nargs="*", help="session ids (default: every session in the store)")
+    plans.set_defaults(fn=cmd_plans)
     sec = sub.add_parser("secrets", help="create the secret files of a compose deployment (never overwrites)")
     sec.add_argument("dir")
     sec.add_argument("--owner", help="UID:GID to own the files (the images run as 65532:65532)")

@@ -222,3 +222,26 @@ def test_layout_facts_are_cached_per_manifest_and_a_replaced_envelope_is_still_c
         b"".join(stale.byte_range(stale.offsets[1], stale.offsets[1] + 10))
     fresh = Mp4Export(store, keyring, sid, seqs, cache_key="manifest-b")  # a new manifest: read again
     assert b"".join(fresh.byte_range(0, fresh.size - 1)) == whole
+
+
+def test_lucid_plans_makes_what_a_store_lacks(tmp_path):
+    """`lucid plans`: an upgraded store's sessions get their plans ahead of their first export."""
+    from services.cli import main as lucid
+
+    segs = record_segments(tmp_path / "segs", fps=10, seconds=4, chunk_seconds=2, size=(160, 120))
+    settings = Settings(data_dir=tmp_path, generate_keys=True)
+    keyring = Keyring.load(settings)
+    store, sid = ChunkStore(settings.chunk_store_path), str(uuid.uuid4())
+    dek = store.data_key(sid, keyring, create=True)
+    for seq, s in enumerate(segs):
+        store.write_envelope(sid, seq, envelope.seal(s.path.read_bytes(), dek=dek, session_id=uuid.UUID(sid), seq=seq))
+    assert not any(store.read_mp4_index(sid, seq) for seq in range(len(segs)))
+    legacy = store.session_dir(sid) / "mp4" / "00000000.json"  # the earlier release's plain index
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text('{"v": 1, "samples": 20}')
+    assert lucid(["--data-dir", str(tmp_path), "plans"]) == 0
+    assert not legacy.exists()
+    plans = [read_chunk_plan(store, sid, seq, dek=dek) for seq in range(len(segs))]
+    assert all(p is not None for p in plans)
+    assert lucid(["--data-dir", str(tmp_path), "plans", sid]) == 0  # nothing to do the second time
+    assert [read_chunk_plan(store, sid, seq, dek=dek) for seq in range(len(segs))] == plans
