@@ -2,6 +2,7 @@
 (what HTTP responses and PyAV take), compressed or not; damage stops the stream at that chunk."""
 import io
 import os
+import random
 import re
 import struct
 import uuid
@@ -176,6 +177,39 @@ def test_mpegts_plan_matches_ffmpeg_and_the_fast_gather(tmp_path, opts):
     assert plan.patch_at
     if "slices" in opts.get("x264-params", ""):
         assert plan.prefixes  # 3-byte start codes between the slices of a frame
+
+
+def _packet(ts: bytes, pid: int) -> int:
+    """Offset of the first packet of `pid`."""
+    return next(k * 188 for k in range(len(ts) // 188) if ((ts[k * 188 + 1] & 0x1F) << 8 | ts[k * 188 + 2]) == pid)
+
+
+def test_mpegts_plan_meets_damaged_headers_with_tserror_only(tmp_path):
+    """Pushed chunks are input: damaged PSI or PES headers make a chunk not exportable (TsError ->
+    422, no plan), never an IndexError in the processing run, a 500, or a plan of garbage times."""
+    good = bytes(record_segments(tmp_path / "s", fps=10, seconds=2, chunk_seconds=2, size=(160, 120))[0].path.read_bytes())
+    pmt = bytearray(good)
+    at = _packet(good, 0x1000) + 4 + 1 + good[_packet(good, 0x1000) + 4]  # FFmpeg's PMT PID; its section
+    pmt[at + 1], pmt[at + 2] = pmt[at + 1] & 0xF0, 5  # section_length 5: a PMT too short to read
+    with pytest.raises(mpegts.TsError, match="truncated PMT"):
+        mpegts.plan(bytes(pmt))
+    pes = bytearray(good)
+    at = _packet(good, 0x100)  # the video PID's first packet: its PES header after the adaptation field
+    at += 4 + (1 + good[at + 4] if good[at + 3] & 0x20 else 0)
+    assert pes[at:at + 3] == b"\x00\x00\x01" and pes[at + 7] >> 6 in (2, 3)
+    pes[at + 8] = 0  # PES_header_data_length 0: no room for the time stamps its flags announce
+    with pytest.raises(mpegts.TsError, match="shorter than its time stamps"):
+        mpegts.plan(bytes(pes))
+    n, rng = len(good) // 188, random.Random(2)
+    for _ in range(1000):  # and header bytes damaged at random
+        b = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            k = rng.randrange(min(n, 12)) if rng.random() < 0.7 else rng.randrange(n)
+            b[k * 188 + rng.randrange(1, 24)] = rng.randrange(256)
+        try:
+            mpegts.plan(bytes(b))
+        except mpegts.TsError:
+            pass
 
 
 def test_mpegts_plan_refuses_what_it_cannot_describe():

@@ -88,6 +88,8 @@ def _pmt_pid(pat: bytes) -> int:
 
 
 def _video_pid(pmt: bytes) -> int:
+    if len(pmt) < 16:
+        raise TsError("truncated PMT")
     info_len = ((pmt[10] & 0x0F) << 8) | pmt[11]
     i = 12 + info_len
     while i + 5 <= len(pmt) - 4:
@@ -167,6 +169,8 @@ def plan(data: bytes | memoryview) -> Plan:
         flags, hlen = raw[7] >> 6, raw[8]
         if flags & 0x02 == 0:
             raise TsError("a video PES packet has no presentation time")
+        if hlen < (10 if flags == 0x03 else 5) or len(raw) < 9 + hlen:
+            raise TsError("a video PES header is shorter than its time stamps")
         pts = _pts(raw, 9)
         dts = _pts(raw, 14) if flags == 0x03 else pts
         au = AccessUnit(dts=dts, pts=pts)
