@@ -4,6 +4,7 @@ its bytes are released), as MPEG-TS or as a fragmented MP4 with a known size and
 holds one chunk, whatever the length of the recording."""
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -341,8 +342,10 @@ class Mp4Export:
         """Bytes start..end (inclusive), building only the fragments they touch."""
         if start < self.header_size:
             yield memoryview(self.header())[start:min(end + 1, self.header_size)]
-        wanted = [i for i, off in enumerate(self.offsets)
-                  if off <= end and off + fmp4.fragment_size(self.layout.chunks[i]) > start]
+        first = max(0, bisect.bisect_right(self.offsets, start) - 1)
+        last = bisect.bisect_right(self.offsets, end)  # a seek touches one or two of thousands of fragments
+        wanted = [i for i in range(first, last)
+                  if self.offsets[i] + fmp4.fragment_size(self.layout.chunks[i]) > start]
         for i, frag in self.fragments(wanted):
             off = self.offsets[i]
             yield memoryview(frag)[max(start, off) - off:min(end + 1, off + len(frag)) - off]

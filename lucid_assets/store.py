@@ -119,7 +119,7 @@ class ChunkStore:
             with open(self.envelope_path(session_id, seq), "rb", buffering=0) as f:
                 f.seek(-size, os.SEEK_END)
                 return f.read(size)
-        except (FileNotFoundError, OSError):
+        except OSError:  # missing, or shorter than a tag
             return None
 
     def read_envelope_head(self, session_id: str, seq: int, size: int) -> bytes | None:

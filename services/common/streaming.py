@@ -6,9 +6,9 @@ socket writes release the GIL, so on two cores producing and sending overlap ins
 turns. Each part goes to the transport as it is (no chunked-encoding copy when a Content-Length is
 given, no hop per small piece), and a client that goes away stops the producer at the next part.
 
-Starlette's StreamingResponse does the same job at about half the rate here: a thread hop per
-part taken in turn with the send, and with no Content-Length uvicorn joins every part into the
-chunked framing (one more copy of every byte); bench/export.py measures both.
+Starlette's StreamingResponse, which the exports used before, takes a thread hop per part in turn
+with the send, and with no Content-Length uvicorn joins every part into the chunked framing (one
+more copy of every byte): the TS export went from 0.70-1.14 to 1.33-1.9 GB/s (docs/DECISIONS.md).
 """
 from __future__ import annotations
 
