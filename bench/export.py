@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lucid_assets.core import catalog  # noqa: E402
 from lucid_assets.defs.assets import _store_one  # noqa: E402
 from lucid_assets.defs.resources import VaultResource  # noqa: E402
-from lucid_assets.playback import Mp4Export, plain_chunks  # noqa: E402
+from lucid_assets.playback import Mp4Export, plain_chunks, plain_size  # noqa: E402
 from lucid_assets.settings import Settings  # noqa: E402
 from services.launcher import SERVICES, Platform  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -90,10 +90,8 @@ def bare_server(data: Path, sid: str, runs: int, decrypt: bool) -> float:
     in one thread while another sends: the least any export has to do, done with nothing else."""
     vault = VaultResource.from_settings(Settings(data_dir=data))
     seqs = vault.store.stored_seqs(sid)
-    held = [bytes(c) for c in plain_chunks(vault.store, vault.keyring, sid, seqs)]
-    size = sum(map(len, held))
-    if decrypt:
-        held = []
+    size = plain_size(vault.store, sid, seqs)
+    held = [] if decrypt else [bytes(c) for c in plain_chunks(vault.store, vault.keyring, sid, seqs)]
     srv = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
