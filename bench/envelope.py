@@ -12,6 +12,7 @@
 Targets (issue 3): seal >= 0.85 x limit on compressible; >= 0.9 x the AES+SHA chain on
 incompressible; two threads >= 1.7 x one.  Usage: python bench/envelope.py [--mib 8] [--reps 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import zstandard  # noqa: E402
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lucid_assets.core import envelope  # noqa: E402
+from lucid_assets.core import envelope
 
 SID = uuid.uuid4()
 DEK = os.urandom(32)
@@ -40,9 +41,11 @@ DEK = os.urandom(32)
 def log_like(size: int, seed: int = 1) -> bytes:
     rnd, out, n = random.Random(seed), [], 0
     while n < size:
-        line = (f"2026-11-27T15:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}.{rnd.randrange(1000):03d}Z INFO "
-                f"svc=api req={rnd.getrandbits(64):016x} path=/v1/sessions/{rnd.getrandbits(32):08x} "
-                f"status={rnd.choice((200, 201, 404, 409))} took={rnd.randrange(500)}ms\n").encode()
+        line = (
+            f"2026-11-27T15:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}.{rnd.randrange(1000):03d}Z INFO "
+            f"svc=api req={rnd.getrandbits(64):016x} path=/v1/sessions/{rnd.getrandbits(32):08x} "
+            f"status={rnd.choice((200, 201, 404, 409))} took={rnd.randrange(500)}ms\n"
+        ).encode()
         out.append(line)
         n += len(line)
     return b"".join(out)[:size]
@@ -88,9 +91,17 @@ def measure(name: str, buf: bytes, reps: int) -> dict:
     t_dec = best(lambda: aes.decrypt(nonce, ct, b"h" * 64), reps)
     t_unz = best(lambda: zstandard.ZstdDecompressor().decompress(packed), reps) if compressible else 0.0
     t_open = best(lambda: envelope.open_envelope(env, dek=DEK), reps)
-    r = {"name": name, "ratio": len(payload) / len(buf), "zstd": mb / t_z if t_z else None, "aes": len(payload) / 1e6 / t_aes,
-         "sha": len(env) / 1e6 / t_sha, "limit": mb / (t_z + t_aes + t_sha), "seal": mb / t_seal,
-         "open_limit": mb / (t_dec + t_unz), "open": mb / t_open}
+    r = {
+        "name": name,
+        "ratio": len(payload) / len(buf),
+        "zstd": mb / t_z if t_z else None,
+        "aes": len(payload) / 1e6 / t_aes,
+        "sha": len(env) / 1e6 / t_sha,
+        "limit": mb / (t_z + t_aes + t_sha),
+        "seal": mb / t_seal,
+        "open_limit": mb / (t_dec + t_unz),
+        "open": mb / t_open,
+    }
     r["seal_ratio"], r["open_ratio"] = r["seal"] / r["limit"], r["open"] / r["open_limit"]
     return r
 
@@ -117,18 +128,24 @@ def main() -> int:
     for name, buf in bufs.items():
         r = results[name] = measure(name, buf, args.reps)
         z = f"zstd1 {r['zstd']:7.0f}  " if r["zstd"] else "zstd1 skipped "
-        print(f"- {name}: payload/raw {r['ratio']:.3f}\n    {z}aes-gcm {r['aes']:7.0f}  sha256 {r['sha']:7.0f}"
-              f"  -> chained limit {r['limit']:7.0f}\n    seal {r['seal']:7.0f}  = {r['seal_ratio']:.3f} x limit"
-              f"   | open {r['open']:7.0f} vs limit {r['open_limit']:7.0f} = {r['open_ratio']:.3f}")
+        print(
+            f"- {name}: payload/raw {r['ratio']:.3f}\n    {z}aes-gcm {r['aes']:7.0f}  sha256 {r['sha']:7.0f}"
+            f"  -> chained limit {r['limit']:7.0f}\n    seal {r['seal']:7.0f}  = {r['seal_ratio']:.3f} x limit"
+            f"   | open {r['open']:7.0f} vs limit {r['open_limit']:7.0f} = {r['open_ratio']:.3f}"
+        )
     thr, proc = scaling("incompressible (random, as video)", 24)
     thr_c, proc_c = scaling("compressible (log-like text)", 12)
-    print(f"- two worker threads vs one: {thr:.2f}x incompressible, {thr_c:.2f}x compressible "
-          f"(two processes, the machine's limit: {proc:.2f}x / {proc_c:.2f}x)")
+    print(
+        f"- two worker threads vs one: {thr:.2f}x incompressible, {thr_c:.2f}x compressible "
+        f"(two processes, the machine's limit: {proc:.2f}x / {proc_c:.2f}x)"
+    )
     c, i = results["compressible (log-like text)"], results["incompressible (random, as video)"]
-    targets = [("seal >= 0.85 x chained limit, compressible", c["seal_ratio"], 0.85),
-               ("seal >= 0.90 x AES+SHA chain, incompressible", i["seal_ratio"], 0.90),
-               ("two threads >= 1.7 x one (incompressible)", thr, 1.7),
-               ("two threads >= 1.7 x one (compressible)", thr_c, 1.7)]
+    targets = [
+        ("seal >= 0.85 x chained limit, compressible", c["seal_ratio"], 0.85),
+        ("seal >= 0.90 x AES+SHA chain, incompressible", i["seal_ratio"], 0.90),
+        ("two threads >= 1.7 x one (incompressible)", thr, 1.7),
+        ("two threads >= 1.7 x one (compressible)", thr_c, 1.7),
+    ]
     for label, value, target in targets:
         print(f"  {'MET ' if value >= target else 'MISS'} {label}: {value:.2f}")
     return 0

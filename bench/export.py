@@ -17,6 +17,7 @@ of the recording's length. The ratio to the bare decrypting server is printed be
 
 Usage: python bench/export.py [--short 1] [--long 30] [--runs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from lucid_assets.core import catalog  # noqa: E402
-from lucid_assets.defs.assets import _store_one  # noqa: E402
-from lucid_assets.defs.resources import VaultResource  # noqa: E402
-from lucid_assets.playback import Mp4Export, plain_chunks, plain_size  # noqa: E402
-from lucid_assets.settings import Settings  # noqa: E402
-from services.launcher import SERVICES, Platform  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.helpers import record_segments  # noqa: E402
+from lucid_assets.core import catalog
+from lucid_assets.core.states import ChunkState
+from lucid_assets.defs.resources import VaultResource
+from lucid_assets.defs.sessions.assets import _store_one
+from lucid_assets.models import RegisteredChunk
+from lucid_assets.playback import Mp4Export, plain_chunks, plain_size
+from lucid_assets.settings import Settings
+from services.launcher import SERVICES, Platform
+from tests.conftest import free_port
+from tests.helpers import record_segments
 
 FPS, W, H, CHUNK_S = 15, 640, 360, 10
 
@@ -48,12 +51,32 @@ FPS, W, H, CHUNK_S = 15, 640, 360, 10
 def build_session(data: Path, minutes: float) -> tuple[str, int]:
     sid = str(uuid.uuid4())
     vault = VaultResource.from_settings(Settings(data_dir=data, generate_keys=True))
-    segs = record_segments(data / "recordings" / sid, fps=FPS, seconds=minutes * 60, chunk_seconds=CHUNK_S,
-                           size=(W, H), pattern="testsrc2")
+    segs = record_segments(
+        data / "recordings" / sid, fps=FPS, seconds=minutes * 60, chunk_seconds=CHUNK_S, size=(W, H), pattern="testsrc2"
+    )
     dek = vault.store.data_key(sid, vault.keyring, create=True)
-    rows = [_store_one(vault, sid, dek, {"seq": s.seq, "sha256": s.sha256, "path": str(s.path),
-                                         "duration_ms": s.duration_ms, "registered_at": "2026-11-27T00:00:00+00:00"})
-            for s in segs]
+    rows = [
+        _store_one(
+            vault,
+            sid,
+            dek,
+            RegisteredChunk(
+                seq=s.seq,
+                sha256=s.sha256,
+                size=s.size,
+                frames=s.frames,
+                path=str(s.path),
+                duration_ms=s.duration_ms,
+                state=ChunkState.REGISTERED,
+                registered_at="2026-11-27T00:00:00+00:00",
+                stored_at=None,
+                envelope_sha256=None,
+                stored_size=None,
+                compressed=None,
+            ),
+        )
+        for s in segs
+    ]
     vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
     return sid, sum(r["raw_size"] for r in rows)
 
@@ -77,8 +100,12 @@ def hwm_mb(pid: int) -> float:
 def export(url: str) -> tuple[float, float, int]:
     """(time to first byte, total seconds, bytes) with curl as the client: a Python client would
     measure itself (a new httpx client alone spends ~20 ms building an SSL context)."""
-    out = subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} %{size_download}",
-                          url], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} %{size_download}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])
 
 
@@ -104,8 +131,9 @@ def bare_server(data: Path, sid: str, runs: int, decrypt: bool) -> float:
                     conn.sendall(part)
                 return
             q: queue.Queue = queue.Queue(2)
-            producer = threading.Thread(target=lambda: [q.put(c) for c in plain_chunks(
-                vault.store, vault.keyring, sid, seqs)] + [q.put(None)])
+            producer = threading.Thread(
+                target=lambda: [q.put(c) for c in plain_chunks(vault.store, vault.keyring, sid, seqs)] + [q.put(None)]
+            )
             producer.start()
             while (part := q.get()) is not None:
                 conn.sendall(part)
@@ -144,19 +172,28 @@ def main() -> int:
         for minutes in (args.short, args.long):
             t = time.perf_counter()
             sessions[minutes] = build_session(data, minutes)
-            print(f"- built {minutes} min session: {sessions[minutes][1] / 1e6:.1f} MB in {time.perf_counter() - t:.0f} s")
+            print(
+                f"- built {minutes} min session: {sessions[minutes][1] / 1e6:.1f} MB in {time.perf_counter() - t:.0f} s"
+            )
         results = {}
-        for minutes, (sid, size) in sessions.items():
+        for minutes, (sid, _size) in sessions.items():
             limit = max(read_decrypt_limit(data, sid) for _ in range(args.runs))
             ceiling = bare_server(data, sid, args.runs, decrypt=False)
             bare = bare_server(data, sid, args.runs, decrypt=True)
             build = max(mp4_build_rate(data, sid) for _ in range(args.runs))
-            print(f"  {minutes:>4} min: read+decrypt limit {limit / 1e6:.0f} MB/s; bare socket from memory "
-                  f"{ceiling / 1e6:.0f} MB/s; bare socket decrypting {bare / 1e6:.0f} MB/s = {bare / limit:.2f} x limit; "
-                  f"MP4 build, no HTTP, {build / 1e6:.0f} MB/s")
+            print(
+                f"  {minutes:>4} min: read+decrypt limit {limit / 1e6:.0f} MB/s; bare socket from memory "
+                f"{ceiling / 1e6:.0f} MB/s; bare socket decrypting {bare / 1e6:.0f} MB/s = {bare / limit:.2f} x limit; "
+                f"MP4 build, no HTTP, {build / 1e6:.0f} MB/s"
+            )
             for fmt in ("ts", "mp4"):
-                p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, run=("storage",),
-                             webserver=False, daemon=False)
+                p = Platform(
+                    data_dir=data,
+                    ports={n: free_port() for n in SERVICES},
+                    run=("storage",),
+                    webserver=False,
+                    daemon=False,
+                )
                 p.start(timeout=60)
                 try:
                     pid = p.procs["storage"].pid
@@ -169,17 +206,23 @@ def main() -> int:
                 finally:
                     p.stop()
                 results[(minutes, fmt)] = (n / secs / limit, ttfb, growth)
-                print(f"  {minutes:>4} min {fmt:>3}: {n / 1e6 / secs:7.0f} MB/s = {n / secs / limit:.2f} x read+decrypt "
-                      f"limit, {n / secs / bare:.2f} x bare socket decrypting; "
-                      f"first byte {ttfb * 1000:.0f} ms (median); peak memory +{growth:.1f} MB")
+                print(
+                    f"  {minutes:>4} min {fmt:>3}: {n / 1e6 / secs:7.0f} MB/s = {n / secs / limit:.2f} x read+decrypt "
+                    f"limit, {n / secs / bare:.2f} x bare socket decrypting; "
+                    f"first byte {ttfb * 1000:.0f} ms (median); peak memory +{growth:.1f} MB"
+                )
         worst = min(r[0] for r in results.values())
         slow = max(r[1] for r in results.values())
         mem = {m: max(results[(m, f)][2] for f in ("ts", "mp4")) for m in (args.short, args.long)}
         for label, ok, value in (
-                ("throughput >= 0.8 x limit (worst export)", worst >= 0.8, f"{worst:.2f}"),
-                ("first byte <= 200 ms (slowest)", slow <= 0.2, f"{slow * 1000:.0f} ms"),
-                (f"memory independent of length ({args.short} vs {args.long} min)",
-                 mem[args.long] <= mem[args.short] + 16, f"+{mem[args.short]:.1f} MB vs +{mem[args.long]:.1f} MB")):
+            ("throughput >= 0.8 x limit (worst export)", worst >= 0.8, f"{worst:.2f}"),
+            ("first byte <= 200 ms (slowest)", slow <= 0.2, f"{slow * 1000:.0f} ms"),
+            (
+                f"memory independent of length ({args.short} vs {args.long} min)",
+                mem[args.long] <= mem[args.short] + 16,
+                f"+{mem[args.short]:.1f} MB vs +{mem[args.long]:.1f} MB",
+            ),
+        ):
             print(f"  {'MET ' if ok else 'MISS'} {label}: {value}")
     return 0
 

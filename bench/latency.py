@@ -11,10 +11,10 @@ With --variants, the same session is measured once per Dagster tuning (VARIANTS 
 dequeue interval, no queue at all, the executor, the sensor interval), one platform each, in turn,
 and a table compares them with the default.
 """
+
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
+import httpx
 
-from lucid_assets.core import catalog  # noqa: E402
-from lucid_assets.lake import Lake  # noqa: E402
-from lucid_assets.settings import Settings  # noqa: E402
-from services.launcher import SERVICES, Platform  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from lucid_assets.core import catalog
+from lucid_assets.lake import Lake
+from lucid_assets.settings import Settings
+from services.launcher import SERVICES, Platform
+from tests.conftest import free_port
 
 KEY = "bench-admin-key-0123456789abcdef"
 
@@ -43,10 +43,17 @@ QUEUE = "run_coordinator"
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     # name: (what it changes, dagster.yaml overrides, environment)
     "default": ("as shipped: queue dequeue 2 s, in-process executor, sensors every 5 s", {}, {}),
-    "dequeue-5s": ("Dagster's default dequeue interval (5 s)", {QUEUE: {"config": {"dequeue_interval_seconds": 5}}}, {}),
+    "dequeue-5s": (
+        "Dagster's default dequeue interval (5 s)",
+        {QUEUE: {"config": {"dequeue_interval_seconds": 5}}},
+        {},
+    ),
     "dequeue-1s": ("dequeue every 1 s", {QUEUE: {"config": {"dequeue_interval_seconds": 1}}}, {}),
-    "no-queue": ("DefaultRunCoordinator: the sensor launches directly (no global or per-session limit)",
-                 {QUEUE: {"class": "DefaultRunCoordinator", "config": None}}, {}),
+    "no-queue": (
+        "DefaultRunCoordinator: the sensor launches directly (no global or per-session limit)",
+        {QUEUE: {"class": "DefaultRunCoordinator", "config": None}},
+        {},
+    ),
     "multiprocess": ("multiprocess executor (a process per step)", {}, {"LUCID_EXECUTOR": "multiprocess"}),
     "sensor-15s": ("sensors every 15 s", {}, {"LUCID_SENSOR_INTERVAL_SECONDS": "15"}),
 }
@@ -78,8 +85,11 @@ def main() -> int:
                 print(f"| {name} | {VARIANTS[name][0]} | - | - | not sealed within 300 s | - | - |")
                 continue
             rel = f" ({r['stop_to_sealed'] - base['stop_to_sealed']:+.1f})" if base and name != "default" else ""
-            print(f"| {name} | {VARIANTS[name][0]} | {r['p50']:.1f} s | {r['p95']:.1f} s | {r['stop_to_sealed']:.1f} s{rel} "
-                  f"| {r['launch']:.1f} s over {r['runs']} runs | {r['share']:.0%} |")
+            print(
+                f"| {name} | {VARIANTS[name][0]} | {r['p50']:.1f} s | {r['p95']:.1f} s "
+                f"| {r['stop_to_sealed']:.1f} s{rel} "
+                f"| {r['launch']:.1f} s over {r['runs']} runs | {r['share']:.0%} |"
+            )
     return 0
 
 
@@ -87,15 +97,26 @@ def measure(args, overrides: dict, env: dict) -> dict:
     w, h = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
-                     extra_env={"LUCID_API_KEY": KEY, **env}, instance_overrides=overrides)
+        p = Platform(
+            data_dir=data,
+            ports={n: free_port() for n in SERVICES},
+            webserver=False,
+            extra_env={"LUCID_API_KEY": KEY, **env},
+            instance_overrides=overrides,
+        )
         p.start(timeout=180)
         try:
             api = httpx.Client(base_url=p.url("api"), headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
             s = Settings(data_dir=data)
             lake = Lake.sql(s.catalog, s.warehouse_uri)
-            sid = api.post("/v1/sessions", json={"name": "latency", "video": {"width": w, "height": h, "fps": args.fps},
-                                                 "chunk_seconds": args.chunk_seconds}).json()["id"]
+            sid = api.post(
+                "/v1/sessions",
+                json={
+                    "name": "latency",
+                    "video": {"width": w, "height": h, "fps": args.fps},
+                    "chunk_seconds": args.chunk_seconds,
+                },
+            ).json()["id"]
             api.post(f"/v1/sessions/{sid}/start")
             seen: dict[int, float] = {}
             t_end = time.time() + args.seconds
@@ -115,37 +136,61 @@ def measure(args, overrides: dict, env: dict) -> dict:
                     break
                 time.sleep(0.25)
             chunks = api.get(f"/v1/sessions/{sid}/chunks").json()["items"]
-            lat = [seen[c["seq"]] - datetime.fromisoformat(c["registered_at"]).timestamp() for c in chunks if c["seq"] in seen]
-            live = [seen[c["seq"]] - datetime.fromisoformat(c["registered_at"]).timestamp() for c in chunks
-                    if c["seq"] in seen and datetime.fromisoformat(c["registered_at"]).timestamp() < stop_at]
+            lat = [
+                seen[c["seq"]] - datetime.fromisoformat(c["registered_at"]).timestamp()
+                for c in chunks
+                if c["seq"] in seen
+            ]
+            live = [
+                seen[c["seq"]] - datetime.fromisoformat(c["registered_at"]).timestamp()
+                for c in chunks
+                if c["seq"] in seen and datetime.fromisoformat(c["registered_at"]).timestamp() < stop_at
+            ]
             from dagster import DagsterEventType, DagsterInstance, RunsFilter
+
             instance = DagsterInstance.from_config(str(p.dagster_home))
             records = instance.get_run_records(RunsFilter(tags={"lucid/session": sid}))
             wall = work = launch = 0.0
             for rec in records:
                 run = rec.dagster_run
                 steps = {}
-                for e in instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}):
+                for e in instance.all_logs(
+                    run.run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}
+                ):
                     steps.setdefault(e.step_key, []).append(e.timestamp)
                 work += sum(max(t) - min(t) for t in steps.values() if len(t) == 2)
                 if rec.start_time and rec.end_time:
                     wall += rec.end_time - rec.create_timestamp.timestamp()
                     launch += rec.start_time - rec.create_timestamp.timestamp()
-            print(f"latency bench: {args.seconds:.0f} s session at {w}x{h}@{args.fps}, {args.chunk_seconds} s chunks, "
-                  f"embedded default (SQLite), {len(records)} runs")
-            print(f"- registration -> lucid.chunks row: p50 {pct(lat, 50):.1f} s, p95 {pct(lat, 95):.1f} s, "
-                  f"max {max(lat):.1f} s over {len(lat)} chunks ({len(live)} registered while recording: "
-                  f"p50 {pct(live, 50) if live else float('nan'):.1f} s)")
+            print(
+                f"latency bench: {args.seconds:.0f} s session at {w}x{h}@{args.fps}, {args.chunk_seconds} s chunks, "
+                f"embedded default (SQLite), {len(records)} runs"
+            )
+            print(
+                f"- registration -> lucid.chunks row: p50 {pct(lat, 50):.1f} s, p95 {pct(lat, 95):.1f} s, "
+                f"max {max(lat):.1f} s over {len(lat)} chunks ({len(live)} registered while recording: "
+                f"p50 {pct(live, 50) if live else float('nan'):.1f} s)"
+            )
             print(f"- stop -> sealed: {sealed_at - stop_at:.1f} s ({state['state']})")
-            print(f"- Dagster runs: {wall:.1f} s from run creation to end, of which {launch:.1f} s queued/launching and "
-                  f"{work:.1f} s in steps; Dagster's own share of the run time {1 - work / wall if wall else 0:.0%} "
-                  "(the sensor's tick wait comes on top)")
-            for label, ok, value in (("p50 <= 15 s", pct(lat, 50) <= 15, f"{pct(lat, 50):.1f} s"),
-                                     ("p95 <= 30 s", pct(lat, 95) <= 30, f"{pct(lat, 95):.1f} s"),
-                                     ("stop-to-sealed <= 20 s", sealed_at - stop_at <= 20, f"{sealed_at - stop_at:.1f} s")):
+            print(
+                f"- Dagster runs: {wall:.1f} s from run creation to end, of which {launch:.1f} s queued/launching and "
+                f"{work:.1f} s in steps; Dagster's own share of the run time {1 - work / wall if wall else 0:.0%} "
+                "(the sensor's tick wait comes on top)"
+            )
+            for label, ok, value in (
+                ("p50 <= 15 s", pct(lat, 50) <= 15, f"{pct(lat, 50):.1f} s"),
+                ("p95 <= 30 s", pct(lat, 95) <= 30, f"{pct(lat, 95):.1f} s"),
+                ("stop-to-sealed <= 20 s", sealed_at - stop_at <= 20, f"{sealed_at - stop_at:.1f} s"),
+            ):
                 print(f"  {'MET ' if ok else 'MISS'} {label}: {value}")
-            return {"p50": pct(lat, 50), "p95": pct(lat, 95), "stop_to_sealed": sealed_at - stop_at,
-                    "launch": launch, "runs": len(records), "share": 1 - work / wall if wall else 0}
+            return {
+                "p50": pct(lat, 50),
+                "p95": pct(lat, 95),
+                "stop_to_sealed": sealed_at - stop_at,
+                "launch": launch,
+                "runs": len(records),
+                "share": 1 - work / wall if wall else 0,
+            }
         finally:
             p.stop()
 

@@ -3,6 +3,7 @@
 The keyring is the active KEK (`LUCID_MASTER_KEY_FILE`) plus every older KEK in
 `LUCID_KEYRING_DIR`; a wrapped DEK names the KEK that wrapped it. Rotation makes a new active KEK,
 keeps the old one readable, and rewraps every DEK; afterwards retired KEKs no DEK names can go."""
+
 from __future__ import annotations
 
 import logging
@@ -49,14 +50,13 @@ class Keyring:
     settings: Settings | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, settings: Settings, *, with_signing: bool = True) -> "Keyring":
+    def load(cls, settings: Settings, *, with_signing: bool = True) -> Keyring:
         if settings.generate_keys:
             for what in ensure_keys(settings):
                 log.warning("generated a new %s (mode 0600): back it up; losing it loses the recordings", what)
         active = keys.load_kek(settings.master_key_path)
         keks = {**retired_keks(settings), active.key_id: active}
-        return cls(keks, active, keys.load_signing_key(settings.signing_key_path) if with_signing else None,
-                   settings)
+        return cls(keks, active, keys.load_signing_key(settings.signing_key_path) if with_signing else None, settings)
 
     @classmethod
     def public_key(cls, settings: Settings) -> Ed25519PublicKey:

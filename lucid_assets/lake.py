@@ -1,4 +1,5 @@
 """The Iceberg catalog adapter: create the `lucid` tables, append idempotently, look up by session."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ class Lake:
         self._ready = False
 
     @classmethod
-    def sql(cls, uri: str, warehouse: str) -> "Lake":
+    def sql(cls, uri: str, warehouse: str) -> Lake:
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return cls(SqlCatalog("lucid", uri=uri, warehouse=warehouse))
@@ -36,8 +37,12 @@ class Lake:
         for name in schema.TABLES:
             s, spec, order = schema.layout(name)
             table = self.catalog.create_table_if_not_exists(
-                name, s, partition_spec=spec, sort_order=order,
-                properties={"commit.retry.num-retries": "10", "write.parquet.compression-codec": "zstd"})
+                name,
+                s,
+                partition_spec=spec,
+                sort_order=order,
+                properties={"commit.retry.num-retries": "10", "write.parquet.compression-codec": "zstd"},
+            )
             if set(s.column_names) - set(table.schema().column_names):  # a newer release added columns
                 with table.update_schema() as update:
                     update.union_by_name(s)
@@ -58,8 +63,12 @@ class Lake:
         arrow_schema = schema.TABLES[name].as_arrow()
         for attempt in range(8):
             table = self.table(name)
-            existing = {r[key] for r in table.scan(row_filter=EqualTo("session_id", session_id),
-                                                   selected_fields=(key,)).to_arrow().to_pylist()}
+            existing = {
+                r[key]
+                for r in table.scan(row_filter=EqualTo("session_id", session_id), selected_fields=(key,))
+                .to_arrow()
+                .to_pylist()
+            }
             todo = sorted((r for r in rows if r[key] not in existing), key=lambda r: r[key])
             if not todo:
                 return 0
@@ -67,7 +76,7 @@ class Lake:
                 table.append(pa.Table.from_pylist(todo, schema=arrow_schema))
                 return len(todo)
             except CommitFailedException as exc:
-                wait = min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random())
+                wait = min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())
                 log.info("iceberg commit conflict on %s (%s); retrying in %.2fs", name, exc, wait)
                 time.sleep(wait)
         raise RuntimeError(f"could not commit to {name} after 8 attempts")
@@ -75,8 +84,10 @@ class Lake:
     def replace_rows(self, name: str, session_id: str, rows: list[dict]) -> None:
         """Make `rows` the session's only rows in the table, in one commit (an overwrite filtered to
         the session; its bucket is the only partition touched)."""
-        df = pa.Table.from_pylist(sorted(rows, key=lambda r: r.get("seq", r.get("manifest_version", 0))),
-                                  schema=schema.TABLES[name].as_arrow())
+        df = pa.Table.from_pylist(
+            sorted(rows, key=lambda r: r.get("seq", r.get("manifest_version", 0))),
+            schema=schema.TABLES[name].as_arrow(),
+        )
         self.table(name).overwrite(df, overwrite_filter=EqualTo("session_id", session_id))
 
     def mark_deleted(self, session_id: str, when) -> dict:
@@ -96,8 +107,11 @@ class Lake:
         """Drop snapshots older than `older_than` from the table's metadata (the current one stays)."""
         table = self.table(name)
         current = table.metadata.current_snapshot_id
-        old = [s.snapshot_id for s in table.metadata.snapshots
-               if s.timestamp_ms < older_than.timestamp() * 1000 and s.snapshot_id != current]
+        old = [
+            s.snapshot_id
+            for s in table.metadata.snapshots
+            if s.timestamp_ms < older_than.timestamp() * 1000 and s.snapshot_id != current
+        ]
         if old:
             table.maintenance.expire_snapshots().by_ids(old).commit()
         return len(old)
@@ -109,8 +123,9 @@ class Lake:
         partition is retried from a fresh read, so no row is ever lost or doubled."""
         rewritten = files_before = files_after = 0
         arrow_schema = schema.TABLES[name].as_arrow()
-        sort_keys = [("session_id", "ascending")] + ([("seq", "ascending")] if "seq" in arrow_schema.names
-                                                      else [("manifest_version", "ascending")])
+        sort_keys = [("session_id", "ascending")] + (
+            [("seq", "ascending")] if "seq" in arrow_schema.names else [("manifest_version", "ascending")]
+        )
         table = self.table(name)
         by_partition: dict = {}
         for task in table.scan().plan_files():
@@ -132,7 +147,7 @@ class Lake:
                     rewritten += 1
                     break
                 except CommitFailedException:
-                    time.sleep(min(2.0, 0.1 * 2 ** attempt))
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
             files_after += sum(1 for t in self.table(name).scan().plan_files() if tuple(t.file.partition) == part)
         return {"partitions_rewritten": rewritten, "files_before": files_before, "files_after": files_after}
 

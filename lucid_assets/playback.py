@@ -2,6 +2,7 @@
 its bytes are released), as MPEG-TS or as a fragmented MP4 with a known size and byte offsets
 (core/fmp4.py: one fragment per chunk, any byte range built from the chunks it touches). Memory
 holds one chunk, whatever the length of the recording."""
+
 from __future__ import annotations
 
 import bisect
@@ -76,6 +77,7 @@ class NotExportable(Exception):
 class ChunkPlan:
     """One chunk's MP4 fragment without its bytes: the layout facts, the samples and the copy plan
     (core/mpegts.py), tied to the envelope it was made from by that envelope's GCM tag."""
+
     tag: bytes
     index: fmp4.ChunkIndex
     sps: bytes
@@ -90,45 +92,75 @@ class ChunkPlan:
     pieces: array  # flat: start0, end0, start1, end1, ...
 
     def to_bytes(self) -> bytes:
-        head = json.dumps({"v": PLAN_VERSION, "tag": self.tag.hex(), "chunk": self.index.to_dict(),
-                           "sps": self.sps.hex(), "pps": self.pps.hex(), "width": self.width,
-                           "height": self.height, "rows": self.rows, "prefixes": len(self.prefixes),
-                           "patches": len(self.patch_at), "pieces": len(self.pieces)}, sort_keys=True).encode()
+        head = json.dumps(
+            {
+                "v": PLAN_VERSION,
+                "tag": self.tag.hex(),
+                "chunk": self.index.to_dict(),
+                "sps": self.sps.hex(),
+                "pps": self.pps.hex(),
+                "width": self.width,
+                "height": self.height,
+                "rows": self.rows,
+                "prefixes": len(self.prefixes),
+                "patches": len(self.patch_at),
+                "pieces": len(self.pieces),
+            },
+            sort_keys=True,
+        ).encode()
         s = self.samples
-        cols = [_le(array("q", [x.dts for x in s])), _le(array("q", [x.pts for x in s])),
-                _le(array("q", [x.size for x in s])), bytes(int(x.key) for x in s), _le(self.patch_at),
-                self.patch_bytes, _le(self.pieces)]
+        cols = [
+            _le(array("q", [x.dts for x in s])),
+            _le(array("q", [x.pts for x in s])),
+            _le(array("q", [x.size for x in s])),
+            bytes(int(x.key) for x in s),
+            _le(self.patch_at),
+            self.patch_bytes,
+            _le(self.pieces),
+        ]
         return b"".join([struct.pack("<I", len(head)), head, self.prefixes, *cols])
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, full: bool = True) -> "ChunkPlan":
+    def from_bytes(cls, data: bytes, *, full: bool = True) -> ChunkPlan:
         """The plan; with full=False only its facts (no samples, prefixes or pieces: what a layout
         needs, at a fraction of the cost)."""
         (hl,) = struct.unpack_from("<I", data)
-        doc = json.loads(data[4:4 + hl])
+        doc = json.loads(data[4 : 4 + hl])
         if doc.get("v") != PLAN_VERSION:
             raise ValueError(f"plan version {doc.get('v')}")
-        facts = dict(tag=bytes.fromhex(doc["tag"]), index=fmp4.ChunkIndex.from_dict(doc["chunk"]),
-                     sps=bytes.fromhex(doc["sps"]), pps=bytes.fromhex(doc["pps"]), width=doc["width"],
-                     height=doc["height"], rows=[tuple(r) for r in doc["rows"]])
+        facts = {
+            "tag": bytes.fromhex(doc["tag"]),
+            "index": fmp4.ChunkIndex.from_dict(doc["chunk"]),
+            "sps": bytes.fromhex(doc["sps"]),
+            "pps": bytes.fromhex(doc["pps"]),
+            "width": doc["width"],
+            "height": doc["height"],
+            "rows": [tuple(r) for r in doc["rows"]],
+        }
         if not full:
             return cls(**facts, samples=[], prefixes=b"", patch_at=array("q"), patch_bytes=b"", pieces=array("q"))
         view, at = memoryview(data), 4 + hl
-        prefixes = bytes(view[at:at + doc["prefixes"]])
+        prefixes = bytes(view[at : at + doc["prefixes"]])
         at += len(prefixes)
         n = facts["index"].samples
-        dts, pts, size = (_from_le(view[at + 8 * n * i:at + 8 * n * (i + 1)]) for i in range(3))
+        dts, pts, size = (_from_le(view[at + 8 * n * i : at + 8 * n * (i + 1)]) for i in range(3))
         at += 24 * n
-        keys = view[at:at + n]
+        keys = view[at : at + n]
         at += n
         m = doc["patches"]
-        patch_at, patch_bytes = _from_le(view[at:at + 8 * m]), bytes(view[at + 8 * m:at + 12 * m])
+        patch_at, patch_bytes = _from_le(view[at : at + 8 * m]), bytes(view[at + 8 * m : at + 12 * m])
         at += 12 * m
-        pieces = _from_le(view[at:at + 8 * doc["pieces"]])
+        pieces = _from_le(view[at : at + 8 * doc["pieces"]])
         if at + 8 * doc["pieces"] != len(data) or len(pieces) % 2:
             raise ValueError("plan body does not match its header")
-        return cls(**facts, samples=list(map(fmp4.Sample, dts, pts, map(bool, keys), size)), prefixes=prefixes,
-                   patch_at=patch_at, patch_bytes=patch_bytes, pieces=pieces)
+        return cls(
+            **facts,
+            samples=list(map(fmp4.Sample, dts, pts, map(bool, keys), size)),
+            prefixes=prefixes,
+            patch_at=patch_at,
+            patch_bytes=patch_bytes,
+            pieces=pieces,
+        )
 
 
 def _le(a: array) -> bytes:
@@ -167,31 +199,52 @@ def chunk_plan(plain: bytes | memoryview, tag: bytes) -> ChunkPlan:
     # the field rate, twice the frame rate)
     deltas = Counter(b.dts - a.dts for a, b in zip(samples, samples[1:]) if b.dts > a.dts)
     last = deltas.most_common(1)[0][0] if deltas else int(fmp4.TIMESCALE / rate) if rate else 3000
-    idx = fmp4.ChunkIndex(samples=len(samples), payload=p.payload, dts0=samples[0].dts, dts_last=samples[-1].dts,
-                          pts_min=min(x.pts for x in samples), last_duration=last)
-    return ChunkPlan(tag=bytes(tag), index=idx, sps=p.sps, pps=p.pps, width=width, height=height, samples=samples,
-                     rows=p.rows, prefixes=p.prefixes, patch_at=array("q", p.patch_at), patch_bytes=p.patch_bytes,
-                     pieces=array("q", [x for piece in p.pieces for x in piece]))
+    idx = fmp4.ChunkIndex(
+        samples=len(samples),
+        payload=p.payload,
+        dts0=samples[0].dts,
+        dts_last=samples[-1].dts,
+        pts_min=min(x.pts for x in samples),
+        last_duration=last,
+    )
+    return ChunkPlan(
+        tag=bytes(tag),
+        index=idx,
+        sps=p.sps,
+        pps=p.pps,
+        width=width,
+        height=height,
+        samples=samples,
+        rows=p.rows,
+        prefixes=p.prefixes,
+        patch_at=array("q", p.patch_at),
+        patch_bytes=p.patch_bytes,
+        pieces=array("q", [x for piece in p.pieces for x in piece]),
+    )
 
 
-def write_chunk_plan(store: ChunkStore, session_id: str, seq: int, plain: bytes | memoryview, *, dek: bytes,
-                     tag: bytes) -> ChunkPlan:
+def write_chunk_plan(
+    store: ChunkStore, session_id: str, seq: int, plain: bytes | memoryview, *, dek: bytes, tag: bytes
+) -> ChunkPlan:
     plan = chunk_plan(plain, tag)
-    store.write_mp4_index(session_id, seq, envelope.seal_sidecar(
-        plan.to_bytes(), dek=dek, kind=PLAN_KIND, session_id=uuid.UUID(session_id), seq=seq))
+    store.write_mp4_index(
+        session_id,
+        seq,
+        envelope.seal_sidecar(plan.to_bytes(), dek=dek, kind=PLAN_KIND, session_id=uuid.UUID(session_id), seq=seq),
+    )
     return plan
 
 
-def read_chunk_plan(store: ChunkStore, session_id: str, seq: int, *, dek: bytes,
-                    full: bool = True) -> ChunkPlan | None:
+def read_chunk_plan(store: ChunkStore, session_id: str, seq: int, *, dek: bytes, full: bool = True) -> ChunkPlan | None:
     """The sealed plan, or None when there is none or it does not open (damaged, moved from another
     chunk, an older version): plans are derived data, made again from the chunk."""
     blob = store.read_mp4_index(session_id, seq)
     if blob is None:
         return None
     try:
-        return ChunkPlan.from_bytes(envelope.open_sidecar(blob, dek=dek, kind=PLAN_KIND,
-                                                           session_id=uuid.UUID(session_id), seq=seq), full=full)
+        return ChunkPlan.from_bytes(
+            envelope.open_sidecar(blob, dek=dek, kind=PLAN_KIND, session_id=uuid.UUID(session_id), seq=seq), full=full
+        )
     except (envelope.EnvelopeError, ValueError, KeyError, TypeError, struct.error):
         return None
 
@@ -222,8 +275,14 @@ class Scratch:
         return self.both[:size]
 
 
-def build_fragment(plan: ChunkPlan, plain: bytes | memoryview, sequence: int, base_dts: int,
-                   next_dts: int | None, scratch: Scratch | None = None) -> bytes:
+def build_fragment(
+    plan: ChunkPlan,
+    plain: bytes | memoryview,
+    sequence: int,
+    base_dts: int,
+    next_dts: int | None,
+    scratch: Scratch | None = None,
+) -> bytes:
     """Fragment `sequence` (moof + mdat) from the chunk's plaintext by its full plan: one gather of
     the video packets' payloads, one join of ~1000 slices; no per-packet Python."""
     data = np.frombuffer(plain, np.uint8)
@@ -267,8 +326,9 @@ class Mp4Export:
     _facts: OrderedDict = OrderedDict()
     _facts_lock = threading.Lock()
 
-    def __init__(self, store: ChunkStore, keyring: Keyring, session_id: str, seqs: list[int],
-                 cache_key: str | None = None):
+    def __init__(
+        self, store: ChunkStore, keyring: Keyring, session_id: str, seqs: list[int], cache_key: str | None = None
+    ):
         self.store, self.sid, self.seqs = store, session_id, list(seqs)
         self.dek = store.data_key(session_id, keyring)
         if self.dek is None:
@@ -294,8 +354,11 @@ class Mp4Export:
         self.etag = '"' + hashlib.sha256(b"".join(self.tags) + str(self.size).encode()).hexdigest()[:32] + '"'
 
     def _plan(self, seq: int, data: memoryview | None = None, *, full: bool = True) -> ChunkPlan:
-        tag = bytes(data[-envelope.TAG_LEN:]) if data is not None else \
-            self.store.read_envelope_tail(self.sid, seq, envelope.TAG_LEN)
+        tag = (
+            bytes(data[-envelope.TAG_LEN :])
+            if data is not None
+            else self.store.read_envelope_tail(self.sid, seq, envelope.TAG_LEN)
+        )
         if tag is None:
             raise DamagedChunk(f"chunk {seq} is missing from the store")
         plan = read_chunk_plan(self.store, self.sid, seq, dek=self.dek, full=full)
@@ -308,7 +371,7 @@ class Mp4Export:
             _, plain = envelope.open_envelope(data, dek=self.dek, session_id=uuid.UUID(self.sid), seq=seq)
         except envelope.EnvelopeError as exc:
             raise DamagedChunk(f"chunk {seq}: {exc}") from None
-        return write_chunk_plan(self.store, self.sid, seq, plain, dek=self.dek, tag=bytes(data[-envelope.TAG_LEN:]))
+        return write_chunk_plan(self.store, self.sid, seq, plain, dek=self.dek, tag=bytes(data[-envelope.TAG_LEN :]))
 
     def header(self) -> bytes:
         return self.layout.header(self.sps, self.pps, self.width, self.height)
@@ -320,13 +383,13 @@ class Mp4Export:
         for i in wanted:
             yield i, self._fragment(i, scratch)
 
-    def _fragment(self, i: int, scratch: "Scratch") -> bytes:
+    def _fragment(self, i: int, scratch: Scratch) -> bytes:
         """Fragment i: read, tag-checked against the layout's, decrypted, built."""
         seq = self.seqs[i]
         data = scratch.reader.read(self.sid, seq)
         if data is None:
             raise DamagedChunk(f"chunk {seq} is missing from the store")
-        if bytes(data[-envelope.TAG_LEN:]) != self.tags[i]:
+        if bytes(data[-envelope.TAG_LEN :]) != self.tags[i]:
             raise DamagedChunk(f"chunk {seq} changed since this export began")
         plan = self._plan(seq, data)
         if plan.index != self.layout.chunks[i]:
@@ -341,14 +404,13 @@ class Mp4Export:
     def byte_range(self, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Bytes start..end (inclusive), building only the fragments they touch."""
         if start < self.header_size:
-            yield memoryview(self.header())[start:min(end + 1, self.header_size)]
+            yield memoryview(self.header())[start : min(end + 1, self.header_size)]
         first = max(0, bisect.bisect_right(self.offsets, start) - 1)
         last = bisect.bisect_right(self.offsets, end)  # a seek touches one or two of thousands of fragments
-        wanted = [i for i in range(first, last)
-                  if self.offsets[i] + fmp4.fragment_size(self.layout.chunks[i]) > start]
+        wanted = [i for i in range(first, last) if self.offsets[i] + fmp4.fragment_size(self.layout.chunks[i]) > start]
         for i, frag in self.fragments(wanted):
             off = self.offsets[i]
-            yield memoryview(frag)[max(start, off) - off:min(end + 1, off + len(frag)) - off]
+            yield memoryview(frag)[max(start, off) - off : min(end + 1, off + len(frag)) - off]
 
     @property
     def header_size(self) -> int:

@@ -1,12 +1,13 @@
 """Rebuild the Iceberg catalog from the chunk store alone: envelopes, wrapped data keys and signed
 manifests determine every column except the two wall-clock times of a chunk row (recorded_at and
 stored_at, taken from the envelope file's mtime) and a session row's deleted_at."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .core import catalog, envelope
 from .keyring import Keyring
@@ -36,26 +37,52 @@ def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict],
         if entry is not None:
             raw_sha, duration = entry["raw_sha256"], entry["duration_ms"]
         elif dek is not None:  # not sealed yet: the plaintext hash needs the key
-            raw_sha = hashlib.sha256(envelope.open_envelope(data, dek=dek, session_id=uuid.UUID(sid), seq=seq)[1]).hexdigest()
+            raw_sha = hashlib.sha256(
+                envelope.open_envelope(data, dek=dek, session_id=uuid.UUID(sid), seq=seq)[1]
+            ).hexdigest()
             duration = 0
         else:
             continue
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-        chunks.append({"session_id": sid, "seq": seq, "raw_sha256": raw_sha,
-                       "envelope_sha256": hashlib.sha256(data).hexdigest(), "raw_size": header.raw_len,
-                       "stored_size": len(data), "compressed": header.compressed, "key_version": header.key_version,
-                       "envelope_uri": store.envelope_uri(sid, seq), "duration_ms": duration,
-                       "recorded_at": mtime, "stored_at": mtime})
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        chunks.append(
+            {
+                "session_id": sid,
+                "seq": seq,
+                "raw_sha256": raw_sha,
+                "envelope_sha256": hashlib.sha256(data).hexdigest(),
+                "raw_size": header.raw_len,
+                "stored_size": len(data),
+                "compressed": header.compressed,
+                "key_version": header.key_version,
+                "envelope_uri": store.envelope_uri(sid, seq),
+                "duration_ms": duration,
+                "recorded_at": mtime,
+                "stored_at": mtime,
+            }
+        )
     sessions = []
     for version, data, doc in manifests:
         body, head = doc["body"], doc["body"]["session"]
-        sessions.append({
-            "session_id": sid, "name": head["name"], "manifest_version": version, "chunk_count": body["chunk_count"],
-            "raw_bytes": body["raw_bytes"], "stored_bytes": body["stored_bytes"], "duration_ms": body["duration_ms"],
-            "merkle_root": body["merkle"]["root"], "manifest_uri": store.manifest_path(sid, version).as_uri(),
-            "manifest_sha256": hashlib.sha256(data).hexdigest(), "signing_key_id": doc["signature"]["key_id"],
-            "encoder": head.get("encoder"), "started_at": _ts(head.get("started_at")),
-            "stopped_at": _ts(head.get("stopped_at")), "sealed_at": _ts(body["sealed_at"]), "deleted_at": None})
+        sessions.append(
+            {
+                "session_id": sid,
+                "name": head["name"],
+                "manifest_version": version,
+                "chunk_count": body["chunk_count"],
+                "raw_bytes": body["raw_bytes"],
+                "stored_bytes": body["stored_bytes"],
+                "duration_ms": body["duration_ms"],
+                "merkle_root": body["merkle"]["root"],
+                "manifest_uri": store.manifest_path(sid, version).as_uri(),
+                "manifest_sha256": hashlib.sha256(data).hexdigest(),
+                "signing_key_id": doc["signature"]["key_id"],
+                "encoder": head.get("encoder"),
+                "started_at": _ts(head.get("started_at")),
+                "stopped_at": _ts(head.get("stopped_at")),
+                "sealed_at": _ts(body["sealed_at"]),
+                "deleted_at": None,
+            }
+        )
     return chunks, sessions
 
 

@@ -1,11 +1,31 @@
-"""The one settings module: every LUCID_* variable and the generic service variables."""
+"""The one settings module: every LUCID_* variable, the generic service variables (SERVICE_NAME,
+PORT, HOST, LOG_LEVEL, DEBUG), the Dagster Postgres variables the health check reads, and the one
+port table. No other module reads the environment (tests/test_layout.py checks)."""
+
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The design's port table (docs: DESIGN.md "Components"); Dockerfiles and compose repeat these
+# numbers, and tests/test_deploy.py checks they agree with this table.
+PORTS: dict[str, int] = {
+    "pipeline": 8083,
+    "recorder": 8084,
+    "chunk-processor": 8085,
+    "storage": 8086,
+    "api": 8087,
+    "dagster-webserver": 3000,
+}
+SERVICES = ("pipeline", "recorder", "storage", "api")  # the FastAPI services, in start order
+
+
+def local_url(name: str) -> str:
+    return f"http://127.0.0.1:{PORTS[name]}"
 
 
 class Settings(BaseSettings):
@@ -34,11 +54,10 @@ class Settings(BaseSettings):
     chunk_store: Path | None = None
     recordings_dir: Path | None = None
 
-    pipeline_url: str = "http://127.0.0.1:8083"
-    recorder_url: str = "http://127.0.0.1:8084"
-    storage_url: str = "http://127.0.0.1:8086"
-    api_url: str = "http://127.0.0.1:8087"
-    dagster_url: str = "http://127.0.0.1:3000"
+    pipeline_url: str = local_url("pipeline")
+    recorder_url: str = local_url("recorder")
+    storage_url: str = local_url("storage")
+    api_url: str = local_url("api")
 
     api_key: SecretStr | None = None  # the first admin key, if the operator wants to choose it
     api_key_file: Path | None = None  # the same, read from a (secret) file
@@ -50,9 +69,23 @@ class Settings(BaseSettings):
     # Dagster tunings (measured in bench/latency.py --variants; docs/DECISIONS.md has the table)
     sensor_interval_seconds: int = 5  # work queue and run-status sensors
     executor: str = "in_process"  # or "multiprocess": one process per step
+    daemon_max_age: float = 300  # seconds without a heartbeat before the daemon is unhealthy
+
+    # Dagster's own Postgres variables (compose), read by the daemon's health check
+    dagster_pg_host: str | None = Field(None, validation_alias=AliasChoices("DAGSTER_PG_HOST"))
+    dagster_pg_port: int = Field(5432, validation_alias=AliasChoices("DAGSTER_PG_PORT"))
+    dagster_pg_user: str | None = Field(None, validation_alias=AliasChoices("DAGSTER_PG_USER"))
+    dagster_pg_password: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("DAGSTER_PG_PASSWORD"))
+    dagster_pg_db: str | None = Field(None, validation_alias=AliasChoices("DAGSTER_PG_DB"))
 
     def _d(self, value, *parts):
         return value if value is not None else self.data_dir.joinpath(*parts)
+
+    @property
+    def own_port(self) -> int:
+        """PORT, else the port table's entry for this service (SERVICE_NAME lucid-session-<name>)."""
+        name = self.service_name.removeprefix("lucid-session-").removeprefix("lucid-")
+        return self.port or PORTS.get(name, 8080)
 
     @property
     def master_key_path(self) -> Path:
@@ -112,3 +145,9 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def child_environ() -> dict[str, str]:
+    """This process's environment without Lucid's and Dagster's own variables: what the embedded
+    launcher hands its children before it sets theirs."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LUCID_", "DAGSTER_"))}

@@ -8,6 +8,7 @@
 
 Every write goes to a temporary name, is fsynced, then renamed, so a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,49 +19,10 @@ import uuid
 from pathlib import Path
 
 from .core import keys as corekeys
+from .files import atomic_write, fsync_dir, is_uuid
 from .keyring import Keyring
 
 _MANIFEST = re.compile(r"manifest\.v(\d+)\.json$")
-
-
-def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Durably write `data` at `path`. With exclusive, an existing file wins (returns False)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _is_uuid(name: str) -> bool:
-    try:
-        return str(uuid.UUID(name)) == name
-    except ValueError:
-        return False
 
 
 class EnvelopeReader:
@@ -68,12 +30,12 @@ class EnvelopeReader:
     a time: no fresh allocation, no page faults per chunk). A returned view stays valid until the
     next read."""
 
-    def __init__(self, store: "ChunkStore"):
+    def __init__(self, store: ChunkStore):
         self.store, self.buf = store, bytearray(0)
 
     def read(self, session_id: str, seq: int) -> memoryview | None:
         try:
-            f = open(self.store.envelope_path(session_id, seq), "rb", buffering=0)
+            f = open(self.store.envelope_path(session_id, seq), "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return None
         with f:
@@ -166,7 +128,7 @@ class ChunkStore:
     def sessions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_uuid(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_uuid(p.name))
 
     def dek_kek_id(self, session_id: str) -> str | None:
         try:
@@ -200,7 +162,7 @@ class ChunkStore:
         shutil.rmtree(d / "chunks", ignore_errors=True)
         shutil.rmtree(d / "mp4", ignore_errors=True)
         if d.exists():
-            _fsync_dir(d)
+            fsync_dir(d)
         return {"data_key_destroyed": had_key, "envelopes_removed": n}
 
     def data_key(self, session_id: str, keyring: Keyring, *, create: bool = False) -> bytes | None:
@@ -258,7 +220,7 @@ class ChunkStore:
             return None
         target = d.with_name(f"checkpoints.superseded-{label}")
         d.rename(target)
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
         return target
 
     def checkpoints(self, session_id: str) -> list[dict]:

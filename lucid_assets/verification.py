@@ -1,4 +1,5 @@
 """Verify a session from the chunk store: the one place that gathers what core.verify needs."""
+
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -9,15 +10,29 @@ from .keyring import Keyring
 from .store import ChunkStore
 
 
-def verify_stored(store: ChunkStore, keyring: Keyring, public_key: Ed25519PublicKey, session_id: str, *,
-                  audit_rows: list[dict] | None, registry_manifest_sha256: str | None = None) -> Report:
+def verify_stored(
+    store: ChunkStore,
+    keyring: Keyring,
+    public_key: Ed25519PublicKey,
+    session_id: str,
+    *,
+    audit_rows: list[dict] | None,
+    registry_manifest_sha256: str | None = None,
+) -> Report:
     found = store.latest_manifest(session_id)
     try:
         dek, dek_error = store.data_key(session_id, keyring), None
     except keys.KeyMaterialError as exc:
         dek, dek_error = None, f"the session's data key does not open: {exc}"
     return verify_session(
-        session_id=session_id, manifest_bytes=found[1] if found else None, public_key=public_key,
-        stored_seqs=store.stored_seqs(session_id), read_envelope=lambda seq: store.read_envelope(session_id, seq),
-        dek=dek, dek_error=dek_error, audit_rows=audit_rows, checkpoints=store.checkpoints(session_id),
-        registry_manifest_sha256=registry_manifest_sha256)
+        session_id=session_id,
+        manifest_bytes=found[1] if found else None,
+        public_key=public_key,
+        stored_seqs=store.stored_seqs(session_id),
+        read_envelope=lambda seq: store.read_envelope(session_id, seq),
+        dek=dek,
+        dek_error=dek_error,
+        audit_rows=audit_rows,
+        checkpoints=store.checkpoints(session_id),
+        registry_manifest_sha256=registry_manifest_sha256,
+    )

@@ -10,6 +10,7 @@
 It uses the stack's fixed names (lucid-session-network, lucid-* volumes, lucid-chunk-processor),
 so it refuses to run where a Lucid stack already exists. With no Docker engine it starts one with
 shared/tools/container-env (stand-in base images). Prints the numbers the closing notes quote."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "scripts" / "compose"
-VOLUMES = ("lucid-session-data", "lucid-recordings", "lucid-chunks", "lucid-processed", "lucid-storage",
-           "lucid-logs")
+VOLUMES = ("lucid-session-data", "lucid-recordings", "lucid-chunks", "lucid-processed", "lucid-storage", "lucid-logs")
 
 
 def say(msg: str) -> None:
@@ -36,8 +36,14 @@ def say(msg: str) -> None:
 
 
 def run(cmd, *, env=None, check=True, capture=False) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, check=check, text=True,
-                          stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
+    return subprocess.run(
+        cmd,
+        env=env,
+        check=check,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+    )
 
 
 def container_env_tool() -> Path | None:
@@ -69,10 +75,12 @@ class Api:
         self.base, self.key = base, key
 
     def call(self, method: str, path: str, body: dict | None = None, raw: bool = False):
-        req = urllib.request.Request(self.base + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.key}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             data = r.read()
         return data if raw else json.loads(data)
@@ -104,11 +112,19 @@ def main() -> int:
     env = docker_env(args.arch)
     existing = run(["docker", "volume", "ls", "-q"], env=env, capture=True).stdout.split()
     if set(existing) & set(VOLUMES):
-        say(f"a Lucid stack's volumes already exist here ({', '.join(sorted(set(existing) & set(VOLUMES)))}): "
-            "not touching them; run the smoke test on a host without a deployment")
+        say(
+            f"a Lucid stack's volumes already exist here ({', '.join(sorted(set(existing) & set(VOLUMES)))}): "
+            "not touching them; run the smoke test on a host without a deployment"
+        )
         return 2
-    env.update(PLATFORM=f"linux/{args.arch}", TAG=f"latest-{args.arch}", REGISTRY=env.get("REGISTRY", "pickme"),
-               COMPOSE_PROJECT_NAME="lucid-smoke", LUCID_UP_TIMEOUT=str(int(timeout)), LUCID_API_PORT="8087")
+    env.update(
+        PLATFORM=f"linux/{args.arch}",
+        TAG=f"latest-{args.arch}",
+        REGISTRY=env.get("REGISTRY", "pickme"),
+        COMPOSE_PROJECT_NAME="lucid-smoke",
+        LUCID_UP_TIMEOUT=str(int(timeout)),
+        LUCID_API_PORT="8087",
+    )
     secrets = Path(tempfile.mkdtemp(prefix="lucid-smoke-secrets-"))
     env["LUCID_SECRETS_DIR"] = str(secrets)
     started = False
@@ -117,8 +133,9 @@ def main() -> int:
             t0 = time.monotonic()
             run(["bash", str(ROOT / "build/scripts/build-all-session-images.sh")], env=env)
             numbers["build_s"] = round(time.monotonic() - t0, 1)
-        sizes = run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"], env=env,
-                    capture=True).stdout.split("\n")
+        sizes = run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"], env=env, capture=True
+        ).stdout.split("\n")
         numbers["images"] = [s for s in sizes if f":latest-{args.arch} " in s and "/lucid-" in s]
 
         t0 = time.monotonic()
@@ -129,8 +146,11 @@ def main() -> int:
         api = Api("http://127.0.0.1:8087", (secrets / "admin-api-key").read_text().strip())
         info = json.loads(urllib.request.urlopen("http://127.0.0.1:3000/server_info", timeout=10).read())
         say(f"Dagster webserver {info['dagster_webserver_version']} answers on 127.0.0.1:3000")
-        sess = api.call("POST", "/v1/sessions", {"name": "compose smoke", "chunk_seconds": 2,
-                                                 "video": {"width": 320, "height": 240, "fps": 10}})
+        sess = api.call(
+            "POST",
+            "/v1/sessions",
+            {"name": "compose smoke", "chunk_seconds": 2, "video": {"width": 320, "height": 240, "fps": 10}},
+        )
         sid = sess["id"]
         api.call("POST", f"/v1/sessions/{sid}/start")
         time.sleep(args.seconds)

@@ -5,20 +5,21 @@ session id (default: the newest sealed session).
 
     .venv/bin/python scripts/dagster_screenshots.py [--dagster http://127.0.0.1:3000] [--session ID] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.browser import Browser  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from lucid_assets.settings import get_settings
+from tests.browser import Browser
+from tests.conftest import free_port
 
 SKIP_DIALOG = """(() => { const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Skip');
   if (b) { b.click(); return true; } return false; })()"""
@@ -37,8 +38,9 @@ def settle(browser: Browser, text: str, timeout: float = 60) -> None:
 
 
 def newest_sealed(api: str, key: str) -> str:
-    items = httpx.get(f"{api}/v1/sessions", params={"state": "sealed", "limit": 1},
-                      headers={"Authorization": f"Bearer {key}"}).json()["items"]
+    items = httpx.get(
+        f"{api}/v1/sessions", params={"state": "sealed", "limit": 1}, headers={"Authorization": f"Bearer {key}"}
+    ).json()["items"]
     if not items:
         raise SystemExit("no sealed session: run `scripts/lucid demo` first")
     return items[0]["id"]
@@ -52,7 +54,7 @@ def main() -> int:
     ap.add_argument("--session")
     ap.add_argument("--out", default="docs/screenshots")
     args = ap.parse_args()
-    key = os.environ.get("LUCID_API_KEY") or (Path(args.data_dir) / "secrets" / "admin-api-key").read_text().strip()
+    key = get_settings().preset_admin_key or (Path(args.data_dir) / "secrets" / "admin-api-key").read_text().strip()
     sid = args.session or newest_sealed(args.api, key)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Regenerate docs/vectors/v1.json from the implementation (only when the format version changes)."""
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """`lucid`: run the embedded platform, run the demo, verify a session."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from lucid_assets.files import atomic_write
 from lucid_assets.keyring import ensure_keys
-from lucid_assets.settings import Settings
-from lucid_assets.store import atomic_write
+from lucid_assets.settings import Settings, get_settings
 
 ADMIN_KEY_FILE = Path("secrets") / "admin-api-key"
 
@@ -24,7 +25,7 @@ def _bootstrap(data_dir: Path) -> tuple[str | None, list[str]]:
 
     s = Settings(data_dir=data_dir)
     created = ensure_keys(s)
-    preset = os.environ.get("LUCID_API_KEY")
+    preset = s.preset_admin_key
     key = ensure_admin_key(Database(s.api_db), preset)
     if key and not preset:
         atomic_write(data_dir / ADMIN_KEY_FILE, (key + "\n").encode())
@@ -58,7 +59,10 @@ def cmd_up(args) -> int:
     print(f"lucid: up in {time.monotonic() - t0:.1f}s, data in {data_dir}")
     print(f"  API (gateway)     {platform.url('api')}/docs")
     print(f"  Dagster UI        http://{args.host}:{platform.dagster_port}")
-    print(f"  pipeline/recorder/storage  {platform.url('pipeline')}  {platform.url('recorder')}  {platform.url('storage')}")
+    print(
+        f"  pipeline/recorder/storage  {platform.url('pipeline')}  {platform.url('recorder')}  "
+        f"{platform.url('storage')}"
+    )
     print(f"  logs              {platform.logs}")
     if key:
         print(f"  admin API key     {key}   (shown once; also in {data_dir / ADMIN_KEY_FILE}, mode 0600)")
@@ -69,8 +73,9 @@ def cmd_up(args) -> int:
         while not stopping:
             for name, proc in platform.procs.items():
                 if proc.poll() is not None:
-                    print(f"lucid: {name} exited with {proc.returncode}; stopping (see {platform.logs})",
-                          file=sys.stderr)
+                    print(
+                        f"lucid: {name} exited with {proc.returncode}; stopping (see {platform.logs})", file=sys.stderr
+                    )
                     return 1
             time.sleep(1)
     finally:
@@ -90,11 +95,13 @@ class Api:
 
 
 def _api(args) -> Api:
-    key = args.key or os.environ.get("LUCID_API_KEY")
+    key = args.key or get_settings().preset_admin_key
     if not key:
         path = Path(args.data_dir) / ADMIN_KEY_FILE
         if not path.exists():
-            raise SystemExit(f"lucid: no API key: pass --key, set LUCID_API_KEY, or run `lucid up` first ({path})")
+            raise SystemExit(
+                f"lucid: no API key: pass --key, set LUCID_API_KEY(_FILE), or run `lucid up` first ({path})"
+            )
         key = path.read_text().strip()
     return Api(args.api, key)
 
@@ -102,10 +109,17 @@ def _api(args) -> Api:
 def cmd_demo(args) -> int:
     api = _api(args)
     w, h = (int(x) for x in args.size.split("x"))
-    s = api("POST", "/v1/sessions", json={"name": f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                           "labels": {"kind": "demo"}, "source": {"kind": "testsrc"},
-                                           "video": {"width": w, "height": h, "fps": args.fps},
-                                           "chunk_seconds": args.chunk_seconds})
+    s = api(
+        "POST",
+        "/v1/sessions",
+        json={
+            "name": f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            "labels": {"kind": "demo"},
+            "source": {"kind": "testsrc"},
+            "video": {"width": w, "height": h, "fps": args.fps},
+            "chunk_seconds": args.chunk_seconds,
+        },
+    )
     sid = s["id"]
     print(f"session {sid} created; recording {args.seconds}s of {args.size} at {args.fps} fps")
     api("POST", f"/v1/sessions/{sid}/start")
@@ -125,12 +139,24 @@ def cmd_demo(args) -> int:
         time.sleep(0.5)
     sealed_s = time.monotonic() - t_stop
     report = api("POST", f"/v1/sessions/{sid}/verify")
-    print(json.dumps({
-        "session": sid, "state": s["state"], "encoder": s["encoder"], "chunks": s["chunk_count"],
-        "duration_s": s["duration_ms"] / 1000, "raw_bytes": s["raw_bytes"], "stored_bytes": s["stored_bytes"],
-        "merkle_root": s["merkle_root"], "stop_to_sealed_s": round(sealed_s, 1),
-        "verified": report["ok"], "problems": report["problems"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "session": sid,
+                "state": s["state"],
+                "encoder": s["encoder"],
+                "chunks": s["chunk_count"],
+                "duration_s": s["duration_ms"] / 1000,
+                "raw_bytes": s["raw_bytes"],
+                "stored_bytes": s["stored_bytes"],
+                "merkle_root": s["merkle_root"],
+                "stop_to_sealed_s": round(sealed_s, 1),
+                "verified": report["ok"],
+                "problems": report["problems"],
+            },
+            indent=2,
+        )
+    )
     return 0 if report["ok"] else 1
 
 
@@ -158,8 +184,11 @@ def cmd_keys(args) -> int:
     if args.action == "prune":
         for path in prune_retired(s, in_use):
             print(f"lucid: deleted retired key {path.name} (no data key uses it)")
-    print(f"lucid: data keys by KEK: " + ", ".join(
-        f"{k}={sum(store.dek_kek_id(sid) == k for sid in store.sessions())}" for k in sorted(in_use)) or "none")
+    print(
+        "lucid: data keys by KEK: "
+        + ", ".join(f"{k}={sum(store.dek_kek_id(sid) == k for sid in store.sessions())}" for k in sorted(in_use))
+        or "none"
+    )
     return 0
 
 
@@ -182,8 +211,10 @@ def cmd_plans(args) -> int:
                 Mp4Export(store, keyring, sid, seqs)  # reads every plan, makes the missing and stale ones
             made = sum(store.read_mp4_index(sid, seq) != old for seq, old in zip(seqs, before))
             legacy = store.drop_legacy_mp4_indexes(sid)
-            print(f"lucid: {sid}: {len(seqs)} chunks, {made} plans made"
-                  + (f", {legacy} plain indexes of the earlier release removed" if legacy else ""))
+            print(
+                f"lucid: {sid}: {len(seqs)} chunks, {made} plans made"
+                + (f", {legacy} plain indexes of the earlier release removed" if legacy else "")
+            )
         except NotExportable as exc:
             print(f"lucid: {sid}: no MP4 export ({exc})")
         except DamagedChunk as exc:
@@ -207,7 +238,8 @@ def cmd_secrets(args) -> int:
         "master.key": lambda p: keys.create_kek(p),
         "signing.key": lambda p: keys.create_signing_key(p),
         "signing.pub": lambda p: keys.write_private_file(
-            p, keys.public_pem(keys.load_signing_key(out / "signing.key"))),
+            p, keys.public_pem(keys.load_signing_key(out / "signing.key"))
+        ),
         "link.key": lambda p: keys.write_private_file(p, os.urandom(32)),
         "admin-api-key": lambda p: keys.write_private_file(p, (new_key() + "\n").encode()),
     }
@@ -229,14 +261,15 @@ def cmd_secrets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lucid", description="Lucid Sessions")
-    p.add_argument("--data-dir", default=os.environ.get("LUCID_DATA_DIR", "data"))
+    settings = get_settings()
+    p.add_argument("--data-dir", default=str(settings.data_dir))
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="run the embedded platform (services, Dagster webserver and daemon)")
     up.add_argument("--host", default="127.0.0.1")
     up.set_defaults(fn=cmd_up)
     for name, fn in (("demo", cmd_demo), ("verify", cmd_verify)):
         c = sub.add_parser(name)
-        c.add_argument("--api", default=os.environ.get("LUCID_API_URL", "http://127.0.0.1:8087"))
+        c.add_argument("--api", default=settings.api_url)
         c.add_argument("--key", default=None)
         c.set_defaults(fn=fn)
     demo = sub.choices["demo"]

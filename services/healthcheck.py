@@ -5,12 +5,14 @@ far lighter than the `dagster api grpc-health-check` CLI, which matters on a Pi 
 emulation, where the CLI's import alone outlasts a health check's timeout). `dagster-daemon` reads
 the daemon's heartbeats from Dagster's Postgres storage (DAGSTER_PG_*), for the same reason
 (`dagster-daemon liveness-check` took 4.6 s of CPU here and 86 s under arm64 emulation)."""
+
 from __future__ import annotations
 
-import os
 import sys
 import urllib.error
 import urllib.request
+
+from lucid_assets.settings import Settings, get_settings
 
 
 def grpc_serving(target: str) -> bool:
@@ -19,8 +21,9 @@ def grpc_serving(target: str) -> bool:
 
     with grpc.insecure_channel(target) as channel:
         try:
-            r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="DagsterApi"),
-                                                          timeout=5)
+            r = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="DagsterApi"), timeout=5
+            )
         except grpc.RpcError as exc:
             print(f"healthcheck grpc://{target}: {exc.code().name}", file=sys.stderr)
             return False
@@ -31,17 +34,26 @@ def grpc_serving(target: str) -> bool:
 REQUIRED_DAEMONS = ("SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR")
 
 
-def daemon_alive(max_age: float = 300) -> bool:
+def daemon_alive(s: Settings) -> bool:
     import json
     import time
 
     import psycopg2
 
-    env = os.environ
     try:
-        with psycopg2.connect(host=env["DAGSTER_PG_HOST"], port=int(env.get("DAGSTER_PG_PORT", "5432")),
-                              user=env["DAGSTER_PG_USER"], password=env.get("DAGSTER_PG_PASSWORD", ""),
-                              dbname=env["DAGSTER_PG_DB"], connect_timeout=5) as conn, conn.cursor() as cur:
+        if not (s.dagster_pg_host and s.dagster_pg_user and s.dagster_pg_db):
+            raise KeyError("DAGSTER_PG_HOST, DAGSTER_PG_USER and DAGSTER_PG_DB must be set")
+        with (
+            psycopg2.connect(
+                host=s.dagster_pg_host,
+                port=s.dagster_pg_port,
+                user=s.dagster_pg_user,
+                password=s.dagster_pg_password.get_secret_value(),
+                dbname=s.dagster_pg_db,
+                connect_timeout=5,
+            ) as conn,
+            conn.cursor() as cur,
+        ):
             cur.execute("SELECT daemon_type, body FROM daemon_heartbeats")
             rows = cur.fetchall()
     except (psycopg2.Error, KeyError) as exc:
@@ -49,16 +61,17 @@ def daemon_alive(max_age: float = 300) -> bool:
         return False
     # the serialized heartbeat carries an epoch timestamp (the table's TIMESTAMP column has no zone)
     beats = {kind: json.loads(body).get("timestamp", 0) for kind, body in rows}
-    stale = [k for k in REQUIRED_DAEMONS if time.time() - beats.get(k, 0) > max_age]
+    stale = [k for k in REQUIRED_DAEMONS if time.time() - beats.get(k, 0) > s.daemon_max_age]
     if stale:
         print(f"healthcheck dagster-daemon: no recent heartbeat from {', '.join(stale)}", file=sys.stderr)
     return not stale
 
 
 def main(argv: list[str]) -> int:
-    url = argv[0] if argv else f"http://127.0.0.1:{os.environ.get('PORT', '8080')}/ready"
+    s = get_settings()
+    url = argv[0] if argv else f"http://127.0.0.1:{s.own_port}/ready"
     if url == "dagster-daemon":
-        return 0 if daemon_alive(float(os.environ.get("LUCID_DAEMON_MAX_AGE", "300"))) else 1
+        return 0 if daemon_alive(s) else 1
     if url.startswith("grpc://"):
         return 0 if grpc_serving(url.removeprefix("grpc://")) else 1
     try:

@@ -1,5 +1,6 @@
 """Runs the embedded platform: the four services, Dagster's daemon and webserver, all state under
 one data directory. Used by `lucid up` and by the end-to-end tests."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from lucid_assets.settings import PORTS, SERVICES, child_environ
+
 REPO = Path(__file__).resolve().parent.parent
-SERVICES = {"pipeline": 8083, "recorder": 8084, "storage": 8086, "api": 8087}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -33,8 +35,8 @@ def _merge(base: dict, over: dict) -> dict:
 @dataclass
 class Platform:
     data_dir: Path
-    ports: dict[str, int] = field(default_factory=lambda: dict(SERVICES))
-    dagster_port: int = 3000
+    ports: dict[str, int] = field(default_factory=lambda: {n: PORTS[n] for n in SERVICES})
+    dagster_port: int = PORTS["dagster-webserver"]
     host: str = "127.0.0.1"
     webserver: bool = True
     daemon: bool = True
@@ -55,14 +57,19 @@ class Platform:
         return self.data_dir / "logs"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LUCID_", "DAGSTER_"))}
-        env.update({
-            "LUCID_DATA_DIR": str(self.data_dir), "LUCID_GENERATE_KEYS": "true",
-            "LUCID_PIPELINE_URL": self.url("pipeline"), "LUCID_RECORDER_URL": self.url("recorder"),
-            "LUCID_STORAGE_URL": self.url("storage"), "LUCID_API_URL": self.url("api"),
-            "LUCID_DAGSTER_URL": f"http://{self.host}:{self.dagster_port}",
-            "DAGSTER_HOME": str(self.dagster_home), "PYTHONUNBUFFERED": "1",
-        })
+        env = child_environ()
+        env.update(
+            {
+                "LUCID_DATA_DIR": str(self.data_dir),
+                "LUCID_GENERATE_KEYS": "true",
+                "LUCID_PIPELINE_URL": self.url("pipeline"),
+                "LUCID_RECORDER_URL": self.url("recorder"),
+                "LUCID_STORAGE_URL": self.url("storage"),
+                "LUCID_API_URL": self.url("api"),
+                "DAGSTER_HOME": str(self.dagster_home),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -78,15 +85,30 @@ class Platform:
             path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), self.instance_overrides)))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.logs / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                            start_new_session=True)
+        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            self.procs[name] = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            )
 
     def _spawn_service(self, name: str, env: dict[str, str]) -> None:
         port = self.ports[name]
-        self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", f"services.{name}.app:create_app",
-                           "--host", self.host, "--port", str(port), "--log-level", "warning"],
-                    {**env, "SERVICE_NAME": f"lucid-session-{name}", "PORT": str(port)})
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                f"services.{name}.app:create_app",
+                "--host",
+                self.host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            {**env, "SERVICE_NAME": f"lucid-session-{name}", "PORT": str(port)},
+        )
 
     def restart(self, name: str, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
         """Kill one service (SIGKILL by default, as a crash) and start it again."""
@@ -115,8 +137,11 @@ class Platform:
         if self.daemon:
             self._spawn("dagster-daemon", [str(bindir / "dagster-daemon"), "run", "-w", workspace], env)
         if self.webserver:
-            self._spawn("dagster-webserver", [str(bindir / "dagster-webserver"), "-w", workspace, "-h", self.host,
-                                              "-p", str(self.dagster_port)], env)
+            self._spawn(
+                "dagster-webserver",
+                [str(bindir / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
+                env,
+            )
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:

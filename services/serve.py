@@ -1,13 +1,13 @@
 """`python -m services.serve NAME`: run one FastAPI service under uvicorn, as the images do.
 HOST and PORT come from the settings (PORT defaults to the service's port in the design)."""
+
 from __future__ import annotations
 
 import sys
 
 import uvicorn
 
-from lucid_assets.settings import get_settings
-from services.launcher import SERVICES
+from lucid_assets.settings import PORTS, SERVICES, get_settings
 
 
 def main(argv: list[str]) -> int:
@@ -16,8 +16,15 @@ def main(argv: list[str]) -> int:
         return 2
     name = argv[0]
     s = get_settings()
-    uvicorn.run(f"services.{name}.app:create_app", factory=True, host=s.host, port=s.port or SERVICES[name],
-                log_level=s.log_level.lower(), proxy_headers=False, server_header=False)
+    uvicorn.run(
+        f"services.{name}.app:create_app",
+        factory=True,
+        host=s.host,
+        port=s.port or PORTS[name],
+        log_level=s.log_level.lower(),
+        proxy_headers=False,
+        server_header=False,
+    )
     return 0
 
 

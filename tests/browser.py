@@ -1,5 +1,6 @@
 """Headless Chromium driven over the DevTools protocol (websockets, no extra driver): enough to
 load a page, evaluate JavaScript (awaiting promises) and take screenshots."""
+
 from __future__ import annotations
 
 import base64
@@ -14,9 +15,19 @@ from pathlib import Path
 import httpx
 from websockets.sync.client import connect
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1280,900",
+    "--mute-audio",
+]
 
 
 def chromium() -> str | None:
@@ -26,9 +37,11 @@ def chromium() -> str | None:
 class Browser:
     def __init__(self, port: int):
         self.profile = tempfile.mkdtemp(prefix="lucid-chromium-")
-        self.proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={self.profile}",
-                                      f"--remote-debugging-port={port}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [chromium(), *FLAGS, f"--user-data-dir={self.profile}", f"--remote-debugging-port={port}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -37,7 +50,7 @@ class Browser:
                 break
             except (httpx.HTTPError, StopIteration, ValueError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("chromium did not start its DevTools endpoint")
+                    raise RuntimeError("chromium did not start its DevTools endpoint") from None
                 time.sleep(0.2)
         self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
         self.ids = itertools.count(1)

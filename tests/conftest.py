@@ -7,7 +7,6 @@ import pytest
 
 from services.launcher import SERVICES, Platform
 
-
 MAX_CHUNK = 4 * 1024 * 1024
 
 
@@ -22,10 +21,16 @@ def platform(tmp_path_factory):
     """The real embedded platform: four services and the Dagster daemon on 127.0.0.1."""
     data = tmp_path_factory.mktemp("lucid-data")
     (data / "media").mkdir()
-    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, webserver=False,
-                 extra_env={"LUCID_API_KEY": "test-admin-key-0123456789abcdef",
-                            "LUCID_URL_FILE_ROOTS": str(data / "media"),
-                            "LUCID_MAX_CHUNK_BYTES": str(MAX_CHUNK)})
+    p = Platform(
+        data_dir=data,
+        ports={n: free_port() for n in SERVICES},
+        webserver=False,
+        extra_env={
+            "LUCID_API_KEY": "test-admin-key-0123456789abcdef",
+            "LUCID_URL_FILE_ROOTS": str(data / "media"),
+            "LUCID_MAX_CHUNK_BYTES": str(MAX_CHUNK),
+        },
+    )
     try:
         p.start(timeout=180)
     except Exception:
@@ -39,8 +44,9 @@ def platform(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def admin(platform):
-    with httpx.Client(base_url=platform.url("api"), timeout=60,
-                      headers={"Authorization": "Bearer test-admin-key-0123456789abcdef"}) as c:
+    with httpx.Client(
+        base_url=platform.url("api"), timeout=60, headers={"Authorization": "Bearer test-admin-key-0123456789abcdef"}
+    ) as c:
         yield c
 
 

@@ -1,4 +1,5 @@
 """Shared steps of the end-to-end tests."""
+
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -20,8 +21,12 @@ def wait_state(client, sid, wanted, timeout=180) -> dict:
 
 
 def create(client, name, *, source=None, width=160, height=120, fps=10, chunk_seconds=2, **extra) -> str:
-    body = {"name": name, "video": {"width": width, "height": height, "fps": fps}, "chunk_seconds": chunk_seconds,
-            **extra}
+    body = {
+        "name": name,
+        "video": {"width": width, "height": height, "fps": fps},
+        "chunk_seconds": chunk_seconds,
+        **extra,
+    }
     if source:
         body["source"] = source
     r = client.post("/v1/sessions", json=body)
@@ -56,8 +61,9 @@ def decode(path: Path) -> list:
         return list(container.decode(video=0))
 
 
-def record_segments(directory: Path, fps=10, seconds: float = 6, chunk_seconds=2, size=(160, 120),
-                    pattern="testsrc") -> list:
+def record_segments(
+    directory: Path, fps=10, seconds: float = 6, chunk_seconds=2, size=(160, 120), pattern="testsrc"
+) -> list:
     """Real libx264 segments through the recorder's own encoder setup and writer, unpaced."""
     video = {"width": size[0], "height": size[1], "fps": fps, "encoders": ["libx264"]}
     codec = open_encoder(video, fps * chunk_seconds)

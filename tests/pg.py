@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL cluster for tests: initdb in a temp dir, started on a free port as the
 `postgres` system user (PostgreSQL refuses to run as root). `scripts/test` installs the server."""
+
 from __future__ import annotations
 
 import glob
@@ -29,8 +30,17 @@ class TempPostgres:
             shutil.chown(self.dir, "postgres", "postgres")
         data = os.path.join(self.dir, "data")
         self._run(f"{self.bin}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync")
-        self._run(f"{self.bin}/pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            f"{self.bin}/pg_ctl",
+            "-D",
+            data,
+            "-l",
+            os.path.join(self.dir, "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         self._run(f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "lucid")
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/lucid"
 

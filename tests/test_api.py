@@ -1,4 +1,5 @@
 """Bad input gets a clear 4xx and writes nothing; roles are enforced; OpenAPI has the scheme."""
+
 import uuid
 
 import pytest
@@ -44,16 +45,19 @@ def test_illegal_transition_is_409_with_state(admin, created):
     assert snapshot(admin) == before
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "name"),
-    ({"name": ""}, "name"),
-    ({"name": "x", "video": {"width": 99999}}, "video.width"),
-    ({"name": "x", "video": {"fps": 0}}, "video.fps"),
-    ({"name": "x", "source": {"kind": "carrier-pigeon"}}, "source"),
-    ({"name": "x", "chunk_seconds": -1}, "chunk_seconds"),
-    ({"name": "x", "labels": {"bad key!": "v"}}, "labels"),
-    ({"name": "x", "surprise": 1}, "surprise"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "x", "video": {"width": 99999}}, "video.width"),
+        ({"name": "x", "video": {"fps": 0}}, "video.fps"),
+        ({"name": "x", "source": {"kind": "carrier-pigeon"}}, "source"),
+        ({"name": "x", "chunk_seconds": -1}, "chunk_seconds"),
+        ({"name": "x", "labels": {"bad key!": "v"}}, "labels"),
+        ({"name": "x", "surprise": 1}, "surprise"),
+    ],
+)
 def test_invalid_body_is_422_with_reason(admin, body, field):
     before = snapshot(admin)
     r = admin.post("/v1/sessions", json=body)
@@ -71,8 +75,12 @@ def test_missing_or_wrong_key_is_401(platform, admin, created):
     before = snapshot(admin)
     for key in (None, "wrong-key-wrong-key-wrong-key"):
         with client_for(platform, key) as c:
-            for method, path in (("GET", "/v1/sessions"), ("POST", "/v1/sessions"),
-                                 ("POST", f"/v1/sessions/{created['id']}/start"), ("GET", "/v1/api-keys")):
+            for method, path in (
+                ("GET", "/v1/sessions"),
+                ("POST", "/v1/sessions"),
+                ("POST", f"/v1/sessions/{created['id']}/start"),
+                ("GET", "/v1/api-keys"),
+            ):
                 r = c.request(method, path, json={"name": "x"} if method == "POST" else None)
                 assert r.status_code == 401, (key, path, r.text)
                 assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"

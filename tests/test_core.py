@@ -1,4 +1,5 @@
 """The pure core: envelope, keys, Merkle tree, manifest, audit chain, state machine."""
+
 import hashlib
 import os
 import uuid
@@ -59,8 +60,10 @@ def test_ciphertext_and_truncation_are_detected():
 
 
 # RFC 6962 / Certificate Transparency reference test vectors (merkle_tree_test.cc).
-CT_LEAVES = [bytes.fromhex(h) for h in
-             ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]]
+CT_LEAVES = [
+    bytes.fromhex(h)
+    for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
+]
 CT_ROOTS = [
     "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
     "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",

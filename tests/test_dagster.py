@@ -1,19 +1,19 @@
 """The Dagster code location against a real pipeline service: the work-queue sensor, the assets
 under `materialize` on `instance_for_test`, idempotent reruns, and verification of the result."""
+
 import time
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import dagster as dg
 import httpx
 import pytest
 
 from lucid_assets.core import catalog
-from lucid_assets.defs.assets import session_manifest, stored_chunks
-from lucid_assets.defs.partitions import sessions
 from lucid_assets.defs.resources import PipelineResource, VaultResource
-from lucid_assets.defs.sensors import work_queue_sensor
+from lucid_assets.defs.sessions.assets import session_manifest, stored_chunks
+from lucid_assets.defs.sessions.partitions import sessions
+from lucid_assets.defs.sessions.sensors import work_queue_sensor as make_work_queue_sensor
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
 from lucid_assets.rebuild import NOT_DETERMINED, rebuild
@@ -27,8 +27,13 @@ from tests.helpers import record_segments
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     data = tmp_path_factory.mktemp("pipeline-only")
-    p = Platform(data_dir=data, ports={n: free_port() for n in SERVICES}, run=("pipeline", "storage"),
-                 webserver=False, daemon=False)
+    p = Platform(
+        data_dir=data,
+        ports={n: free_port() for n in SERVICES},
+        run=("pipeline", "storage"),
+        webserver=False,
+        daemon=False,
+    )
     p.start(timeout=60)
     yield p
     p.stop()
@@ -36,37 +41,49 @@ def pipeline(tmp_path_factory):
 
 def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
-    sid = api.post("/sessions", json={"name": "dagster", "video": {"width": 160, "height": 120, "fps": 10},
-                                      "chunk_seconds": 2}).json()["id"]
+    sid = api.post(
+        "/sessions", json={"name": "dagster", "video": {"width": 160, "height": 120, "fps": 10}, "chunk_seconds": 2}
+    ).json()["id"]
     assert api.post(f"/sessions/{sid}/transitions", json={"event": "start", "encoder": "libx264"}).status_code == 200
     segs = record_segments(tmp_path / "rec" / sid)
     assert len(segs) == 3
     for seg in segs:
-        body = {"seq": seg.seq, "sha256": seg.sha256, "size": seg.size, "frames": seg.frames,
-                "duration_ms": seg.duration_ms, "path": str(seg.path)}
+        body = {
+            "seq": seg.seq,
+            "sha256": seg.sha256,
+            "size": seg.size,
+            "frames": seg.frames,
+            "duration_ms": seg.duration_ms,
+            "path": str(seg.path),
+        }
         assert api.post(f"/sessions/{sid}/chunks", json=body).json()["created"]
         assert not api.post(f"/sessions/{sid}/chunks", json=body).json()["created"]  # idempotent
     clash = api.post(f"/sessions/{sid}/chunks", json={**body, "sha256": "0" * 64})
     assert clash.status_code == 409 and clash.json()["error"] == "chunk_conflict"
     api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
-    assert api.post(f"/sessions/{sid}/transitions",
-                    json={"event": "finalize", "expected_chunks": 3}).json()["state"] == "processing"
+    assert (
+        api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 3}).json()["state"]
+        == "processing"
+    )
 
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
-                 "vault": VaultResource.from_settings(settings)}
+    resources = {
+        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+        "vault": VaultResource.from_settings(settings),
+    }
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources=resources)
-        result = work_queue_sensor(ctx)
+        result = make_work_queue_sensor(5)(ctx)
         assert [(r.partition_key, r.job_name) for r in result.run_requests] == [(sid, "seal_session")]
         assert result.run_requests[0].tags["lucid/session"] == sid
         assert result.dynamic_partitions_requests[0].partition_keys == [sid]
         ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
-        assert isinstance(work_queue_sensor(ctx2), dg.SkipReason)  # the cursor moved past the item
+        assert isinstance(make_work_queue_sensor(5)(ctx2), dg.SkipReason)  # the cursor moved past the item
 
         instance.add_dynamic_partitions(sessions.name, [sid])
-        first = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
-                               resources=resources)
+        first = dg.materialize(
+            [stored_chunks, session_manifest], partition_key=sid, instance=instance, resources=resources
+        )
         assert first.success
         vault = resources["vault"]
         manifest_path = vault.store.manifest_path(sid, 1)
@@ -74,13 +91,18 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
         envelopes = {s: vault.store.read_envelope(sid, s) for s in range(3)}
         assert not any(seg.path.exists() for seg in segs), "staging removed after storing"
 
-        again = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
-                               resources=resources)
+        again = dg.materialize(
+            [stored_chunks, session_manifest], partition_key=sid, instance=instance, resources=resources
+        )
         assert again.success
         meta = again.asset_materializations_for_node("session_manifest")[0].metadata
         assert meta["manifest_reused"].value is True
-        rechecked = [e.event_specific_data for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
-                     and e.event_specific_data.check_name == "chunks_readable_and_complete"][0]
+        rechecked = [
+            e.event_specific_data
+            for e in again.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            and e.event_specific_data.check_name == "chunks_readable_and_complete"
+        ][0]
         assert rechecked.passed and rechecked.metadata["chunks_reread"].value == 0  # nothing new: nothing re-read
         assert manifest_path.read_bytes() == manifest_bytes
         assert vault.store.manifest_versions(sid) == [1]
@@ -93,8 +115,14 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
 
     keyring = Keyring.load(settings)
     events = api.get(f"/sessions/{sid}/events").json()["items"]
-    report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events,
-                           registry_manifest_sha256=state["manifest_sha256"]).as_dict()
+    report = verify_stored(
+        vault.store,
+        keyring,
+        keyring.signing.public_key(),
+        sid,
+        audit_rows=events,
+        registry_manifest_sha256=state["manifest_sha256"],
+    ).as_dict()
     assert report["ok"], report["problems"]
     assert {c["name"] for c in report["checks"] if c["ok"]} >= {"checkpoints", "audit_chain", "manifest_registry"}
     cps = vault.store.checkpoints(sid)
@@ -104,7 +132,7 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     fresh = Lake.sql(f"sqlite:///{tmp_path / 'rebuilt.db'}", (tmp_path / "rebuilt").as_uri())
     assert rebuild(fresh, vault.store, keyring) == {"sessions": 1, catalog.CHUNKS: 3, catalog.SESSIONS: 1}
     for name in catalog.TABLES:
-        keep = lambda rows: [{k: v for k, v in r.items() if k not in NOT_DETERMINED[name]} for r in rows]  # noqa: E731
+        keep = lambda rows, name=name: [{k: v for k, v in r.items() if k not in NOT_DETERMINED[name]} for r in rows]
         assert keep(fresh.rows(name, sid)) == keep(vault.lake.rows(name, sid)), name
     assert rebuild(fresh, vault.store, keyring)[catalog.CHUNKS] == 3 and len(fresh.rows(catalog.CHUNKS, sid)) == 3
 
@@ -121,14 +149,17 @@ def test_live_chunks_become_store_batches(pipeline):
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
     with dg.instance_for_test() as instance:
-        cursor = work_queue_sensor(dg.build_sensor_context(instance=instance, resources=resources)).cursor
+        cursor = make_work_queue_sensor(5)(dg.build_sensor_context(instance=instance, resources=resources)).cursor
         sid = api.post("/sessions", json={"name": "live"}).json()["id"]
         api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
         for seq in range(2):
             api.post(f"/sessions/{sid}/chunks", json={"seq": seq, "sha256": f"{seq:064x}", "size": 1, "path": "/p"})
-        result = work_queue_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        result = make_work_queue_sensor(5)(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
         assert [(r.partition_key, r.job_name, r.tags["lucid/reason"]) for r in result.run_requests] == [
-            (sid, "store_chunks", "chunks")]  # two chunks, one batch
+            (sid, "store_chunks", "chunks")
+        ]  # two chunks, one batch
 
 
 def test_failed_materialization_reports_why(pipeline, tmp_path):
@@ -136,21 +167,29 @@ def test_failed_materialization_reports_why(pipeline, tmp_path):
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     sid = api.post("/sessions", json={"name": "lost"}).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
-    api.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "a" * 64, "size": 10,
-                                              "path": str(tmp_path / "gone.ts")})
+    api.post(
+        f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "a" * 64, "size": 10, "path": str(tmp_path / "gone.ts")}
+    )
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
-        result = dg.materialize([stored_chunks], partition_key=sid, instance=instance, raise_on_error=False,
-                                resources={"pipeline": PipelineResource(url=pipeline.url("pipeline")),
-                                           "vault": VaultResource.from_settings(settings)})
+        result = dg.materialize(
+            [stored_chunks],
+            partition_key=sid,
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                "vault": VaultResource.from_settings(settings),
+            },
+        )
         assert not result.success
         failure = result.get_step_failure_events()[0].event_specific_data.error.message
         assert "staging file" in failure and "is gone" in failure
 
 
 def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
-    from lucid_assets.defs.maintenance import rotate_data_keys
+    from lucid_assets.defs.keys.rotation import rotate_data_keys
     from lucid_assets.keyring import prune_retired, rotate_kek
 
     settings = Settings(data_dir=tmp_path, generate_keys=True)
@@ -170,46 +209,89 @@ def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
 
 def recorded_and_finalized(api, tmp_path, name: str) -> str:
     """A session with two real 2 s segments registered and finalized through the pipeline."""
-    sid = api.post("/sessions", json={"name": name, "video": {"width": 160, "height": 120, "fps": 10},
-                                      "chunk_seconds": 2}).json()["id"]
+    sid = api.post(
+        "/sessions", json={"name": name, "video": {"width": 160, "height": 120, "fps": 10}, "chunk_seconds": 2}
+    ).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
     for seg in record_segments(tmp_path / "rec" / sid, seconds=4):
-        api.post(f"/sessions/{sid}/chunks", json={"seq": seg.seq, "sha256": seg.sha256, "size": seg.size,
-                                                  "frames": seg.frames, "duration_ms": seg.duration_ms,
-                                                  "path": str(seg.path)})
+        api.post(
+            f"/sessions/{sid}/chunks",
+            json={
+                "seq": seg.seq,
+                "sha256": seg.sha256,
+                "size": seg.size,
+                "frames": seg.frames,
+                "duration_ms": seg.duration_ms,
+                "path": str(seg.path),
+            },
+        )
     api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
-    assert api.post(f"/sessions/{sid}/transitions",
-                    json={"event": "finalize", "expected_chunks": 2}).json()["state"] == "processing"
+    assert (
+        api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2}).json()["state"]
+        == "processing"
+    )
     return sid
 
 
 def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tmp_path):
-    from lucid_assets.defs.sensors import fail_on_failure, failed_checks
+    from lucid_assets.defs.sessions.sensors import fail_on_failure as make_fail_on_failure
+    from lucid_assets.defs.sessions.sensors import failed_checks
 
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     sid = recorded_and_finalized(api, tmp_path, "drift")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     vault = VaultResource.from_settings(settings)
-    now = datetime.now(timezone.utc)  # a catalog row the registry does not know: drift the check must catch
-    vault.lake.append_missing(catalog.CHUNKS, sid, [{
-        "session_id": sid, "seq": 7, "raw_sha256": "0" * 64, "envelope_sha256": "0" * 64, "raw_size": 1,
-        "stored_size": 1, "compressed": False, "key_version": 1, "envelope_uri": "file:///nowhere", "duration_ms": 0,
-        "recorded_at": now, "stored_at": now}], key="seq")
+    now = datetime.now(UTC)  # a catalog row the registry does not know: drift the check must catch
+    vault.lake.append_missing(
+        catalog.CHUNKS,
+        sid,
+        [
+            {
+                "session_id": sid,
+                "seq": 7,
+                "raw_sha256": "0" * 64,
+                "envelope_sha256": "0" * 64,
+                "raw_size": 1,
+                "stored_size": 1,
+                "compressed": False,
+                "key_version": 1,
+                "envelope_uri": "file:///nowhere",
+                "duration_ms": 0,
+                "recorded_at": now,
+                "stored_at": now,
+            }
+        ],
+        key="seq",
+    )
     resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
-        result = dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
-                                resources=resources, raise_on_error=False, tags={"lucid/session": sid})
+        result = dg.materialize(
+            [stored_chunks, session_manifest],
+            partition_key=sid,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            tags={"lucid/session": sid},
+        )
         assert not result.success
         assert not result.asset_materializations_for_node("session_manifest")  # blocked
         why = failed_checks(instance, result.run_id)
         assert "chunks_readable_and_complete failed" in why and "[0, 1, 7]" in why, why
         run = instance.get_run_by_id(result.run_id)
-        failure = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE][0]
-        ctx = dg.build_run_status_sensor_context(sensor_name="fail_on_failure", dagster_instance=instance,
-                                                 dagster_run=run, dagster_event=failure.dagster_event,
-                                                 resources={"pipeline": resources["pipeline"]}).for_run_failure()
-        fail_on_failure(ctx)
+        failure = [
+            e
+            for e in instance.all_logs(result.run_id)
+            if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE
+        ][0]
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="fail_on_failure",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=failure.dagster_event,
+            resources={"pipeline": resources["pipeline"]},
+        ).for_run_failure()
+        make_fail_on_failure(5)(ctx)
     s = api.get(f"/sessions/{sid}").json()
     assert s["state"] == "failed" and "chunks_readable_and_complete failed" in s["failure_reason"], s
     assert not vault.store.manifest_versions(sid)
@@ -228,7 +310,7 @@ def finalized_without_dagster(api, retention_days=None) -> str:
 def test_reconcile_launches_what_stalled(pipeline):
     from datetime import timedelta
 
-    from lucid_assets.defs.operations import reconcile_requests
+    from lucid_assets.defs.housekeeping.reconcile import reconcile_requests
 
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     stalled = finalized_without_dagster(api)  # finalized, processing, and no run ever came
@@ -248,7 +330,7 @@ def test_reconcile_launches_what_stalled(pipeline):
 def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
     from datetime import timedelta
 
-    from lucid_assets.defs.operations import retention
+    from lucid_assets.defs.housekeeping.retention import retention
     from lucid_assets.defs.resources import StorageServiceResource
 
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
@@ -256,20 +338,31 @@ def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
     api.put(f"/sessions/{sid}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
     api.post(f"/sessions/{sid}/transitions", json={"event": "seal"})
     keep = finalized_without_dagster(api)  # no retention: kept forever
-    later = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
-                 "storage": StorageServiceResource(url=pipeline.url("storage"))}
+    later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    resources = {
+        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+        "storage": StorageServiceResource(url=pipeline.url("storage")),
+    }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
-        now = retention.execute_in_process(instance=instance, resources=resources, run_config={
-            "ops": {"apply_retention": {"config": {"dry_run": True}}}})
+        now = retention.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"apply_retention": {"config": {"dry_run": True}}}},
+        )
         assert sid not in now.output_for_node("apply_retention")  # not due yet
-        dry = retention.execute_in_process(instance=instance, resources=resources, run_config={
-            "ops": {"apply_retention": {"config": {"dry_run": True, "as_of": later}}}})
+        dry = retention.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"apply_retention": {"config": {"dry_run": True, "as_of": later}}}},
+        )
         assert sid in dry.output_for_node("apply_retention") and keep not in dry.output_for_node("apply_retention")
         assert api.get(f"/sessions/{sid}").json()["state"] == "sealed"  # a dry run changes nothing
-        real = retention.execute_in_process(instance=instance, resources=resources, run_config={
-            "ops": {"apply_retention": {"config": {"dry_run": False, "as_of": later}}}})
+        real = retention.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"apply_retention": {"config": {"dry_run": False, "as_of": later}}}},
+        )
         assert sid in real.output_for_node("apply_retention")
         assert not instance.has_dynamic_partition(sessions.name, sid)
     assert api.get(f"/sessions/{sid}").json()["state"] == "deleted"
@@ -279,20 +372,41 @@ def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
 
 
 def test_maintenance_and_rebuild_jobs_run(tmp_path):
-    from lucid_assets.defs.maintenance import iceberg_maintenance, rebuild_catalog
+    from lucid_assets.defs.catalog.maintenance import iceberg_maintenance, rebuild_catalog
 
     vault = VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sid = str(uuid.uuid4())
     for seq in range(5):
-        vault.lake.append_missing(catalog.CHUNKS, sid, [{
-            "session_id": sid, "seq": seq, "raw_sha256": "0" * 64, "envelope_sha256": "1" * 64, "raw_size": 1,
-            "stored_size": 81, "compressed": False, "key_version": 1, "envelope_uri": "file:///x", "duration_ms": 0,
-            "recorded_at": now, "stored_at": now}], key="seq")
+        vault.lake.append_missing(
+            catalog.CHUNKS,
+            sid,
+            [
+                {
+                    "session_id": sid,
+                    "seq": seq,
+                    "raw_sha256": "0" * 64,
+                    "envelope_sha256": "1" * 64,
+                    "raw_size": 1,
+                    "stored_size": 81,
+                    "compressed": False,
+                    "key_version": 1,
+                    "envelope_uri": "file:///x",
+                    "duration_ms": 0,
+                    "recorded_at": now,
+                    "stored_at": now,
+                }
+            ],
+            key="seq",
+        )
     before = vault.lake.rows(catalog.CHUNKS, sid)
     started_ms = time.time() * 1000
-    result = iceberg_maintenance.execute_in_process(resources={"vault": vault}, run_config={
-        "ops": {"iceberg_maintenance_op": {"config": {"expire_older_than_days": 0, "min_files_per_partition": 2}}}})
+    result = iceberg_maintenance.execute_in_process(
+        resources={"vault": vault},
+        run_config={
+            "ops": {"iceberg_maintenance_op": {"config": {"expire_older_than_days": 0, "min_files_per_partition": 2}}}
+        },
+    )
     assert result.success
     assert vault.lake.rows(catalog.CHUNKS, sid) == before
     table = vault.lake.table(catalog.CHUNKS)
@@ -303,7 +417,7 @@ def test_maintenance_and_rebuild_jobs_run(tmp_path):
 
 
 def test_archive_drops_only_old_sealed_partitions(pipeline):
-    from lucid_assets.defs.operations import archive_partitions
+    from lucid_assets.defs.housekeeping.retention import archive_partitions
 
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     sealed = finalized_without_dagster(api)
@@ -313,11 +427,17 @@ def test_archive_drops_only_old_sealed_partitions(pipeline):
     res = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sealed, busy])
-        kept = archive_partitions.execute_in_process(instance=instance, resources=res, run_config={
-            "ops": {"archive_partitions_op": {"config": {"older_than_days": 1}}}})
+        kept = archive_partitions.execute_in_process(
+            instance=instance,
+            resources=res,
+            run_config={"ops": {"archive_partitions_op": {"config": {"older_than_days": 1}}}},
+        )
         assert kept.output_for_node("archive_partitions_op") == []  # sealed just now: not old enough
-        done = archive_partitions.execute_in_process(instance=instance, resources=res, run_config={
-            "ops": {"archive_partitions_op": {"config": {"older_than_days": -1}}}})
+        done = archive_partitions.execute_in_process(
+            instance=instance,
+            resources=res,
+            run_config={"ops": {"archive_partitions_op": {"config": {"older_than_days": -1}}}},
+        )
         assert sealed in done.output_for_node("archive_partitions_op")
         assert not instance.has_dynamic_partition(sessions.name, sealed)
         assert instance.has_dynamic_partition(sessions.name, busy)
@@ -333,12 +453,18 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
     force = {"ops": {name: {"config": {"force": True}} for name in ("stored_chunks", "session_manifest")}}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
-        assert dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
-                              resources=resources).success
+        assert dg.materialize(
+            [stored_chunks, session_manifest], partition_key=sid, instance=instance, resources=resources
+        ).success
         v1 = vault.store.manifest_path(sid, 1).read_bytes()
         before = {s: vault.store.read_envelope(sid, s) for s in range(2)}
-        assert dg.materialize([stored_chunks, session_manifest], partition_key=sid, instance=instance,
-                              resources=resources, run_config=force).success
+        assert dg.materialize(
+            [stored_chunks, session_manifest],
+            partition_key=sid,
+            instance=instance,
+            resources=resources,
+            run_config=force,
+        ).success
     assert vault.store.manifest_versions(sid) == [1, 2]
     assert vault.store.manifest_path(sid, 1).read_bytes() == v1  # the old version's record is kept
     after = {s: vault.store.read_envelope(sid, s) for s in range(2)}
@@ -351,30 +477,45 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
     keyring = Keyring.load(settings)
     state = api.get(f"/sessions/{sid}").json()
     assert state["manifest_version"] == 2
-    report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events,
-                           registry_manifest_sha256=state["manifest_sha256"]).as_dict()
+    report = verify_stored(
+        vault.store,
+        keyring,
+        keyring.signing.public_key(),
+        sid,
+        audit_rows=events,
+        registry_manifest_sha256=state["manifest_sha256"],
+    ).as_dict()
     assert report["ok"], report["problems"]
     assert list((vault.store.session_dir(sid)).glob("checkpoints.superseded-*"))  # the old chain, kept
 
 
 def test_a_premature_manual_run_does_not_fail_a_recording_session(pipeline, tmp_path):
-    from lucid_assets.defs.sensors import fail_on_failure
+    from lucid_assets.defs.sessions.sensors import fail_on_failure as make_fail_on_failure
 
     api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
     sid = api.post("/sessions", json={"name": "still recording"}).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")),
-                 "vault": VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True))}
+    resources = {
+        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+        "vault": VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True)),
+    }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
-        result = dg.materialize([session_manifest], partition_key=sid, instance=instance, resources=resources,
-                                raise_on_error=False)  # an operator's "materialize" before the session ended
+        result = dg.materialize(
+            [session_manifest], partition_key=sid, instance=instance, resources=resources, raise_on_error=False
+        )  # an operator's "materialize" before the session ended
         assert not result.success
-        failure = [e for e in instance.all_logs(result.run_id)
-                   if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE][0]
-        ctx = dg.build_run_status_sensor_context(sensor_name="fail_on_failure", dagster_instance=instance,
-                                                 dagster_run=instance.get_run_by_id(result.run_id),
-                                                 dagster_event=failure.dagster_event,
-                                                 resources={"pipeline": resources["pipeline"]}).for_run_failure()
-        assert isinstance(fail_on_failure(ctx), dg.SkipReason)
+        failure = [
+            e
+            for e in instance.all_logs(result.run_id)
+            if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE
+        ][0]
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="fail_on_failure",
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(result.run_id),
+            dagster_event=failure.dagster_event,
+            resources={"pipeline": resources["pipeline"]},
+        ).for_run_failure()
+        assert isinstance(make_fail_on_failure(5)(ctx), dg.SkipReason)
     assert api.get(f"/sessions/{sid}").json()["state"] == "recording"

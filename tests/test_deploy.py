@@ -1,6 +1,7 @@
 """The deployment's own code and its consistency: secret files, public-key-only verification, the
 admin key from a file, the health check the images use, and the compose file against the Dagster
 instance it runs (the whole stack itself runs in scripts/compose_smoke.py, from .ci/run)."""
+
 import os
 import re
 import socket
@@ -17,7 +18,8 @@ from lucid_assets.core import keys
 from lucid_assets.core.manifest import sign, verify_signature
 from lucid_assets.keyring import Keyring
 from lucid_assets.settings import Settings
-from services.cli import SECRET_FILES, main as lucid
+from services.cli import SECRET_FILES
+from services.cli import main as lucid
 from services.launcher import SERVICES
 from tests.conftest import free_port
 
@@ -49,8 +51,9 @@ def test_public_key_only_verification(tmp_path):
     lucid(["--data-dir", str(tmp_path / "d"), "secrets", str(out)])
     doc = sign({"format": "x", "session_id": str(uuid.uuid4())}, keys.load_signing_key(out / "signing.key"))
     # a service with only the public half (no private key on its disk at all) verifies
-    s = Settings(data_dir=tmp_path / "d", signing_key_file=tmp_path / "absent.key",
-                 signing_public_key_file=out / "signing.pub")
+    s = Settings(
+        data_dir=tmp_path / "d", signing_key_file=tmp_path / "absent.key", signing_public_key_file=out / "signing.pub"
+    )
     assert verify_signature(doc, Keyring.public_key(s))[0]
     other = tmp_path / "other"
     lucid(["--data-dir", str(tmp_path / "d"), "secrets", str(other)])
@@ -69,8 +72,7 @@ def test_admin_key_from_file(tmp_path):
 
 
 def _healthcheck(url: str) -> int:
-    return subprocess.run([sys.executable, "-m", "services.healthcheck", url], cwd=REPO,
-                          capture_output=True).returncode
+    return subprocess.run([sys.executable, "-m", "services.healthcheck", url], cwd=REPO, capture_output=True).returncode
 
 
 def test_healthcheck_command(platform):
@@ -84,8 +86,15 @@ def test_healthcheck_command(platform):
 
 # --- the compose file and the Dagster instance it runs -------------------------------------
 
-LUCID = ("session-pipeline", "session-recorder", "chunk-processor", "session-storage", "session-api",
-         "dagster-webserver", "dagster-daemon")
+LUCID = (
+    "session-pipeline",
+    "session-recorder",
+    "chunk-processor",
+    "session-storage",
+    "session-api",
+    "dagster-webserver",
+    "dagster-daemon",
+)
 
 
 def test_compose_hardening_and_ports():
@@ -112,9 +121,13 @@ def test_compose_secrets_go_only_where_needed():
     assert not holders["dagster-webserver"] and not holders["dagster-daemon"]
     # the setting each secret feeds points at where compose mounts it
     env = COMPOSE["x-lucid-env"]
-    for var, secret in (("LUCID_MASTER_KEY_FILE", "lucid_master_key"), ("LUCID_SIGNING_KEY_FILE", "lucid_signing_key"),
-                        ("LUCID_SIGNING_PUBLIC_KEY_FILE", "lucid_signing_public_key"),
-                        ("LUCID_LINK_SECRET_FILE", "lucid_link_key"), ("LUCID_API_KEY_FILE", "lucid_admin_api_key")):
+    for var, secret in (
+        ("LUCID_MASTER_KEY_FILE", "lucid_master_key"),
+        ("LUCID_SIGNING_KEY_FILE", "lucid_signing_key"),
+        ("LUCID_SIGNING_PUBLIC_KEY_FILE", "lucid_signing_public_key"),
+        ("LUCID_LINK_SECRET_FILE", "lucid_link_key"),
+        ("LUCID_API_KEY_FILE", "lucid_admin_api_key"),
+    ):
         assert env[var] == f"/run/secrets/{secret}"
         assert secret in COMPOSE["secrets"]
     # every secret file is one `lucid secrets` makes
@@ -145,8 +158,13 @@ def test_run_launcher_matches_the_stack():
 
 
 def test_every_image_names_a_real_command():
-    images = {"session-pipeline": 8083, "session-recorder": 8084, "chunk-processor": 8085,
-              "session-storage": 8086, "session-api": 8087}
+    images = {
+        "session-pipeline": 8083,
+        "session-recorder": 8084,
+        "chunk-processor": 8085,
+        "session-storage": 8086,
+        "session-api": 8087,
+    }
     for name, port in images.items():
         text = (REPO / "build" / name / "Dockerfile").read_text()
         assert f"PORT={port}" in text and f"EXPOSE {port}" in text, name
@@ -157,8 +175,14 @@ def test_every_image_names_a_real_command():
     base = (REPO / "build/base/Dockerfile").read_text()
     assert "FROM gcr.io/distroless/python3-debian12:nonroot" in base and "USER 65532:65532" in base
     assert "ENTRYPOINT []" in base
-    for script in ("build-session-pipeline.sh", "build-session-recorder.sh", "build-chunk-processor.sh",
-                   "build-session-storage.sh", "build-session-api.sh", "build-all-session-images.sh"):
+    for script in (
+        "build-session-pipeline.sh",
+        "build-session-recorder.sh",
+        "build-chunk-processor.sh",
+        "build-session-storage.sh",
+        "build-session-api.sh",
+        "build-all-session-images.sh",
+    ):
         assert os.access(REPO / "build/scripts" / script, os.X_OK), script
 
 
@@ -171,27 +195,70 @@ def test_health_checks_of_the_dagster_containers(postgres_url, tmp_path):
     from services.healthcheck import daemon_alive, grpc_serving
 
     url = make_url(postgres_url)
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port),
-           "DAGSTER_PG_USER": url.username, "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_DB": url.database}
-    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}, "storage": {"postgres": {
-        "postgres_db": {k: {"env": f"DAGSTER_PG_{v}"} for k, v in (("hostname", "HOST"), ("username", "USER"),
-                                                                    ("password", "PASSWORD"), ("db_name", "DB"))}
-        | {"port": {"env": "DAGSTER_PG_PORT"}}}},
-        "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_PG_HOST": url.host,
+        "DAGSTER_PG_PORT": str(url.port),
+        "DAGSTER_PG_USER": url.username,
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_DB": url.database,
+    }
+    (tmp_path / "dagster.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "telemetry": {"enabled": False},
+                "storage": {
+                    "postgres": {
+                        "postgres_db": {
+                            k: {"env": f"DAGSTER_PG_{v}"}
+                            for k, v in (
+                                ("hostname", "HOST"),
+                                ("username", "USER"),
+                                ("password", "PASSWORD"),
+                                ("db_name", "DB"),
+                            )
+                        }
+                        | {"port": {"env": "DAGSTER_PG_PORT"}}
+                    }
+                },
+                "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"},
+            }
+        )
+    )
     (tmp_path / "defs.py").write_text("import dagster as dg\ndefs = dg.Definitions()\n")
     port = free_port()
     bindir = Path(sys.executable).parent
-    server = subprocess.Popen([str(bindir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
-                               "-f", str(tmp_path / "defs.py")], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-f", str(tmp_path / "defs.py")], env=env,
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(bindir / "dagster"),
+            "code-server",
+            "start",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-f",
+            str(tmp_path / "defs.py"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    daemon = subprocess.Popen(
+        [str(bindir / "dagster-daemon"), "run", "-f", str(tmp_path / "defs.py")],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     saved = dict(os.environ)
     try:
         os.environ.update(env)
-        assert not daemon_alive()  # nothing has beaten yet (or the tables are not even there)
+        assert not daemon_alive(Settings())  # nothing has beaten yet (or the tables are not even there)
         deadline = time.monotonic() + 90
-        while not (grpc_serving(f"127.0.0.1:{port}") and daemon_alive()):
+        while not (grpc_serving(f"127.0.0.1:{port}") and daemon_alive(Settings())):
             assert time.monotonic() < deadline, "code server or daemon not healthy after 90 s"
             time.sleep(1)
         server.terminate()
@@ -200,7 +267,7 @@ def test_health_checks_of_the_dagster_containers(postgres_url, tmp_path):
         daemon.terminate()
         daemon.wait(30)
         time.sleep(1.5)
-        assert not daemon_alive(max_age=1)  # a daemon that stopped beating is not alive
+        assert not daemon_alive(Settings(daemon_max_age=1))  # a daemon that stopped beating is not alive
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -1,5 +1,6 @@
 """End to end through the real services and the real Dagster daemon: record over REST, then the
 sensor launches the run, the assets seal the session and the run-status sensor reports it."""
+
 import time
 from pathlib import Path
 
@@ -15,8 +16,15 @@ pytestmark = pytest.mark.e2e
 
 def test_recorded_session_is_sealed_verified_catalogued_and_plays(platform, admin, tmp_path):
     fps, seconds = 15, 12
-    r = admin.post("/v1/sessions", json={"name": "e2e", "labels": {"case": "e2e"},
-                                          "video": {"width": 320, "height": 240, "fps": fps}, "chunk_seconds": 4})
+    r = admin.post(
+        "/v1/sessions",
+        json={
+            "name": "e2e",
+            "labels": {"case": "e2e"},
+            "video": {"width": 320, "height": 240, "fps": fps},
+            "chunk_seconds": 4,
+        },
+    )
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     started = admin.post(f"/v1/sessions/{sid}/start")

@@ -1,4 +1,5 @@
 """Proofs, key rotation and crypto-shredding on the running platform."""
+
 import base64
 import json
 import os
@@ -33,17 +34,24 @@ def test_inclusion_proofs_check_with_the_independent_checker(admin, sealed, tmp_
         (tmp_path / "proof.json").write_text(json.dumps(proof))
         env = tmp_path / "env.luce"
         env.write_bytes(admin.get(f"/v1/sessions/{sid}/chunks/{seq}/envelope").content)
-        ok = subprocess.run([sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key, env],
-                            capture_output=True, text=True)
+        ok = subprocess.run(
+            [sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key, env],
+            capture_output=True,
+            text=True,
+        )
         assert ok.returncode == 0, ok.stderr
         env.write_bytes(b"\x00" + env.read_bytes()[1:])  # any other envelope fails
-        bad = subprocess.run([sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key, env],
-                             capture_output=True, text=True)
+        bad = subprocess.run(
+            [sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key, env],
+            capture_output=True,
+            text=True,
+        )
         assert bad.returncode != 0 and "does not hash" in bad.stderr
     proof["proof"][0] = "00" * 32
     (tmp_path / "proof.json").write_text(json.dumps(proof))
-    forged = subprocess.run([sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key],
-                            capture_output=True, text=True)
+    forged = subprocess.run(
+        [sys.executable, REPO / "scripts/check_proof.py", tmp_path / "proof.json", key], capture_output=True, text=True
+    )
     assert forged.returncode != 0
     assert admin.get(f"/v1/sessions/{sid}/chunks/999/proof").status_code == 404
 
@@ -52,14 +60,16 @@ def test_key_rotation_keeps_every_session_readable(platform, admin, sealed):
     data = Path(platform.data_dir)
     old_master = (data / "keys" / "master.key").read_text()
     env = {**os.environ, "LUCID_DATA_DIR": str(data)}
-    out = subprocess.run([sys.executable, "-m", "services.cli", "keys", "rotate"], capture_output=True, text=True,
-                         env=env, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "keys", "rotate"], capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr
     assert "rewrapped" in out.stdout and old_master.strip() not in out.stdout + out.stderr
     assert (data / "keys" / "master.key").read_text() != old_master
     assert oct((data / "keys" / "master.key").stat().st_mode & 0o777) == "0o600"
-    pruned = subprocess.run([sys.executable, "-m", "services.cli", "keys", "prune"], capture_output=True,
-                            text=True, env=env, cwd=REPO)
+    pruned = subprocess.run(
+        [sys.executable, "-m", "services.cli", "keys", "prune"], capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert pruned.returncode == 0 and "deleted retired key" in pruned.stdout, pruned.stdout + pruned.stderr
     assert not list((data / "keys" / "retired").glob("*.key"))  # the old KEK is gone
     report = admin.post(f"/v1/sessions/{sealed['id']}/verify").json()
@@ -99,7 +109,9 @@ def test_delete_crypto_shreds(platform, admin, keys_by_role):
 
 
 def test_delete_refused_while_recording(admin):
-    sid = admin.post("/v1/sessions", json={"name": "busy", "video": {"width": 160, "height": 120, "fps": 5}}).json()["id"]
+    sid = admin.post("/v1/sessions", json={"name": "busy", "video": {"width": 160, "height": 120, "fps": 5}}).json()[
+        "id"
+    ]
     admin.post(f"/v1/sessions/{sid}/start")
     try:
         r = admin.delete(f"/v1/sessions/{sid}")
@@ -121,14 +133,18 @@ def test_no_secret_reaches_a_log_or_a_response(platform, admin):
             secrets |= {raw.hex(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")}
     from lucid_assets.keyring import Keyring
     from lucid_assets.store import ChunkStore
+
     keyring, store = Keyring.load(Settings(data_dir=data), with_signing=False), ChunkStore(data / "chunks")
     deks = [store.data_key(sid, keyring) for sid in store.sessions() if store.dek_kek_id(sid)]
     assert deks
     secrets |= {d.hex() for d in deks} | {base64.b64encode(d).decode() for d in deks}
     signing_pem = (data / "keys" / "signing.key").read_text()
     secrets |= {line for line in signing_pem.splitlines() if line and not line.startswith("-----")}
-    logs = [p for p in data.rglob("*") if p.is_file() and (p.suffix == ".log" or "compute_logs" in str(p)
-                                                              or p.parent.name == "logs")]
+    logs = [
+        p
+        for p in data.rglob("*")
+        if p.is_file() and (p.suffix == ".log" or "compute_logs" in str(p) or p.parent.name == "logs")
+    ]
     assert logs
     for p in logs:
         text = p.read_text(errors="replace")

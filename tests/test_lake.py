@@ -1,20 +1,35 @@
 """The Iceberg adapter on a real SqlCatalog in a temp dir: idempotent appends, lookups that prune
 to the session's bucket, deletion stamps."""
+
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pyiceberg.expressions import EqualTo
 
 from lucid_assets.core import catalog
 from lucid_assets.lake import Lake
 
-NOW = datetime(2026, 11, 27, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def rows(sid: str, n: int) -> list[dict]:
-    return [{"session_id": sid, "seq": i, "raw_sha256": "a" * 64, "envelope_sha256": "b" * 64, "raw_size": 10,
-             "stored_size": 90, "compressed": False, "key_version": 1, "envelope_uri": f"file:///x/{i}",
-             "duration_ms": 1000, "recorded_at": NOW, "stored_at": NOW} for i in range(n)]
+    return [
+        {
+            "session_id": sid,
+            "seq": i,
+            "raw_sha256": "a" * 64,
+            "envelope_sha256": "b" * 64,
+            "raw_size": 10,
+            "stored_size": 90,
+            "compressed": False,
+            "key_version": 1,
+            "envelope_uri": f"file:///x/{i}",
+            "duration_ms": 1000,
+            "recorded_at": NOW,
+            "stored_at": NOW,
+        }
+        for i in range(n)
+    ]
 
 
 def test_appends_are_idempotent_and_lookups_prune(tmp_path):
@@ -37,11 +52,31 @@ def test_mark_deleted_removes_chunk_rows_and_stamps_the_session(tmp_path):
     sid, keep = str(uuid.uuid4()), str(uuid.uuid4())
     for s in (sid, keep):
         lake.append_missing(catalog.CHUNKS, s, rows(s, 2), key="seq")
-        lake.append_missing(catalog.SESSIONS, s, [{
-            "session_id": s, "name": "n", "manifest_version": 1, "chunk_count": 2, "raw_bytes": 20, "stored_bytes": 180,
-            "duration_ms": 2000, "merkle_root": "c" * 64, "manifest_uri": "file:///m", "manifest_sha256": "d" * 64,
-            "signing_key_id": "e" * 16, "encoder": "libx264", "started_at": NOW, "stopped_at": NOW,
-            "sealed_at": NOW, "deleted_at": None}], key="manifest_version")
+        lake.append_missing(
+            catalog.SESSIONS,
+            s,
+            [
+                {
+                    "session_id": s,
+                    "name": "n",
+                    "manifest_version": 1,
+                    "chunk_count": 2,
+                    "raw_bytes": 20,
+                    "stored_bytes": 180,
+                    "duration_ms": 2000,
+                    "merkle_root": "c" * 64,
+                    "manifest_uri": "file:///m",
+                    "manifest_sha256": "d" * 64,
+                    "signing_key_id": "e" * 16,
+                    "encoder": "libx264",
+                    "started_at": NOW,
+                    "stopped_at": NOW,
+                    "sealed_at": NOW,
+                    "deleted_at": None,
+                }
+            ],
+            key="manifest_version",
+        )
     assert lake.mark_deleted(sid, NOW) == {"chunk_rows_removed": 2, "session_rows_marked": 1}
     assert lake.rows(catalog.CHUNKS, sid) == [] and len(lake.rows(catalog.CHUNKS, keep)) == 2
     assert lake.rows(catalog.SESSIONS, sid)[0]["deleted_at"] == NOW
@@ -65,7 +100,12 @@ def test_compaction_rewrites_small_files_without_changing_results(tmp_path):
     assert result["files_before"] == files_before == 120
     assert result["files_after"] == len(list(table.scan().plan_files())) <= 16  # one file per bucket
     assert [r["seq"] for r in lake.rows(catalog.CHUNKS, sids[3])] == [0, 1, 2]  # lookups still prune and work
-    assert lake.expire_snapshots(catalog.CHUNKS, datetime.now(timezone.utc)) > 100
+    assert lake.expire_snapshots(catalog.CHUNKS, datetime.now(UTC)) > 100
     assert len(lake.table(catalog.CHUNKS).metadata.snapshots) == 1
-    assert lake.table(catalog.CHUNKS).scan().to_arrow().sort_by(
-        [("session_id", "ascending"), ("seq", "ascending")]).equals(before)
+    assert (
+        lake.table(catalog.CHUNKS)
+        .scan()
+        .to_arrow()
+        .sort_by([("session_id", "ascending"), ("seq", "ascending")])
+        .equals(before)
+    )

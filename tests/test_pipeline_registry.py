@@ -1,4 +1,5 @@
 """The pipeline service on SQLite and on a real PostgreSQL: transitions, concurrency, audit chain."""
+
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,9 +16,14 @@ def pipeline(request, tmp_path_factory):
     env = {}
     if request.param == "postgres":
         env["LUCID_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    p = Platform(data_dir=tmp_path_factory.mktemp(f"registry-{request.param}"),
-                 ports={n: free_port() for n in SERVICES}, run=("pipeline",), webserver=False, daemon=False,
-                 extra_env=env)
+    p = Platform(
+        data_dir=tmp_path_factory.mktemp(f"registry-{request.param}"),
+        ports={n: free_port() for n in SERVICES},
+        run=("pipeline",),
+        webserver=False,
+        daemon=False,
+        extra_env=env,
+    )
     p.start(timeout=60)
     with httpx.Client(base_url=p.url("pipeline"), timeout=30) as c:
         yield c
@@ -57,11 +63,25 @@ def test_full_lifecycle_and_refusals(pipeline):
     c.put(f"/sessions/{sid}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
     sealed = t("seal").json()
     assert sealed["state"] == "sealed" and sealed["failure_reason"] is None
-    assert chain_ok(c, sid) == ["create", "start", "pause", "resume", "stop", "finalize", "fail", "manifest",
-                                "retry", "seal"]
+    assert chain_ok(c, sid) == [
+        "create",
+        "start",
+        "pause",
+        "resume",
+        "stop",
+        "finalize",
+        "fail",
+        "manifest",
+        "retry",
+        "seal",
+    ]
     work = c.get("/work").json()["items"]
     assert [(w["reason"], w["up_to_seq"]) for w in work if w["session_id"] == sid] == [
-        ("chunks", 0), ("chunks", 1), ("final", 1), ("retry", 1)]
+        ("chunks", 0),
+        ("chunks", 1),
+        ("final", 1),
+        ("retry", 1),
+    ]
     late = c.post(f"/sessions/{sid}/chunks", json={"seq": 5, "sha256": "f" * 64, "size": 1, "path": "/y"})
     assert late.status_code == 409 and late.json()["state"] == "sealed"
 
@@ -70,8 +90,9 @@ def test_concurrent_transitions_apply_once(pipeline):
     c = pipeline
     sid = new_session(c)
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(lambda _: c.post(f"/sessions/{sid}/transitions", json={"event": "start"}).status_code,
-                              range(16)))
+        codes = list(
+            pool.map(lambda _: c.post(f"/sessions/{sid}/transitions", json={"event": "start"}).status_code, range(16))
+        )
     assert sorted(codes) == [200] + [409] * 15
     assert chain_ok(c, sid) == ["create", "start"]
 

@@ -1,5 +1,6 @@
 """The read path's building blocks on real envelopes: every chunk is released as a memoryview
 (what HTTP responses and PyAV take), compressed or not; damage stops the stream at that chunk."""
+
 import io
 import os
 import random
@@ -12,8 +13,17 @@ import pytest
 
 from lucid_assets.core import envelope, fmp4, mpegts
 from lucid_assets.keyring import Keyring
-from lucid_assets.playback import (ChunkPlan, DamagedChunk, Mp4Export, NotExportable, build_fragment, chunk_plan,
-                                  coalesce, plain_chunks, read_chunk_plan)
+from lucid_assets.playback import (
+    ChunkPlan,
+    DamagedChunk,
+    Mp4Export,
+    NotExportable,
+    build_fragment,
+    chunk_plan,
+    coalesce,
+    plain_chunks,
+    read_chunk_plan,
+)
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from tests.helpers import record_segments
@@ -41,7 +51,7 @@ def _boxes(data: bytes, at: int = 0, end: int | None = None) -> list[tuple[bytes
     """(type, offset, size) of the boxes in data[at:end], by their own size fields."""
     out, end = [], len(data) if end is None else end
     while at < end:
-        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
         assert size >= 8 and at + size <= end, (kind, at, size)
         out.append((kind, at, size))
         at += size
@@ -72,14 +82,19 @@ def test_mp4_layout_is_what_gets_built(mp4_session, tmp_path):
     assert [k for k, _, _ in top] == [b"ftyp", b"moov", b"sidx"] + [b"moof", b"mdat"] * len(paths)
     # each fragment starts where the layout says, and the sidx references add up to the fragments
     assert [o for k, o, _ in top if k == b"moof"] == export.offsets
-    sidx = whole[top[2][1]:top[2][1] + top[2][2]]
-    refs = [struct.unpack(">III", sidx[40 + 12 * i:52 + 12 * i]) for i in range(len(paths))]
+    sidx = whole[top[2][1] : top[2][1] + top[2][2]]
+    refs = [struct.unpack(">III", sidx[40 + 12 * i : 52 + 12 * i]) for i in range(len(paths))]
     assert [r[0] for r in refs] == [top[3 + 2 * i][2] + top[4 + 2 * i][2] for i in range(len(paths))]
     assert sum(r[1] for r in refs) == export.layout.duration == 9 * 90_000
     # the same bytes again (deterministic), and any range is the same slice of them
     assert b"".join(Mp4Export(store, keyring, sid, list(range(len(paths)))).byte_range(0, export.size - 1)) == whole
-    for start, end in ((0, 0), (5, 700), (export.offsets[1] - 1, export.offsets[2] + 3), (export.size - 1, export.size - 1)):
-        assert b"".join(export.byte_range(start, end)) == whole[start:end + 1], (start, end)
+    for start, end in (
+        (0, 0),
+        (5, 700),
+        (export.offsets[1] - 1, export.offsets[2] + 3),
+        (export.size - 1, export.size - 1),
+    ):
+        assert b"".join(export.byte_range(start, end)) == whole[start : end + 1], (start, end)
     # what FFmpeg makes of it: every frame, the right duration, seekable to a fragment
     (tmp_path / "s.mp4").write_bytes(whole)
     with av.open(str(tmp_path / "s.mp4")) as c:
@@ -110,7 +125,9 @@ def test_a_plan_that_does_not_open_cannot_change_the_mp4(mp4_session):
     export = Mp4Export(store, keyring, sid, seqs)
     before = export.etag
     assert b"".join(export.byte_range(0, export.size - 1)) == good
-    assert store.read_mp4_index(sid, 1) != bytes(damaged) and store.read_mp4_index(sid, 3) != store.read_mp4_index(sid, 2)
+    assert store.read_mp4_index(sid, 1) != bytes(damaged) and store.read_mp4_index(sid, 3) != store.read_mp4_index(
+        sid, 2
+    )
     # the envelope sealed again (reprocessing: new nonce, new tag): its old plan is stale
     dek = store.data_key(sid, keyring)
     old_plan = store.read_mp4_index(sid, 0)
@@ -148,7 +165,7 @@ def _pyav_samples(data: bytes) -> tuple[list[tuple], bytes]:
             raw, unit = bytes(pkt), []
             starts = [m.end() for m in re.finditer(b"\x00\x00\x01", raw)]
             for a, b in zip(starts, starts[1:] + [len(raw) + 3]):
-                nal = raw[a:b - 3].rstrip(b"\x00")
+                nal = raw[a : b - 3].rstrip(b"\x00")
                 if nal and nal[0] & 0x1F != 9:  # access unit delimiters are left out
                     unit.append(struct.pack(">I", len(nal)) + nal)
             samples.append((pkt.dts, pkt.pts, bool(pkt.is_keyframe), sum(map(len, unit))))
@@ -156,11 +173,15 @@ def _pyav_samples(data: bytes) -> tuple[list[tuple], bytes]:
     return samples, b"".join(out)
 
 
-@pytest.mark.parametrize("opts", [
-    {"preset": "ultrafast", "tune": "zerolatency"},  # the recorder's kind: no B-frames
-    {"preset": "fast", "bf": "3"},  # B-frames: dts != pts
-    {"preset": "fast", "x264-params": "slices=4"},  # several slices (3-byte start codes) per frame
-], ids=["no-bframes", "bframes", "slices"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"preset": "ultrafast", "tune": "zerolatency"},  # the recorder's kind: no B-frames
+        {"preset": "fast", "bf": "3"},  # B-frames: dts != pts
+        {"preset": "fast", "x264-params": "slices=4"},  # several slices (3-byte start codes) per frame
+    ],
+    ids=["no-bframes", "bframes", "slices"],
+)
 def test_mpegts_plan_matches_ffmpeg_and_the_fast_gather(tmp_path, opts):
     data = _ts(tmp_path, "c.ts", **opts)
     plan = mpegts.plan(data)
@@ -187,7 +208,9 @@ def _packet(ts: bytes, pid: int) -> int:
 def test_mpegts_plan_meets_damaged_headers_with_tserror_only(tmp_path):
     """Pushed chunks are input: damaged PSI or PES headers make a chunk not exportable (TsError ->
     422, no plan), never an IndexError in the processing run, a 500, or a plan of garbage times."""
-    good = bytes(record_segments(tmp_path / "s", fps=10, seconds=2, chunk_seconds=2, size=(160, 120))[0].path.read_bytes())
+    good = bytes(
+        record_segments(tmp_path / "s", fps=10, seconds=2, chunk_seconds=2, size=(160, 120))[0].path.read_bytes()
+    )
     pmt = bytearray(good)
     at = _packet(good, 0x1000) + 4 + 1 + good[_packet(good, 0x1000) + 4]  # FFmpeg's PMT PID; its section
     pmt[at + 1], pmt[at + 2] = pmt[at + 1] & 0xF0, 5  # section_length 5: a PMT too short to read
@@ -196,7 +219,7 @@ def test_mpegts_plan_meets_damaged_headers_with_tserror_only(tmp_path):
     pes = bytearray(good)
     at = _packet(good, 0x100)  # the video PID's first packet: its PES header after the adaptation field
     at += 4 + (1 + good[at + 4] if good[at + 3] & 0x20 else 0)
-    assert pes[at:at + 3] == b"\x00\x00\x01" and pes[at + 7] >> 6 in (2, 3)
+    assert pes[at : at + 3] == b"\x00\x00\x01" and pes[at + 7] >> 6 in (2, 3)
     pes[at + 8] = 0  # PES_header_data_length 0: no room for the time stamps its flags announce
     with pytest.raises(mpegts.TsError, match="shorter than its time stamps"):
         mpegts.plan(bytes(pes))
@@ -225,7 +248,9 @@ def test_mp4_refuses_what_is_not_h264(tmp_path):
     keyring = Keyring.load(Settings(data_dir=tmp_path, generate_keys=True))
     store, sid = ChunkStore(tmp_path / "chunks"), str(uuid.uuid4())
     dek = store.data_key(sid, keyring, create=True)
-    store.write_envelope(sid, 0, envelope.seal(b"not a transport stream" * 100, dek=dek, session_id=uuid.UUID(sid), seq=0))
+    store.write_envelope(
+        sid, 0, envelope.seal(b"not a transport stream" * 100, dek=dek, session_id=uuid.UUID(sid), seq=0)
+    )
     with pytest.raises(NotExportable):
         Mp4Export(store, keyring, sid, [0])
 

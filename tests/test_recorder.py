@@ -1,6 +1,7 @@
 """The recorder against real sources: the test pattern, an X display under Xvfb, a file and an
 HTTP stream, pushed chunks; pause/resume, sources that vanish or never open, SIGKILL, disk full,
 several sessions at once."""
+
 import hashlib
 import http.server
 import os
@@ -55,16 +56,26 @@ def xdisplay():
         if os.environ.get("CI"):
             pytest.fail("Xvfb/xclock missing: scripts/test installs xvfb and x11-apps")
         pytest.skip("Xvfb not installed")
-    num = next(n for n in range(90, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock"))
-    xvfb = subprocess.Popen(["Xvfb", f":{num}", "-screen", "0", "320x240x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    num = next(
+        n
+        for n in range(90, 200)
+        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock")
+    )
+    xvfb = subprocess.Popen(
+        ["Xvfb", f":{num}", "-screen", "0", "320x240x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while not os.path.exists(f"/tmp/.X11-unix/X{num}"):
         assert time.monotonic() < deadline and xvfb.poll() is None, "Xvfb did not start"
         time.sleep(0.1)
-    clock = subprocess.Popen(["xclock", "-update", "1", "-digital", "-geometry", "300x80+5+5"],
-                             env={**os.environ, "DISPLAY": f":{num}"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    clock = subprocess.Popen(
+        ["xclock", "-update", "1", "-digital", "-geometry", "300x80+5+5"],
+        env={**os.environ, "DISPLAY": f":{num}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1)
     yield {"display": f":{num}", "xvfb": xvfb}
     clock.kill()
@@ -107,8 +118,14 @@ def test_pause_produces_no_frames_and_no_broken_timestamps(admin, tmp_path):
 
 def test_url_file_records_to_its_end(admin, media, tmp_path):
     n = make_video(media / "clip.mp4", seconds=6, fps=15)
-    sid = create(admin, "file", source={"kind": "url", "url": str(media / "clip.mp4"), "realtime": False},
-                 width=320, height=240, fps=15)
+    sid = create(
+        admin,
+        "file",
+        source={"kind": "url", "url": str(media / "clip.mp4"), "realtime": False},
+        width=320,
+        height=240,
+        fps=15,
+    )
     assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
     s = wait_state(admin, sid, {"sealed", "failed"}, timeout=120)  # ends by itself when the file ends
     assert s["state"] == "sealed", s["failure_reason"]
@@ -120,7 +137,7 @@ def test_url_file_records_to_its_end(admin, media, tmp_path):
 
 def test_url_over_http_in_real_time(admin, media, tmp_path):
     make_video(media / "http.ts", seconds=4, fps=10)  # a stream: plain HTTP servers do no Range requests
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(media), **k)  # noqa: E731
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(media), **k)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -149,12 +166,15 @@ def test_a_source_that_fails_before_any_frame_fails_the_session(admin, media):
     assert s["state"] == "failed" and "before any frame" in s["failure_reason"], s
 
 
-@pytest.mark.parametrize("source, why", [
-    ({"kind": "url", "url": "http://127.0.0.1:9/nothing.mp4"}, "did not open"),
-    ({"kind": "url", "url": "/etc/passwd"}, "outside the allowed"),
-    ({"kind": "url", "url": "concat:/a|/b"}, "not allowed"),
-    ({"kind": "x11", "display": ":987"}, "did not open"),
-])
+@pytest.mark.parametrize(
+    "source, why",
+    [
+        ({"kind": "url", "url": "http://127.0.0.1:9/nothing.mp4"}, "did not open"),
+        ({"kind": "url", "url": "/etc/passwd"}, "outside the allowed"),
+        ({"kind": "url", "url": "concat:/a|/b"}, "not allowed"),
+        ({"kind": "x11", "display": ":987"}, "did not open"),
+    ],
+)
 def test_a_source_that_never_opens_fails_the_start(admin, source, why):
     sid = create(admin, "never opens", source=source)
     r = admin.post(f"/v1/sessions/{sid}/start")
@@ -163,8 +183,15 @@ def test_a_source_that_never_opens_fails_the_start(admin, source, why):
 
 
 def test_x11_capture_of_a_changing_screen(admin, xdisplay, tmp_path):
-    s = record(admin, seconds=4, name="x11", source={"kind": "x11", "display": xdisplay["display"]},
-               width=320, height=240, fps=10)
+    s = record(
+        admin,
+        seconds=4,
+        name="x11",
+        source={"kind": "x11", "display": xdisplay["display"]},
+        width=320,
+        height=240,
+        fps=10,
+    )
     download(admin, s["id"], tmp_path / "rec.ts")
     frames = decode(tmp_path / "rec.ts")
     assert len(frames) >= 30
@@ -174,8 +201,9 @@ def test_x11_capture_of_a_changing_screen(admin, xdisplay, tmp_path):
 
 
 def test_display_that_goes_away_ends_the_session_cleanly(admin, xdisplay):
-    sid = create(admin, "x11 vanishes", source={"kind": "x11", "display": xdisplay["display"]},
-                 width=320, height=240, fps=10)
+    sid = create(
+        admin, "x11 vanishes", source={"kind": "x11", "display": xdisplay["display"]}, width=320, height=240, fps=10
+    )
     assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
     time.sleep(3)
     xdisplay["xvfb"].kill()
@@ -186,9 +214,11 @@ def test_display_that_goes_away_ends_the_session_cleanly(admin, xdisplay):
 
 def test_push_ingest(platform, admin):
     sid = create(admin, "push", source={"kind": "push"})
-    put = lambda seq, data, sha=None: admin.put(  # noqa: E731
-        f"/v1/sessions/{sid}/chunks/{seq}", content=data,
-        headers={"X-Content-SHA256": sha or hashlib.sha256(data).hexdigest(), "X-Chunk-Duration-Ms": "1000"})
+    put = lambda seq, data, sha=None: admin.put(
+        f"/v1/sessions/{sid}/chunks/{seq}",
+        content=data,
+        headers={"X-Content-SHA256": sha or hashlib.sha256(data).hexdigest(), "X-Chunk-Duration-Ms": "1000"},
+    )
     assert put(0, b"early").status_code == 409  # not recording yet
     assert admin.post(f"/v1/sessions/{sid}/start").json()["encoder"] == "push"
     chunks = {i: f"pushed chunk {i} ".encode() * (1000 + i) for i in range(4)}
@@ -237,8 +267,7 @@ def test_sessions_record_side_by_side_and_fail_alone(admin, media, xdisplay):
     make_video(media / "short.mp4", seconds=2, fps=10)
     steady = [create(admin, f"steady {i}") for i in range(2)]
     short = create(admin, "ends early", source={"kind": "url", "url": str(media / "short.mp4")}, fps=10)
-    screen = create(admin, "screen dies", source={"kind": "x11", "display": xdisplay["display"]},
-                    width=320, height=240)
+    screen = create(admin, "screen dies", source={"kind": "x11", "display": xdisplay["display"]}, width=320, height=240)
     for sid in steady + [short, screen]:
         assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
     time.sleep(2)
@@ -257,8 +286,11 @@ def test_sessions_record_side_by_side_and_fail_alone(admin, media, xdisplay):
 
 def test_metrics_count_frames_and_segment_writes(platform):
     text = httpx.get(f"{platform.url('recorder')}/metrics").text
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")
-              and "{" not in line}
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "{" not in line
+    }
     assert values["lucid_recorder_frames_encoded_total"] > 0
     assert values["lucid_recorder_segment_write_seconds_count"] > 0
     assert "lucid_recorder_frames_dropped_total" in values
@@ -269,15 +301,27 @@ def test_disk_full_fails_the_session_and_keeps_earlier_segments(tmp_path):
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
-    p = Platform(data_dir=tmp_path / "data", ports={n: free_port() for n in SERVICES}, run=("pipeline", "recorder"),
-                 webserver=False, daemon=False, extra_env={"LUCID_RECORDINGS_DIR": str(mnt)})
+    p = Platform(
+        data_dir=tmp_path / "data",
+        ports={n: free_port() for n in SERVICES},
+        run=("pipeline", "recorder"),
+        webserver=False,
+        daemon=False,
+        extra_env={"LUCID_RECORDINGS_DIR": str(mnt)},
+    )
     try:
         p.start(timeout=60)
         pipe = httpx.Client(base_url=p.url("pipeline"), timeout=30)
         rec = httpx.Client(base_url=p.url("recorder"), timeout=60)
-        sid = pipe.post("/sessions", json={"name": "disk", "source": {"kind": "testsrc", "pattern": "testsrc2"},
-                                           "video": {"width": 640, "height": 480, "fps": 30},
-                                           "chunk_seconds": 1}).json()["id"]
+        sid = pipe.post(
+            "/sessions",
+            json={
+                "name": "disk",
+                "source": {"kind": "testsrc", "pattern": "testsrc2"},
+                "video": {"width": 640, "height": 480, "fps": 30},
+                "chunk_seconds": 1,
+            },
+        ).json()["id"]
         assert rec.post(f"/recordings/{sid}/start").status_code == 200
         deadline = time.monotonic() + 60
         while (s := pipe.get(f"/sessions/{sid}").json())["state"] == "recording":

@@ -1,4 +1,5 @@
 """The recorder's timeline rules, with a simulated clock."""
+
 from services.recorder.capture import RecordingClock
 
 

@@ -1,5 +1,6 @@
 """ProducedResponse on a real uvicorn server: the body arrives whole and in order, a client that goes
 away stops the producer (and closes it), and a producer that fails mid-stream cuts the transfer."""
+
 import socket
 import threading
 import time

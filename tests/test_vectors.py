@@ -1,5 +1,6 @@
 """docs/vectors/v1.json: the implementation reproduces it, and an independent reading of
 docs/FORMAT.md (struct + cryptography + zstandard directly, no Lucid code) opens it."""
+
 import base64
 import hashlib
 import json
@@ -24,7 +25,9 @@ def test_implementation_reproduces_the_vectors():
 def test_envelopes_open_by_the_spec_alone():
     for v in V["envelopes"]:
         env = H(v["envelope"])
-        magic, ver, flags, hlen, sid, seq, keyv, raw_len, payload_len, nonce = struct.unpack(">4sBBH16sQIQQ12s", env[:64])
+        magic, ver, flags, hlen, sid, seq, keyv, raw_len, payload_len, nonce = struct.unpack(
+            ">4sBBH16sQIQQ12s", env[:64]
+        )
         assert (magic, ver, hlen, uuid.UUID(bytes=sid), seq) == (b"LUCE", 1, 64, uuid.UUID(V["session_id"]), v["seq"])
         assert nonce.hex() == v["nonce"] and len(env) == 64 + payload_len + 16
         payload = AESGCM(H(V["keys"]["dek"])).decrypt(nonce, env[64:], env[:64])

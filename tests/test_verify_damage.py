@@ -1,5 +1,6 @@
 """Verify cannot be fooled: random damage to a stored session is always detected and named, and an
 undamaged session never raises an alarm (hypothesis drives the damage)."""
+
 import hashlib
 import json
 import os
@@ -44,18 +45,31 @@ def seal_session(root: Path, keyring: Keyring, n: int = N, seed: int = 0) -> tup
         data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
         store.write_envelope(sid, seq, data)
         leaves.append(hashlib.sha256(data).digest())
-        entries.append({"seq": seq, "envelope_sha256": leaves[-1].hex(), "raw_sha256": hashlib.sha256(raw).hexdigest(),
-                        "raw_size": len(raw), "stored_size": len(data), "duration_ms": 1000,
-                        "compressed": envelope.parse_header(data).compressed})
+        entries.append(
+            {
+                "seq": seq,
+                "envelope_sha256": leaves[-1].hex(),
+                "raw_sha256": hashlib.sha256(raw).hexdigest(),
+                "raw_size": len(raw),
+                "stored_size": len(data),
+                "duration_ms": 1000,
+                "compressed": envelope.parse_header(data).compressed,
+            }
+        )
     prev = None
     for size in (2, n):
         doc = checkpoint.publish(sid, leaves[:size], f"2026-01-01T00:00:0{size}+00:00", prev, keyring.signing)
         store.write_checkpoint(sid, size, canonical_json(doc))
         prev = doc["body"]
     rows = _audit(sid, ["create", "start", "stop", "finalize"])
-    body = build_manifest(session={"id": sid, "name": "damage"}, chunks=entries, merkle_root_hex=merkle.root(leaves).hex(),
-                          sealed_at="2026-01-01T00:01:00+00:00", checkpoint=checkpoint.link(prev, leaves),
-                          audit={"entries": len(rows), "head": rows[-1]["hash"]})
+    body = build_manifest(
+        session={"id": sid, "name": "damage"},
+        chunks=entries,
+        merkle_root_hex=merkle.root(leaves).hex(),
+        sealed_at="2026-01-01T00:01:00+00:00",
+        checkpoint=checkpoint.link(prev, leaves),
+        audit={"entries": len(rows), "head": rows[-1]["hash"]},
+    )
     store.write_manifest(sid, 1, canonical_json(sign(body, keyring.signing)))
     rows += _audit(sid, ["create", "start", "stop", "finalize", "manifest", "seal"])[4:]
     return sid, rows
@@ -74,8 +88,9 @@ def pristine(tmp_path_factory):
 
 def run_verify(root: Path, p: dict, rows: list[dict]):
     keyring = Keyring.load(Settings(data_dir=root))
-    return verify_stored(ChunkStore(root / "chunks"), keyring, keyring.signing.public_key(), p["sid"],
-                         audit_rows=rows).as_dict()
+    return verify_stored(
+        ChunkStore(root / "chunks"), keyring, keyring.signing.public_key(), p["sid"], audit_rows=rows
+    ).as_dict()
 
 
 def test_undamaged_sessions_verify(pristine):
@@ -180,5 +195,7 @@ def test_every_damage_is_detected_and_named(pristine, damage):
         if not expected:  # a consistent rewrite of unsigned history after the seal: documented limit
             return
         assert not report["ok"], (damage, report)
-        named = {c["name"] for c in report["checks"] if not c["ok"]} | {c["seq"] for c in report["chunks"] if not c["ok"]}
+        named = {c["name"] for c in report["checks"] if not c["ok"]} | {
+            c["seq"] for c in report["chunks"] if not c["ok"]
+        }
         assert named & expected, (damage, expected, report["problems"])

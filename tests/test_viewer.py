@@ -1,6 +1,6 @@
 """The read path and the viewer: exports, HLS (live and sealed), signed links, damage handling,
 the role matrix, and the page itself in headless Chromium."""
-import json
+
 import os
 import time
 from pathlib import Path
@@ -47,10 +47,15 @@ def test_mp4_has_a_size_and_serves_any_byte_range(admin, sealed, tmp_path):
     assert head.content == b""
     # ranges inside the header, across the header/fragment and fragment/fragment borders, the tail
     moov_end = full.content.index(b"sidx") - 4
-    for start, end in ((0, 7), (moov_end - 3, moov_end + 100), (size // 2, size // 2 + 5000), (size - 10, size - 1),
-                       (1, size - 2)):
+    for start, end in (
+        (0, 7),
+        (moov_end - 3, moov_end + 100),
+        (size // 2, size // 2 + 5000),
+        (size - 10, size - 1),
+        (1, size - 2),
+    ):
         r = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": f"bytes={start}-{end}"})
-        assert r.status_code == 206 and r.content == full.content[start:end + 1], (start, end)
+        assert r.status_code == 206 and r.content == full.content[start : end + 1], (start, end)
         assert r.headers["content-range"] == f"bytes {start}-{end}/{size}"
     suffix = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": "bytes=-100"})
     assert suffix.status_code == 206 and suffix.content == full.content[-100:]
@@ -109,7 +114,9 @@ def test_signed_links_expire_are_bound_to_a_session_and_die_with_their_key(platf
         assert anonymous.get(f"/v1/sessions/{other}/live.m3u8?token={links['token']}").status_code == 401
         forged = links["token"][:-2] + ("AA" if not links["token"].endswith("AA") else "BB")
         assert anonymous.get(f"/v1/sessions/{sid}/live.m3u8?token={forged}").status_code == 401
-        assert anonymous.get(f"/v1/sessions/{sid}/chunks/0?token={links['token']}").status_code == 401  # API needs a key
+        assert (
+            anonymous.get(f"/v1/sessions/{sid}/chunks/0?token={links['token']}").status_code == 401
+        )  # API needs a key
         admin.delete(f"/v1/api-keys/{key['id']}")
         r = anonymous.get(links["hls"])
         assert r.status_code == 401 and "revoked" in r.json()["detail"]
@@ -148,7 +155,11 @@ def test_damaged_chunk_is_an_error_never_corrupt_video(platform, admin):
         return original
 
     first = flip(0)
-    for path in (f"/v1/sessions/{sid}/chunks/0", f"/v1/sessions/{sid}/recording.ts", f"/v1/sessions/{sid}/recording.mp4"):
+    for path in (
+        f"/v1/sessions/{sid}/chunks/0",
+        f"/v1/sessions/{sid}/recording.ts",
+        f"/v1/sessions/{sid}/recording.mp4",
+    ):
         r = admin.get(path)
         assert r.status_code == 409 and r.json()["error"] == "chunk_damaged", (path, r.text[:200])
     (store / f"{0:08d}.luce").write_bytes(first)
@@ -163,13 +174,20 @@ def test_damaged_chunk_is_an_error_never_corrupt_video(platform, admin):
 
 
 ROLE_MATRIX = [  # (method, path template, minimum role)
-    ("GET", "/v1/sessions", "viewer"), ("GET", "/v1/sessions/{sid}", "viewer"),
-    ("GET", "/v1/sessions/{sid}/events", "viewer"), ("GET", "/v1/sessions/{sid}/chunks", "viewer"),
-    ("GET", "/v1/sessions/{sid}/manifest", "viewer"), ("GET", "/v1/sessions/{sid}/checkpoints", "viewer"),
-    ("GET", "/v1/sessions/{sid}/recording.mp4", "viewer"), ("GET", "/v1/sessions/{sid}/live.m3u8", "viewer"),
-    ("POST", "/v1/sessions/{sid}/links", "viewer"), ("POST", "/v1/sessions/{sid}/verify", "viewer"),
-    ("POST", "/v1/sessions", "operator"), ("POST", "/v1/sessions/{fresh}/start", "operator"),
-    ("DELETE", "/v1/sessions/{fresh}", "admin"), ("GET", "/v1/api-keys", "admin"),
+    ("GET", "/v1/sessions", "viewer"),
+    ("GET", "/v1/sessions/{sid}", "viewer"),
+    ("GET", "/v1/sessions/{sid}/events", "viewer"),
+    ("GET", "/v1/sessions/{sid}/chunks", "viewer"),
+    ("GET", "/v1/sessions/{sid}/manifest", "viewer"),
+    ("GET", "/v1/sessions/{sid}/checkpoints", "viewer"),
+    ("GET", "/v1/sessions/{sid}/recording.mp4", "viewer"),
+    ("GET", "/v1/sessions/{sid}/live.m3u8", "viewer"),
+    ("POST", "/v1/sessions/{sid}/links", "viewer"),
+    ("POST", "/v1/sessions/{sid}/verify", "viewer"),
+    ("POST", "/v1/sessions", "operator"),
+    ("POST", "/v1/sessions/{fresh}/start", "operator"),
+    ("DELETE", "/v1/sessions/{fresh}", "admin"),
+    ("GET", "/v1/api-keys", "admin"),
 ]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
@@ -181,7 +199,9 @@ def test_role_matrix(platform, admin, keys_by_role, sealed, role):
         for method, template, needed in ROLE_MATRIX:
             fresh = create(admin, "matrix")
             path = template.format(sid=sealed["id"], fresh=fresh)
-            r = c.request(method, path, json={"name": "matrix"} if method == "POST" and path == "/v1/sessions" else None)
+            r = c.request(
+                method, path, json={"name": "matrix"} if method == "POST" and path == "/v1/sessions" else None
+            )
             if RANK[role] >= RANK[needed]:
                 assert r.status_code < 400, (role, method, path, r.text[:200])
             else:
@@ -207,7 +227,9 @@ def test_viewer_page_plays_and_seeks_in_chromium(platform, sealed, artifacts):
         assert "viewer demo" in row and "sealed" in row
         browser.js(f"document.querySelector('tr[data-session-id=\"{sid}\"]').click()")
         expected = sealed["duration_ms"] / 1000
-        duration = browser.wait_for("(v => v.readyState >= 1 && isFinite(v.duration) && v.duration)(document.querySelector('#video'))")
+        duration = browser.wait_for(
+            "(v => v.readyState >= 1 && isFinite(v.duration) && v.duration)(document.querySelector('#video'))"
+        )
         assert abs(duration - expected) < 0.5, (duration, expected)
         browser.js("document.querySelector('#video').play()")
         browser.wait_for("document.querySelector('#video').currentTime > 0.5", timeout=30)
@@ -226,8 +248,9 @@ def test_viewer_page_plays_and_seeks_in_chromium(platform, sealed, artifacts):
         # fetched, and a seek near the end plays from there (the browser fetches that range only)
         browser.js(f"""(() => {{ const v = document.createElement('video'); v.id = 'mp4video'; v.muted = true;
             v.preload = 'metadata'; v.src = {href!r}; document.body.appendChild(v); }})()""")
-        duration = browser.wait_for("(v => v.readyState >= 1 && isFinite(v.duration) && v.duration)"
-                                    "(document.querySelector('#mp4video'))")
+        duration = browser.wait_for(
+            "(v => v.readyState >= 1 && isFinite(v.duration) && v.duration)(document.querySelector('#mp4video'))"
+        )
         assert abs(duration - expected) < 0.5, (duration, expected)
         target = round(expected * 0.8, 2)
         browser.js(f"""new Promise(done => {{ const v = document.querySelector('#mp4video');

@@ -1,5 +1,6 @@
 """The hash-chained audit log: each entry's hash covers the previous entry's hash and its own
 canonical JSON, so an edited, removed or reordered entry breaks the chain."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,13 +1,13 @@
 """Iceberg table schemas for the catalog (namespace `lucid`). Lookups by session prune on a
 bucket partition of session_id; rows are sorted by (session_id, seq)."""
+
 from __future__ import annotations
 
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import BucketTransform, IdentityTransform
-from pyiceberg.types import (BooleanType, IntegerType, LongType, NestedField, StringType,
-                             TimestamptzType)
+from pyiceberg.types import BooleanType, IntegerType, LongType, NestedField, StringType, TimestamptzType
 
 NAMESPACE = "lucid"
 CHUNKS = f"{NAMESPACE}.chunks"
@@ -53,8 +53,9 @@ SESSIONS_SCHEMA = Schema(
 
 def _by_session(schema: Schema) -> tuple[PartitionSpec, SortOrder]:
     sid = schema.find_field("session_id").field_id
-    spec = PartitionSpec(PartitionField(source_id=sid, field_id=1000, transform=BucketTransform(BUCKETS),
-                                        name="session_bucket"))
+    spec = PartitionSpec(
+        PartitionField(source_id=sid, field_id=1000, transform=BucketTransform(BUCKETS), name="session_bucket")
+    )
     sort_fields = [SortField(source_id=sid, transform=IdentityTransform())]
     if "seq" in schema.column_names:
         sort_fields.append(SortField(source_id=schema.find_field("seq").field_id, transform=IdentityTransform()))

@@ -2,6 +2,7 @@
 time) signed with the manifest key, with an RFC 6962 consistency proof from the previous
 checkpoint, so whoever holds an earlier checkpoint can prove the first N chunks were never
 rewritten. The sealed manifest carries the same link to the last checkpoint."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,17 +20,27 @@ def link(previous: dict | None, leaves: Sequence[bytes]) -> dict | None:
     if previous is None:
         return None
     m = previous["tree_size"]
-    return {"tree_size": m, "root": previous["root"],
-            "consistency": [p.hex() for p in merkle.consistency_proof(m, leaves)]}
+    return {
+        "tree_size": m,
+        "root": previous["root"],
+        "consistency": [p.hex() for p in merkle.consistency_proof(m, leaves)],
+    }
 
 
 def build(session_id: str, leaves: Sequence[bytes], time_iso: str, previous: dict | None) -> dict:
-    return {"format": FORMAT, "session_id": session_id, "tree_size": len(leaves),
-            "root": merkle.root(leaves).hex(), "time": time_iso, "previous": link(previous, leaves)}
+    return {
+        "format": FORMAT,
+        "session_id": session_id,
+        "tree_size": len(leaves),
+        "root": merkle.root(leaves).hex(),
+        "time": time_iso,
+        "previous": link(previous, leaves),
+    }
 
 
-def publish(session_id: str, leaves: Sequence[bytes], time_iso: str, previous: dict | None,
-            key: Ed25519PrivateKey) -> dict:
+def publish(
+    session_id: str, leaves: Sequence[bytes], time_iso: str, previous: dict | None, key: Ed25519PrivateKey
+) -> dict:
     return sign(build(session_id, leaves, time_iso, previous), key)
 
 
@@ -38,14 +49,16 @@ def link_ok(prev_link: dict | None, size: int, root_hex: str) -> bool:
         return True
     try:
         proof = [bytes.fromhex(p) for p in prev_link["consistency"]]
-        return merkle.verify_consistency(prev_link["tree_size"], size, proof, bytes.fromhex(prev_link["root"]),
-                                         bytes.fromhex(root_hex))
+        return merkle.verify_consistency(
+            prev_link["tree_size"], size, proof, bytes.fromhex(prev_link["root"]), bytes.fromhex(root_hex)
+        )
     except (KeyError, TypeError, ValueError):
         return False
 
 
-def verify_chain(session_id: str, docs: Sequence[dict], public_key: Ed25519PublicKey,
-                 leaves: Sequence[bytes]) -> list[str]:
+def verify_chain(
+    session_id: str, docs: Sequence[dict], public_key: Ed25519PublicKey, leaves: Sequence[bytes]
+) -> list[str]:
     """Problems with a session's checkpoints, oldest first, against the final leaves."""
     problems: list[str] = []
     prev: dict | None = None

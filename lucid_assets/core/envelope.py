@@ -10,6 +10,7 @@ The whole header is the AAD, so an envelope cannot be moved to another session o
 have its flags or sizes changed, without the tag failing. An envelope plus its session's DEK is
 enough to recover the chunk and its position.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,16 @@ class Header:
 
     def pack(self) -> bytes:
         return _HEADER.pack(
-            MAGIC, self.version, self.flags, HEADER_LEN, self.session_id.bytes, self.seq,
-            self.key_version, self.raw_len, self.payload_len, self.nonce,
+            MAGIC,
+            self.version,
+            self.flags,
+            HEADER_LEN,
+            self.session_id.bytes,
+            self.seq,
+            self.key_version,
+            self.raw_len,
+            self.payload_len,
+            self.nonce,
         )
 
 
@@ -85,7 +94,7 @@ def compress(raw: bytes, level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
     cctx = zstandard.ZstdCompressor(level=level)
     if len(raw) > 4 * PROBE:
         mid = len(raw) // 2
-        sample = raw[:PROBE] + raw[mid:mid + PROBE]
+        sample = raw[:PROBE] + raw[mid : mid + PROBE]
         if len(cctx.compress(sample)) > len(sample) * (1 - MIN_SAVING):
             return raw, 0
     packed = cctx.compress(raw)
@@ -95,15 +104,25 @@ def compress(raw: bytes, level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
 
 
 def seal(
-    raw: bytes, *, dek: bytes, session_id: uuid.UUID, seq: int, key_version: int = 1,
-    nonce: bytes | None = None, compression: bool = True,
+    raw: bytes,
+    *,
+    dek: bytes,
+    session_id: uuid.UUID,
+    seq: int,
+    key_version: int = 1,
+    nonce: bytes | None = None,
+    compression: bool = True,
 ) -> bytearray:
     """Compress (when it pays) and encrypt one chunk into a self-describing envelope. The
     ciphertext is written straight after the header in one buffer (no copy of the chunk)."""
     payload, flags = compress(raw) if compression else (raw, 0)
     header = Header(
-        session_id=session_id, seq=seq, key_version=key_version, raw_len=len(raw),
-        payload_len=len(payload), nonce=nonce if nonce is not None else os.urandom(NONCE_LEN),
+        session_id=session_id,
+        seq=seq,
+        key_version=key_version,
+        raw_len=len(raw),
+        payload_len=len(payload),
+        nonce=nonce if nonce is not None else os.urandom(NONCE_LEN),
         flags=flags,
     )
     if len(header.nonce) != NONCE_LEN:
@@ -161,7 +180,11 @@ def open_envelope(
 
 
 def open_into(
-    data: bytes | memoryview, out: memoryview, *, dek: bytes, session_id: uuid.UUID | None = None,
+    data: bytes | memoryview,
+    out: memoryview,
+    *,
+    dek: bytes,
+    session_id: uuid.UUID | None = None,
     seq: int | None = None,
 ) -> Header:
     """`open_envelope` writing the chunk into `out[:header.raw_len]` (the caller sizes `out` from
@@ -173,11 +196,11 @@ def open_into(
     if header.compressed:
         payload = bytearray(header.payload_len)
         _decrypt_into(header, data, dek, memoryview(payload))
-        out[:header.raw_len] = _decompress(header, payload)
+        out[: header.raw_len] = _decompress(header, payload)
     else:
         if header.payload_len != header.raw_len:
             raise EnvelopeError(f"chunk is {header.payload_len} bytes, header says {header.raw_len}")
-        _decrypt_into(header, data, dek, out[:header.raw_len])
+        _decrypt_into(header, data, dek, out[: header.raw_len])
     return header
 
 

@@ -9,6 +9,7 @@ access units with Annex-B start codes replaced by 4-byte lengths and access unit
 out (nothing else changes: no re-encode, parameter sets stay in-band as in the source).
 
 Pure: no PyAV, no I/O. core/mpegts.py turns a chunk into `Sample`s and the bytes of its mdat."""
+
 from __future__ import annotations
 
 import struct
@@ -31,6 +32,7 @@ class Sample(NamedTuple):  # a tuple: thousands are made per second while export
 @dataclass(frozen=True)
 class ChunkIndex:
     """What the layout needs to know of one chunk without its bytes."""
+
     samples: int
     payload: int  # mdat payload bytes
     dts0: int  # first decode time
@@ -42,11 +44,12 @@ class ChunkIndex:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ChunkIndex":
+    def from_dict(cls, d: dict) -> ChunkIndex:
         return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
 
 
 # --- boxes -------------------------------------------------------------------------------------
+
 
 def box(kind: bytes, *payload: bytes) -> bytes:
     body = b"".join(payload)
@@ -72,25 +75,62 @@ def init_segment(sps: bytes, pps: bytes, width: int, height: int, duration: int)
     """ftyp + moov; `duration` in 90 kHz units."""
     movie_dur = duration * MOVIE_TIMESCALE // TIMESCALE
     ftyp = box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isom", b"iso6", b"avc1", b"mp41")
-    mvhd = full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, MOVIE_TIMESCALE, movie_dur),
-                    struct.pack(">IH10x", 0x00010000, 0x0100), MATRIX, bytes(24), struct.pack(">I", 2))
-    tkhd = full_box(b"tkhd", 0, 3, struct.pack(">IIIII", 0, 0, 1, 0, movie_dur), bytes(8),
-                    struct.pack(">hhhH", 0, 0, 0, 0), MATRIX, struct.pack(">II", width << 16, height << 16))
+    mvhd = full_box(
+        b"mvhd",
+        0,
+        0,
+        struct.pack(">IIII", 0, 0, MOVIE_TIMESCALE, movie_dur),
+        struct.pack(">IH10x", 0x00010000, 0x0100),
+        MATRIX,
+        bytes(24),
+        struct.pack(">I", 2),
+    )
+    tkhd = full_box(
+        b"tkhd",
+        0,
+        3,
+        struct.pack(">IIIII", 0, 0, 1, 0, movie_dur),
+        bytes(8),
+        struct.pack(">hhhH", 0, 0, 0, 0),
+        MATRIX,
+        struct.pack(">II", width << 16, height << 16),
+    )
     # version 1: 64-bit times (90 kHz overflows 32 bits after 13 hours)
     mdhd = full_box(b"mdhd", 1, 0, struct.pack(">QQIQHH", 0, 0, TIMESCALE, duration, 0x55C4, 0))
     hdlr = full_box(b"hdlr", 0, 0, struct.pack(">I", 0), b"vide", bytes(12), b"Lucid video\x00")
     name = b"Lucid".ljust(32, b"\x00")
-    avc1 = box(b"avc1", bytes(6), struct.pack(">H", 1), bytes(16), struct.pack(">HH", width, height),
-               struct.pack(">III", 0x00480000, 0x00480000, 0), struct.pack(">H", 1),
-               bytes([5]) + name[:31], struct.pack(">Hh", 0x18, -1), avcc(sps, pps))
-    stbl = box(b"stbl", full_box(b"stsd", 0, 0, struct.pack(">I", 1), avc1),
-               full_box(b"stts", 0, 0, struct.pack(">I", 0)), full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
-               full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)), full_box(b"stco", 0, 0, struct.pack(">I", 0)))
-    minf = box(b"minf", full_box(b"vmhd", 0, 1, bytes(8)),
-               box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1))), stbl)
+    avc1 = box(
+        b"avc1",
+        bytes(6),
+        struct.pack(">H", 1),
+        bytes(16),
+        struct.pack(">HH", width, height),
+        struct.pack(">III", 0x00480000, 0x00480000, 0),
+        struct.pack(">H", 1),
+        bytes([5]) + name[:31],
+        struct.pack(">Hh", 0x18, -1),
+        avcc(sps, pps),
+    )
+    stbl = box(
+        b"stbl",
+        full_box(b"stsd", 0, 0, struct.pack(">I", 1), avc1),
+        full_box(b"stts", 0, 0, struct.pack(">I", 0)),
+        full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
+        full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
+        full_box(b"stco", 0, 0, struct.pack(">I", 0)),
+    )
+    minf = box(
+        b"minf",
+        full_box(b"vmhd", 0, 1, bytes(8)),
+        box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1))),
+        stbl,
+    )
     trak = box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
-    mvex = box(b"mvex", full_box(b"mehd", 0, 0, struct.pack(">I", movie_dur)),
-               full_box(b"trex", 0, 0, struct.pack(">IIIII", 1, 1, 0, 0, 0)))
+    mvex = box(
+        b"mvex",
+        full_box(b"mehd", 0, 0, struct.pack(">I", movie_dur)),
+        full_box(b"trex", 0, 0, struct.pack(">IIIII", 1, 1, 0, 0, 0)),
+    )
     return ftyp + box(b"moov", mvhd, trak, mvex)
 
 
@@ -117,11 +157,22 @@ def fragment_size(c: ChunkIndex) -> int:
 def fragment_head(sequence: int, base_dts: int, samples: list[Sample], durations: list[int]) -> bytes:
     """moof + the mdat header of one fragment; its payload is the samples' data in order."""
     n = len(samples)
-    trun = full_box(b"trun", 1, 0x000F01, struct.pack(">Ii", n, moof_size(n) + 8),
-                    b"".join(struct.pack(">IIIi", d, s.size, KEY_FLAGS if s.key else NON_KEY_FLAGS, s.pts - s.dts)
-                             for s, d in zip(samples, durations)))
-    traf = box(b"traf", full_box(b"tfhd", 0, 0x020000, struct.pack(">I", 1)),
-               full_box(b"tfdt", 1, 0, struct.pack(">Q", base_dts)), trun)
+    trun = full_box(
+        b"trun",
+        1,
+        0x000F01,
+        struct.pack(">Ii", n, moof_size(n) + 8),
+        b"".join(
+            struct.pack(">IIIi", d, s.size, KEY_FLAGS if s.key else NON_KEY_FLAGS, s.pts - s.dts)
+            for s, d in zip(samples, durations)
+        ),
+    )
+    traf = box(
+        b"traf",
+        full_box(b"tfhd", 0, 0x020000, struct.pack(">I", 1)),
+        full_box(b"tfdt", 1, 0, struct.pack(">Q", base_dts)),
+        trun,
+    )
     moof = box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)), traf)
     assert len(moof) == moof_size(n)
     return moof + struct.pack(">I4s", 8 + sum(s.size for s in samples), b"mdat")
@@ -130,6 +181,7 @@ def fragment_head(sequence: int, base_dts: int, samples: list[Sample], durations
 @dataclass(frozen=True)
 class Layout:
     """Where everything is in the session's MP4, from the chunk indexes alone."""
+
     chunks: tuple[ChunkIndex, ...]
     header_size: int  # ftyp + moov + sidx
 
@@ -170,7 +222,7 @@ class Layout:
         return out
 
     @classmethod
-    def build(cls, chunks: list[ChunkIndex], sps: bytes, pps: bytes, width: int, height: int) -> "Layout":
+    def build(cls, chunks: list[ChunkIndex], sps: bytes, pps: bytes, width: int, height: int) -> Layout:
         probe = init_segment(sps, pps, width, height, 0)
         return cls(tuple(chunks), len(probe) + sidx_size(len(chunks)))
 

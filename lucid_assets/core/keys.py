@@ -1,5 +1,6 @@
 """Key hierarchy: a key-encryption key (KEK) from a secret file wraps one random data key (DEK)
 per session; an Ed25519 key signs manifests. Key material never appears in reprs or errors."""
+
 from __future__ import annotations
 
 import base64
@@ -91,8 +92,14 @@ def wrap_dek(kek: Kek, dek: bytes, session_id: uuid.UUID, *, nonce: bytes | None
     """The wrapped DEK as canonical JSON bytes: AES-256-GCM under the KEK, bound to the session."""
     nonce = nonce if nonce is not None else os.urandom(12)
     ct = AESGCM(kek.key).encrypt(nonce, dek, _wrap_aad(session_id, kek.key_id))
-    doc = {"v": WRAP_VERSION, "alg": "A256GCM", "kek_id": kek.key_id, "session_id": str(session_id),
-           "nonce": _b64(nonce), "wrapped": _b64(ct)}
+    doc = {
+        "v": WRAP_VERSION,
+        "alg": "A256GCM",
+        "kek_id": kek.key_id,
+        "session_id": str(session_id),
+        "nonce": _b64(nonce),
+        "wrapped": _b64(ct),
+    }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -121,17 +128,16 @@ def unwrap_dek(keks: dict[str, Kek], wrapped: bytes, session_id: uuid.UUID) -> b
 
 # --- manifest signing -------------------------------------------------------------------------
 
+
 def create_signing_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_private_file(Path(path), pem)
     return key
 
 
 def public_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_verify_key(path: Path) -> Ed25519PublicKey:
@@ -165,7 +171,3 @@ def public_key_bytes(key: Ed25519PublicKey) -> bytes:
 
 def public_key_id(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(public_key_bytes(key)).hexdigest()[:16]
-
-
-def public_key_from_bytes(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)

@@ -3,6 +3,7 @@
 Canonical JSON: UTF-8, object keys sorted, no insignificant whitespace, integers and strings only
 (no floats), so that the same manifest always has the same bytes and the same signature.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,14 @@ def canonical_json(obj: Any) -> bytes:
 def sign(body: dict, key: Ed25519PrivateKey) -> dict:
     """A signed document: {"body": ..., "signature": {"alg", "key_id", "value"}}."""
     sig = key.sign(canonical_json(body))
-    return {"body": body, "signature": {"alg": "Ed25519", "key_id": keys.public_key_id(key.public_key()),
-                                        "value": base64.b64encode(sig).decode()}}
+    return {
+        "body": body,
+        "signature": {
+            "alg": "Ed25519",
+            "key_id": keys.public_key_id(key.public_key()),
+            "value": base64.b64encode(sig).decode(),
+        },
+    }
 
 
 def verify_signature(doc: dict, public_key: Ed25519PublicKey) -> tuple[bool, str]:
@@ -48,7 +55,10 @@ def verify_signature(doc: dict, public_key: Ed25519PublicKey) -> tuple[bool, str
         if sig.get("alg") != "Ed25519":
             return False, f"unsupported signature algorithm {sig.get('alg')!r}"
         if sig.get("key_id") != keys.public_key_id(public_key):
-            return False, f"signed by key {sig.get('key_id')}, not by this platform's key {keys.public_key_id(public_key)}"
+            return (
+                False,
+                f"signed by key {sig.get('key_id')}, not by this platform's key {keys.public_key_id(public_key)}",
+            )
         public_key.verify(base64.b64decode(sig["value"], validate=True), canonical_json(doc["body"]))
         return True, "signature valid"
     except InvalidSignature:
@@ -57,8 +67,16 @@ def verify_signature(doc: dict, public_key: Ed25519PublicKey) -> tuple[bool, str
         return False, f"signature block malformed: {exc}"
 
 
-def build_manifest(*, session: dict, chunks: list[dict], merkle_root_hex: str, sealed_at: str,
-                   version: int = 1, checkpoint: dict | None = None, audit: dict | None = None) -> dict:
+def build_manifest(
+    *,
+    session: dict,
+    chunks: list[dict],
+    merkle_root_hex: str,
+    sealed_at: str,
+    version: int = 1,
+    checkpoint: dict | None = None,
+    audit: dict | None = None,
+) -> dict:
     """The manifest body. `chunks` are dicts with seq, envelope_sha256, raw_sha256, raw_size,
     stored_size, duration_ms, compressed; `checkpoint` links the last published checkpoint to the
     sealed tree (core.checkpoint.link); `audit` is {"entries": n, "head": hash of entry n-1}."""
@@ -73,8 +91,7 @@ def build_manifest(*, session: dict, chunks: list[dict], merkle_root_hex: str, s
         "raw_bytes": sum(c["raw_size"] for c in chunks),
         "stored_bytes": sum(c["stored_size"] for c in chunks),
         "duration_ms": sum(c["duration_ms"] for c in chunks),
-        "merkle": {"alg": "RFC6962-SHA256", "leaves": "sha256(envelope)", "size": len(chunks),
-                   "root": merkle_root_hex},
+        "merkle": {"alg": "RFC6962-SHA256", "leaves": "sha256(envelope)", "size": len(chunks), "root": merkle_root_hex},
         "formats": {"envelope": "LUCE/1", "chunk": "video/mp2t", "compression": "zstd"},
         "sealed_at": sealed_at,
     }

@@ -1,4 +1,5 @@
 """RFC 6962 Merkle tree hash over SHA-256 (0x00 leaf prefix, 0x01 node prefix)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -18,6 +18,7 @@ MP4 wants each NAL unit behind its 4-byte length instead. The plan:
 Samples (decode/presentation times from the PES headers, keyframe = has an IDR slice, size) give
 the moof. Pure: no I/O, no PyAV; playback.py does the copies.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -76,7 +77,7 @@ def _section(payload: bytes) -> bytes:
     length = ((sec[1] & 0x0F) << 8) | sec[2]
     if len(sec) < 3 + length:
         raise TsError("PSI section spans packets (not supported)")
-    return sec[:3 + length]
+    return sec[: 3 + length]
 
 
 def _pmt_pid(pat: bytes) -> int:
@@ -145,14 +146,14 @@ def plan(data: bytes | memoryview) -> Plan:
             else:
                 rows.append((k, k + 1))
         elif pid == 0 and b1 & 0x40 and pmt_pid is None:
-            pmt_pid = _pmt_pid(_section(data[k * PACKET + start:(k + 1) * PACKET]))
+            pmt_pid = _pmt_pid(_section(data[k * PACKET + start : (k + 1) * PACKET]))
         elif pid == pmt_pid and b1 & 0x40 and video_pid is None:
-            video_pid = _video_pid(_section(data[k * PACKET + start:(k + 1) * PACKET]))
+            video_pid = _video_pid(_section(data[k * PACKET + start : (k + 1) * PACKET]))
     if video_pid is None:
         raise TsError("no PAT/PMT announcing an H.264 stream before its packets")
     # cut into PES packets: each a list of (offset in E, length) payload ranges
     pes: list[list[tuple[int, int]]] = []
-    for row, (k, start, pusi) in enumerate(video):
+    for row, (_, start, pusi) in enumerate(video):
         if pusi:
             pes.append([])
         if pes and start < PACKET:
@@ -162,8 +163,12 @@ def plan(data: bytes | memoryview) -> Plan:
     sps = pps = None
     for ranges in pes:
         # the PES's bytes, in one piece for parsing (plan time only)
-        raw = b"".join([data[at:at + ln] for at, ln in
-                        ((video[o // PAYLOAD][0] * PACKET + 4 + o % PAYLOAD, ln) for o, ln in ranges)])
+        raw = b"".join(
+            [
+                data[at : at + ln]
+                for at, ln in ((video[o // PAYLOAD][0] * PACKET + 4 + o % PAYLOAD, ln) for o, ln in ranges)
+            ]
+        )
         if len(raw) < 9 or raw[:3] != b"\x00\x00\x01":
             raise TsError("a video PES packet does not start with a PES header")
         flags, hlen = raw[7] >> 6, raw[8]
@@ -183,9 +188,9 @@ def plan(data: bytes | memoryview) -> Plan:
             if kind == NAL_IDR:
                 au.key = True
             elif kind == NAL_SPS and sps is None:
-                sps = raw[skip + s:skip + e]
+                sps = raw[skip + s : skip + e]
             elif kind == NAL_PPS and pps is None:
-                pps = raw[skip + s:skip + e]
+                pps = raw[skip + s : skip + e]
             au.nals.append(e - s)
             au.size += 4 + e - s
             nal_ranges.append(_map(ranges, cum, skip + s, skip + e))
@@ -209,8 +214,16 @@ def plan(data: bytes | memoryview) -> Plan:
             pieces.append((4 * k, 4 * k + 4))
             k += 1
         pieces.extend((base + a, base + b) for a, b in ranges)
-    return Plan(rows, units, prefixes, [at for at, _ in patched],
-                struct.pack(f">{len(patched)}I", *(n for _, n in patched)), _merge(pieces), sps, pps)
+    return Plan(
+        rows,
+        units,
+        prefixes,
+        [at for at, _ in patched],
+        struct.pack(f">{len(patched)}I", *(n for _, n in patched)),
+        _merge(pieces),
+        sps,
+        pps,
+    )
 
 
 def _map(ranges: list[tuple[int, int]], cum: list[int], s: int, e: int) -> list[tuple[int, int]]:
@@ -243,8 +256,8 @@ def gather_reference(data: bytes | memoryview, p: Plan) -> bytes:
     e = bytearray()
     for first, end in p.rows:
         for k in range(first, end):
-            e += data[k * PACKET + 4:(k + 1) * PACKET]
+            e += data[k * PACKET + 4 : (k + 1) * PACKET]
     for j, at in enumerate(p.patch_at):
-        e[at:at + 4] = p.patch_bytes[4 * j:4 * j + 4]
+        e[at : at + 4] = p.patch_bytes[4 * j : 4 * j + 4]
     buf = p.prefixes + bytes(e)
     return b"".join(buf[a:b] for a, b in p.pieces)

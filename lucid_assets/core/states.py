@@ -1,4 +1,7 @@
-"""The one session state machine. Every transition in the platform is checked here."""
+"""The platform's one vocabulary: session states and events (the one state machine: every
+transition in the platform is checked here), chunk states, work reasons and verification
+statuses. Both sides of every HTTP hop use these enums; no other module spells their values."""
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -46,7 +49,41 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.FAILED, E.DELETE): S.DELETED,
 }
 
-TERMINAL = frozenset({S.DELETED})
+# states in which the recorder may register chunks (a stop still flushes the last segment)
+REGISTRABLE = frozenset({S.RECORDING, S.PAUSED, S.FINALIZING})
+# states in which a session's recording has ended for good (players stop polling)
+ENDED = frozenset({S.SEALED, S.FAILED, S.DELETED})
+# states from which the recorder still owes a finalize (crash recovery, push ingest)
+LIVE = frozenset({S.RECORDING, S.PAUSED})
+
+
+class ChunkState(StrEnum):
+    REGISTERED = "registered"  # the recorder wrote and registered it; staging file on the recordings volume
+    STORED = "stored"  # enveloped, durable in the chunk store and catalogued
+
+
+class WorkReason(StrEnum):
+    """Why the pipeline queued work for Dagster (the work-queue item's reason, a run's tag)."""
+
+    CHUNKS = "chunks"  # new chunks while recording: a live batch
+    FINAL = "final"  # the recorder finalized the session: store the rest and seal
+    RETRY = "retry"  # a failed session was retried
+    RECONCILE = "reconcile"  # the reconciling sensor found stalled work
+
+
+class Note(StrEnum):
+    """Audit-log events that are not transitions."""
+
+    CREATE = "create"  # the session was created (its first entry)
+    MANIFEST = "manifest"  # a (new version of the) signed manifest was recorded
+    CHUNK_RESTORED = "chunk_restored"  # a stored chunk was re-enveloped (forced reprocess)
+    REPROCESS = "reprocess"  # an operator forced a reprocess
+
+
+class VerifyStatus(StrEnum):
+    VERIFIED = "verified"
+    FAILED = "failed"
+    SHREDDED = "shredded"  # the data key was destroyed: hashes still check, contents are gone
 
 
 class IllegalTransition(Exception):

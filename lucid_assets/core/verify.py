@@ -7,6 +7,7 @@ the manifest's chunks; per chunk the envelope hash and size, the GCM tag (which 
 and seq), and the plaintext hash; the Merkle root; every checkpoint's signature, its consistency
 proof from the previous one and its root against the sealed chunks; the audit chain and its head
 as signed in the manifest."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import audit, checkpoint, merkle
 from .envelope import EnvelopeError, open_envelope
 from .manifest import MANIFEST_FORMAT, verify_signature
+from .states import State, VerifyStatus
 
 
 @dataclass
@@ -36,21 +38,28 @@ class Report:
     @property
     def problems(self) -> list[str]:
         return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]] + [
-            f"chunk {c['seq']}: {p}" for c in self.chunks for p in c["problems"]]
+            f"chunk {c['seq']}: {p}" for c in self.chunks for p in c["problems"]
+        ]
 
     @property
-    def status(self) -> str:
+    def status(self) -> VerifyStatus:
         if self.problems:
-            return "failed"
-        return "shredded" if self.shredded else "verified"
+            return VerifyStatus.FAILED
+        return VerifyStatus.SHREDDED if self.shredded else VerifyStatus.VERIFIED
 
     @property
     def ok(self) -> bool:
-        return self.status == "verified"
+        return self.status == VerifyStatus.VERIFIED
 
     def as_dict(self) -> dict:
-        return {"session_id": self.session_id, "ok": self.ok, "status": self.status, "problems": self.problems,
-                "checks": self.checks, "chunks": self.chunks}
+        return {
+            "session_id": self.session_id,
+            "ok": self.ok,
+            "status": self.status,
+            "problems": self.problems,
+            "checks": self.checks,
+            "chunks": self.chunks,
+        }
 
 
 def _parse(manifest_bytes: bytes | None) -> tuple[dict | None, str | None]:
@@ -66,10 +75,17 @@ def _parse(manifest_bytes: bytes | None) -> tuple[dict | None, str | None]:
 
 
 def verify_session(
-    *, session_id: str, manifest_bytes: bytes | None, public_key: Ed25519PublicKey,
-    stored_seqs: list[int], read_envelope: Callable[[int], bytes | None], dek: bytes | None,
-    dek_error: str | None = None, audit_rows: list[dict] | None = None,
-    checkpoints: list[dict] | None = None, registry_manifest_sha256: str | None = None,
+    *,
+    session_id: str,
+    manifest_bytes: bytes | None,
+    public_key: Ed25519PublicKey,
+    stored_seqs: list[int],
+    read_envelope: Callable[[int], bytes | None],
+    dek: bytes | None,
+    dek_error: str | None = None,
+    audit_rows: list[dict] | None = None,
+    checkpoints: list[dict] | None = None,
+    registry_manifest_sha256: str | None = None,
 ) -> Report:
     rep = Report(session_id=session_id)
     sid = uuid.UUID(session_id)
@@ -85,31 +101,48 @@ def verify_session(
     rep.check("manifest_session", named == session_id, f"manifest names session {named}")
     if registry_manifest_sha256 is not None:
         sha = hashlib.sha256(manifest_bytes).hexdigest()
-        rep.check("manifest_registry", sha == registry_manifest_sha256,
-                  "manifest is the version the registry recorded" if sha == registry_manifest_sha256 else
-                  f"manifest sha256 {sha[:16]}… is not the recorded {registry_manifest_sha256[:16]}…")
+        rep.check(
+            "manifest_registry",
+            sha == registry_manifest_sha256,
+            "manifest is the version the registry recorded"
+            if sha == registry_manifest_sha256
+            else f"manifest sha256 {sha[:16]}… is not the recorded {registry_manifest_sha256[:16]}…",
+        )
 
-    deleted = any(r["entry"].get("to") == "deleted" for r in audit_rows or [])
+    deleted = any(r["entry"].get("to") == State.DELETED for r in audit_rows or [])
     entries = body.get("chunks") if isinstance(body.get("chunks"), list) else []
     seqs = [c.get("seq") for c in entries if isinstance(c, dict)]
     dense = seqs == list(range(len(entries)))
-    rep.check("sequence", dense and body.get("chunk_count") == len(entries),
-              f"chunks 0..{len(seqs) - 1} listed in order" if dense else f"manifest seqs are not dense from 0: {seqs}")
+    rep.check(
+        "sequence",
+        dense and body.get("chunk_count") == len(entries),
+        f"chunks 0..{len(seqs) - 1} listed in order" if dense else f"manifest seqs are not dense from 0: {seqs}",
+    )
 
     if dek is None and dek_error is None and deleted:
         rep.shredded = True
-        rep.check("data_key", True, "crypto-shredded: the data key was destroyed when the session was deleted; "
-                                     "the contents are unrecoverable by design")
+        rep.check(
+            "data_key",
+            True,
+            "crypto-shredded: the data key was destroyed when the session was deleted; "
+            "the contents are unrecoverable by design",
+        )
     elif dek is None:
-        rep.check("data_key", False, dek_error or "the session's data key is missing, and the audit log records "
-                                                  "no deletion")
+        rep.check(
+            "data_key", False, dek_error or "the session's data key is missing, and the audit log records no deletion"
+        )
     if not rep.shredded:
         extra = sorted(set(stored_seqs) - set(seqs))
         lacking = sorted(set(seqs) - set(stored_seqs))
-        rep.check("store_listing", not extra and not lacking,
-                  "the store holds exactly the manifest's chunks" if not extra and not lacking else
-                  f"store has unlisted chunks {extra}" * bool(extra) + " and " * bool(extra and lacking)
-                  + f"lacks chunks {lacking}" * bool(lacking))
+        rep.check(
+            "store_listing",
+            not extra and not lacking,
+            "the store holds exactly the manifest's chunks"
+            if not extra and not lacking
+            else f"store has unlisted chunks {extra}" * bool(extra)
+            + " and " * bool(extra and lacking)
+            + f"lacks chunks {lacking}" * bool(lacking),
+        )
 
     leaves: list[bytes] = []
     for entry in entries:
@@ -140,9 +173,13 @@ def verify_session(
 
     mk = body.get("merkle") or {}
     root_hex = merkle.root(leaves).hex()
-    rep.check("merkle_root", root_hex == mk.get("root") and mk.get("size") == len(leaves),
-              f"root {root_hex} over {len(leaves)} envelopes matches the manifest" if root_hex == mk.get("root")
-              else f"recomputed root {root_hex} differs from the manifest's {mk.get('root')}")
+    rep.check(
+        "merkle_root",
+        root_hex == mk.get("root") and mk.get("size") == len(leaves),
+        f"root {root_hex} over {len(leaves)} envelopes matches the manifest"
+        if root_hex == mk.get("root")
+        else f"recomputed root {root_hex} differs from the manifest's {mk.get('root')}",
+    )
 
     if checkpoints is not None:
         problems = checkpoint.verify_chain(session_id, checkpoints, public_key, leaves)
@@ -150,10 +187,15 @@ def verify_session(
         if last and not checkpoint.link_ok(body.get("checkpoint"), len(leaves), root_hex):
             problems.append("the manifest's consistency proof from the last checkpoint does not verify")
         if last and (body.get("checkpoint") or {}).get("tree_size") != last.get("tree_size"):
-            problems.append(f"the manifest links checkpoint {(body.get('checkpoint') or {}).get('tree_size')}, "
-                            f"the store's last is {last.get('tree_size')}")
-        rep.check("checkpoints", not problems,
-                  "; ".join(problems) or f"{len(checkpoints)} checkpoints consistent with the sealed tree")
+            problems.append(
+                f"the manifest links checkpoint {(body.get('checkpoint') or {}).get('tree_size')}, "
+                f"the store's last is {last.get('tree_size')}"
+            )
+        rep.check(
+            "checkpoints",
+            not problems,
+            "; ".join(problems) or f"{len(checkpoints)} checkpoints consistent with the sealed tree",
+        )
 
     if audit_rows is not None:
         problems = audit.verify_chain(audit_rows)
@@ -161,6 +203,10 @@ def verify_session(
         n = head.get("entries")
         if isinstance(n, int) and (n > len(audit_rows) or (n and audit_rows[n - 1]["hash"] != head.get("head"))):
             problems.append(f"the first {n} audit entries are not the ones the manifest signed")
-        rep.check("audit_chain", not problems, "; ".join(problems) or f"{len(audit_rows)} entries chained"
-                  + (f", the first {n} as signed in the manifest" if n else ""))
+        rep.check(
+            "audit_chain",
+            not problems,
+            "; ".join(problems)
+            or f"{len(audit_rows)} entries chained" + (f", the first {n} as signed in the manifest" if n else ""),
+        )
     return rep

@@ -1,0 +1,1 @@
+"""The Dagster code location, by concern: session processing, housekeeping, keys, catalog."""

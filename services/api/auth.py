@@ -1,10 +1,11 @@
 """API keys: random bearer tokens stored as SHA-256 hashes, with roles viewer < operator < admin."""
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import IntEnum
 
 from fastapi import Depends, Request
@@ -27,7 +28,7 @@ class ApiKeyRow(SQLModel, table=True):
     name: str
     role: str
     key_hash: str = Field(index=True, unique=True)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     revoked_at: datetime | None = None
 
 
@@ -57,15 +58,19 @@ def ensure_admin_key(db: Database, preset: str | None = None) -> str | None:
     return None."""
     db.create_all(ApiKeyRow)
     with db.read() as s:
-        if s.exec(select(ApiKeyRow).where(ApiKeyRow.role == Role.admin.name,
-                                          ApiKeyRow.revoked_at.is_(None))).first():
+        if s.exec(select(ApiKeyRow).where(ApiKeyRow.role == Role.admin.name, ApiKeyRow.revoked_at.is_(None))).first():
             return None
     return create_key(db, "bootstrap admin", Role.admin, preset)[1]
 
 
 def key_dict(row: ApiKeyRow) -> dict:
-    return {"id": row.id, "name": row.name, "role": row.role, "created_at": row.created_at.isoformat(),
-            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
@@ -81,12 +86,16 @@ class Principal:
 
 
 def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> Principal:
-    unauthorized = ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>",
-                            headers={"WWW-Authenticate": "Bearer"})
+    unauthorized = ApiError(
+        401,
+        "unauthorized",
+        "a valid API key is required: Authorization: Bearer <key>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise unauthorized
     digest = hash_key(creds.credentials)
-    db: Database = request.app.state.keys_db
+    db: Database = request.app.state.gateway.keys_db
     with db.read() as s:
         row = s.exec(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).first()
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
@@ -95,7 +104,7 @@ def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -
 
 
 def principal_by_key_id(request: Request, key_id: str) -> Principal | None:
-    with request.app.state.keys_db.read() as s:
+    with request.app.state.gateway.keys_db.read() as s:
         row = s.get(ApiKeyRow, key_id)
     return Principal(row) if row is not None and row.revoked_at is None else None
 
@@ -106,6 +115,7 @@ def require(role: Role):
         if who.role < role:
             raise ApiError(403, "forbidden", f"this needs the {role.name} role; the key has {who.role.name}")
         return who
+
     return dependency
 
 

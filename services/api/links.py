@@ -2,6 +2,7 @@
 chunks and exports without the API key: token = b64url(payload) "." b64url(HMAC-SHA256(secret,
 payload)), payload = {"s": session, "k": api key id, "e": expiry}. A link dies with its expiry or
 with the API key that made it."""
+
 from __future__ import annotations
 
 import base64

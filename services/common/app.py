@@ -1,4 +1,5 @@
 """The FastAPI app factory every service uses: logging, errors, /health and /ready."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 def configure_logging() -> None:
     s = get_settings()
-    logging.basicConfig(level=("DEBUG" if s.debug else s.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=("DEBUG" if s.debug else s.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def make_app(name: str, *, checks: dict[str, ReadyCheck] | None = None, **kwargs) -> FastAPI:
@@ -27,12 +29,13 @@ def make_app(name: str, *, checks: dict[str, ReadyCheck] | None = None, **kwargs
     app = FastAPI(title=f"Lucid {name}", version="0.1.0", **kwargs)
     errors.install(app)
     started = time.time()
+    s = get_settings()
+    service = s.service_name if "service_name" in s.model_fields_set else name  # SERVICE_NAME if given
     checks = checks or {}
 
     @app.get("/health", tags=["health"], summary="Liveness")
     async def health():
-        return {"status": "ok", "service": os.environ.get("SERVICE_NAME", name),
-                "uptime_s": int(time.time() - started)}
+        return {"status": "ok", "service": service, "uptime_s": int(time.time() - started)}
 
     @app.get("/ready", tags=["health"], summary="Readiness: dependencies reachable")
     async def ready():
@@ -44,8 +47,9 @@ def make_app(name: str, *, checks: dict[str, ReadyCheck] | None = None, **kwargs
                 good, detail = False, f"{type(exc).__name__}: {exc}"
             results[check_name] = {"ok": good, "detail": detail}
             ok &= good
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": results},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": results}, status_code=200 if ok else 503
+        )
 
     return app
 
@@ -57,12 +61,15 @@ def writable_dir_check(path) -> ReadyCheck:
         probe.write_bytes(b"ok")
         probe.unlink()
         return True, f"{path} writable"
+
     return check
 
 
 def peer_check(url: str) -> ReadyCheck:
     async def check():
         from .peers import client
+
         r = await client().get(f"{url}/health", timeout=3)
         return r.status_code == 200, f"{url} answered {r.status_code}"
+
     return check

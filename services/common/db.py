@@ -1,4 +1,5 @@
 """SQLModel engines: SQLite in the embedded default, PostgreSQL in compose."""
+
 from __future__ import annotations
 
 import threading
@@ -12,15 +13,19 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.sqlite else {"pool_pre_ping": True}
+        kwargs = (
+            {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.sqlite else {"pool_pre_ping": True}
+        )
         self.engine = create_engine(url, **kwargs)
         if self.sqlite:
+
             @event.listens_for(self.engine, "connect")
             def _pragmas(conn, _):
                 cur = conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.close()
+
         # SQLite has one writer; serialise our write transactions so read-check-write is atomic.
         # On PostgreSQL, rows are locked with SELECT ... FOR UPDATE instead.
         self._write_lock = threading.RLock()

@@ -1,4 +1,5 @@
 """One error shape everywhere: {"error": "<code>", "detail": "<what and why>"}."""
+
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lucid_assets.clients import ServiceError
+from lucid_assets.models import ErrorBody
+
 log = logging.getLogger("lucid.errors")
+
+# what every route may answer besides its success (the OpenAPI document lists them)
+ERRORS: dict[int | str, dict] = {
+    404: {"model": ErrorBody, "description": "no such session (or chunk)"},
+    409: {"model": ErrorBody, "description": "refused in the session's current state (`state` says which)"},
+    422: {"model": ErrorBody, "description": "invalid request: `detail` names the field and why"},
+    503: {"model": ErrorBody, "description": "a service this one needs is unreachable"},
+}
 
 
 class ApiError(Exception):
@@ -37,6 +49,10 @@ def install(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(ServiceError)
+    async def _peer_error(_: Request, exc: ServiceError):  # a peer's answer passes through unchanged
+        return JSONResponse(exc.body, status_code=exc.status)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
         return JSONResponse({"error": "invalid_request", "detail": _validation_detail(exc)}, status_code=422)
@@ -44,11 +60,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": code, "detail": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error")
-        return JSONResponse({"error": "internal", "detail": f"internal error ({type(exc).__name__}); see the service log"},
-                            status_code=500)
+        return JSONResponse(
+            {"error": "internal", "detail": f"internal error ({type(exc).__name__}); see the service log"},
+            status_code=500,
+        )

@@ -1,5 +1,6 @@
 """Calls between services. A peer's JSON error passes through unchanged; an unreachable peer is a
 503 that names it."""
+
 from __future__ import annotations
 
 import httpx

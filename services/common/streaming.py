@@ -10,6 +10,7 @@ Starlette's StreamingResponse, which the exports used before, takes a thread hop
 with the send, and with no Content-Length uvicorn joins every part into the chunked framing (one
 more copy of every byte): the TS export went from 0.70-1.14 to 1.33-1.9 GB/s (docs/DECISIONS.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,9 @@ class ProducedResponse(StreamingResponse):
     An exception from `parts` after the status line has gone out cuts the connection (the client
     sees a short body, never wrong bytes); raise before returning the response for a clean error."""
 
-    def __init__(self, parts: Iterator, *, status_code: int = 200, headers: dict | None = None,
-                 media_type: str | None = None):
+    def __init__(
+        self, parts: Iterator, *, status_code: int = 200, headers: dict | None = None, media_type: str | None = None
+    ):
         super().__init__(iter(()), status_code=status_code, headers=headers, media_type=media_type)
         self.parts = parts
 
@@ -60,7 +62,7 @@ class ProducedResponse(StreamingResponse):
             if pending is not None:  # let the producer finish its step before closing it
                 try:
                     await pending
-                except Exception:  # noqa: BLE001 - the stream is already over; only cleanup remains
+                except Exception:
                     pass
             close = getattr(self.parts, "close", None)
             if close is not None:

@@ -1,14 +1,15 @@
 """The pipeline's registry: sessions, chunks, the hash-chained audit log and the work queue."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class SessionRow(SQLModel, table=True):

@@ -1,5 +1,6 @@
 """The registry's rules: transitions (through the core state machine), the audit chain, chunk
 registration and the work queue. Every change happens in one write transaction."""
+
 from __future__ import annotations
 
 import uuid
@@ -8,12 +9,11 @@ from sqlalchemy import case, func
 from sqlmodel import Session, select
 
 from lucid_assets.core import audit, states
+from lucid_assets.core.states import ChunkState, Event, Note, State, WorkReason
+from lucid_assets.models import ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition
 from services.common.errors import ApiError, not_found
-from services.common.schemas import ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition
 
 from .models import AuditRow, ChunkRow, SessionRow, WorkItem, now
-
-REGISTRABLE = {states.State.RECORDING, states.State.PAUSED, states.State.FINALIZING}
 
 
 def _iso(dt):
@@ -33,25 +33,55 @@ def get_row(s: Session, session_id: str, *, lock: bool = False) -> SessionRow:
 
 
 def totals(s: Session, ids: list[str]) -> dict[str, dict]:
-    q = (select(ChunkRow.session_id, func.count(), func.coalesce(func.sum(ChunkRow.size), 0),
-                func.coalesce(func.sum(ChunkRow.stored_size), 0), func.coalesce(func.sum(ChunkRow.duration_ms), 0),
-                func.sum(case((ChunkRow.state == "stored", 1), else_=0)))
-         .where(ChunkRow.session_id.in_(ids)).group_by(ChunkRow.session_id))
-    return {sid: {"chunk_count": n, "raw_bytes": raw, "stored_bytes": stored, "duration_ms": dur,
-                  "chunks_stored": int(done or 0)} for sid, n, raw, stored, dur, done in s.exec(q)}
+    q = (
+        select(
+            ChunkRow.session_id,
+            func.count(),
+            func.coalesce(func.sum(ChunkRow.size), 0),
+            func.coalesce(func.sum(ChunkRow.stored_size), 0),
+            func.coalesce(func.sum(ChunkRow.duration_ms), 0),
+            func.sum(case((ChunkRow.state == ChunkState.STORED, 1), else_=0)),
+        )
+        .where(ChunkRow.session_id.in_(ids))
+        .group_by(ChunkRow.session_id)
+    )
+    return {
+        sid: {
+            "chunk_count": n,
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "duration_ms": dur,
+            "chunks_stored": int(done or 0),
+        }
+        for sid, n, raw, stored, dur, done in s.exec(q)
+    }
 
 
 def to_dict(row: SessionRow, t: dict | None) -> dict:
     t = t or {"chunk_count": 0, "raw_bytes": 0, "stored_bytes": 0, "duration_ms": 0, "chunks_stored": 0}
     return {
-        "id": row.id, "name": row.name, "state": row.state, "labels": row.labels, "source": row.source,
-        "video": row.video, "encoder": row.encoder, "chunk_seconds": row.chunk_seconds,
-        "retention_days": row.retention_days, "created_at": _iso(row.created_at),
-        "started_at": _iso(row.started_at), "stopped_at": _iso(row.stopped_at), "sealed_at": _iso(row.sealed_at),
-        "expected_chunks": row.expected_chunks, **t, "merkle_root": row.merkle_root,
-        "manifest_version": row.manifest_version, "manifest_sha256": row.manifest_sha256,
-        "failure_reason": row.failure_reason, "end_reason": row.end_reason,
-        "verification": row.verification, "updated_at": _iso(row.updated_at),
+        "id": row.id,
+        "name": row.name,
+        "state": row.state,
+        "labels": row.labels,
+        "source": row.source,
+        "video": row.video,
+        "encoder": row.encoder,
+        "chunk_seconds": row.chunk_seconds,
+        "retention_days": row.retention_days,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "stopped_at": _iso(row.stopped_at),
+        "sealed_at": _iso(row.sealed_at),
+        "expected_chunks": row.expected_chunks,
+        **t,
+        "merkle_root": row.merkle_root,
+        "manifest_version": row.manifest_version,
+        "manifest_sha256": row.manifest_sha256,
+        "failure_reason": row.failure_reason,
+        "end_reason": row.end_reason,
+        "verification": row.verification,
+        "updated_at": _iso(row.updated_at),
     }
 
 
@@ -60,8 +90,9 @@ def session_dict(s: Session, row: SessionRow) -> dict:
 
 
 def append_audit(s: Session, session_id: str, entry: dict) -> AuditRow:
-    last = s.exec(select(AuditRow).where(AuditRow.session_id == session_id)
-                  .order_by(AuditRow.idx.desc()).limit(1)).first()
+    last = s.exec(
+        select(AuditRow).where(AuditRow.session_id == session_id).order_by(AuditRow.idx.desc()).limit(1)
+    ).first()
     idx, prev = (last.idx + 1, last.hash) if last else (0, audit.GENESIS)
     entry = {"session_id": session_id, "idx": idx, "at": now().isoformat(), **entry}
     row = AuditRow(session_id=session_id, idx=idx, entry=entry, prev_hash=prev, hash=audit.entry_hash(prev, entry))
@@ -70,20 +101,28 @@ def append_audit(s: Session, session_id: str, entry: dict) -> AuditRow:
 
 
 def create(s: Session, body: CreateSession, actor: str) -> SessionRow:
-    row = SessionRow(id=str(uuid.uuid4()), name=body.name, state=states.State.CREATED.value, labels=body.labels,
-                     source=body.source.model_dump(), video=body.video.model_dump(),
-                     chunk_seconds=body.chunk_seconds, retention_days=body.retention_days)
+    row = SessionRow(
+        id=str(uuid.uuid4()),
+        name=body.name,
+        state=State.CREATED.value,
+        labels=body.labels,
+        source=body.source.model_dump(),
+        video=body.video.model_dump(),
+        chunk_seconds=body.chunk_seconds,
+        retention_days=body.retention_days,
+    )
     s.add(row)
     s.flush()
-    append_audit(s, row.id, {"event": "create", "from": None, "to": row.state, "actor": actor,
-                             "detail": {"name": body.name}})
+    append_audit(
+        s, row.id, {"event": Note.CREATE, "from": None, "to": row.state, "actor": actor, "detail": {"name": body.name}}
+    )
     return row
 
 
 def transition(s: Session, row: SessionRow, t: Transition) -> None:
     events = [t.event]
-    if t.event == "seal" and row.state == states.State.FAILED:
-        events = ["retry", "seal"]  # a successful rerun of a failed session heals it
+    if t.event == Event.SEAL and row.state == State.FAILED:
+        events = [Event.RETRY, Event.SEAL]  # a successful rerun of a failed session heals it
     for event in events:
         try:
             new = states.next_state(row.state, event)
@@ -92,37 +131,37 @@ def transition(s: Session, row: SessionRow, t: Transition) -> None:
         _apply(s, row, event, new, t)
 
 
-def _apply(s: Session, row: SessionRow, event: str, new: states.State, t: Transition) -> None:
+def _apply(s: Session, row: SessionRow, event: Event, new: State, t: Transition) -> None:
     ts = now()
     detail: dict = {}
-    if event == "start":
+    if event == Event.START:
         row.started_at = ts
         if t.encoder:
             row.encoder = detail["encoder"] = t.encoder
-    elif event == "stop":
+    elif event == Event.STOP:
         row.stopped_at = ts
         row.end_reason = t.reason or "stopped"
-    elif event == "finalize":
+    elif event == Event.FINALIZE:
         n = t.expected_chunks
         if n is None:
             raise ApiError(422, "invalid_request", "finalize needs expected_chunks")
         have = s.exec(select(ChunkRow.seq).where(ChunkRow.session_id == row.id)).all()
         if sorted(have) != list(range(n)):
-            raise ApiError(409, "incomplete", f"finalize expects chunks 0..{n - 1}, registry has {sorted(have)}",
-                           state=row.state)
+            raise ApiError(
+                409, "incomplete", f"finalize expects chunks 0..{n - 1}, registry has {sorted(have)}", state=row.state
+            )
         row.expected_chunks = detail["expected_chunks"] = n
-        s.add(WorkItem(session_id=row.id, up_to_seq=n - 1, reason="final"))
-    elif event == "seal":
+        s.add(WorkItem(session_id=row.id, up_to_seq=n - 1, reason=WorkReason.FINAL))
+    elif event == Event.SEAL:
         if not row.manifest_sha256:
-            raise ApiError(409, "no_manifest", "cannot seal a session whose manifest was not recorded",
-                           state=row.state)
+            raise ApiError(409, "no_manifest", "cannot seal a session whose manifest was not recorded", state=row.state)
         row.sealed_at = ts
         detail = {"merkle_root": row.merkle_root, "manifest_version": row.manifest_version}
-    elif event == "fail":
+    elif event == Event.FAIL:
         row.failure_reason = t.reason or "unspecified failure"
-    elif event == "retry":
+    elif event == Event.RETRY:
         row.failure_reason = None
-        s.add(WorkItem(session_id=row.id, up_to_seq=(row.expected_chunks or 0) - 1, reason="retry"))
+        s.add(WorkItem(session_id=row.id, up_to_seq=(row.expected_chunks or 0) - 1, reason=WorkReason.RETRY))
     if t.reason:
         detail["reason"] = t.reason
     append_audit(s, row.id, {"event": event, "from": row.state, "to": new.value, "actor": t.actor, "detail": detail})
@@ -136,26 +175,39 @@ def register_chunk(s: Session, row: SessionRow, c: RegisterChunk) -> tuple[Chunk
     if existing is not None:
         if existing.sha256 == c.sha256 and existing.size == c.size:
             return existing, False
-        raise ApiError(409, "chunk_conflict", f"chunk {c.seq} is already registered with other bytes",
-                       state=row.state)
-    if row.state not in REGISTRABLE:
-        raise ApiError(409, "illegal_state", f"chunks can only be registered while recording or finalizing, "
-                       f"not while {row.state}", state=row.state)
+        raise ApiError(409, "chunk_conflict", f"chunk {c.seq} is already registered with other bytes", state=row.state)
+    if row.state not in states.REGISTRABLE:
+        raise ApiError(
+            409,
+            "illegal_state",
+            f"chunks can only be registered while recording or finalizing, not while {row.state}",
+            state=row.state,
+        )
     chunk = ChunkRow(session_id=row.id, **c.model_dump())
     s.add(chunk)
-    if row.state != states.State.FINALIZING:  # live processing; the final batch is queued by finalize
-        s.add(WorkItem(session_id=row.id, up_to_seq=c.seq, reason="chunks"))
+    if row.state != State.FINALIZING:  # live processing; the final batch is queued by finalize
+        s.add(WorkItem(session_id=row.id, up_to_seq=c.seq, reason=WorkReason.CHUNKS))
     return chunk, True
 
 
-def mark_stored(s: Session, session_id: str, seq: int, body: ChunkStored) -> ChunkRow:
+def mark_stored(s: Session, session_id: str, body: ChunkStored) -> ChunkRow:
+    seq = body.seq
     chunk = s.get(ChunkRow, (session_id, seq))
     if chunk is None:
         raise not_found(f"chunk {seq} of session {session_id} is not registered")
-    if chunk.state == "stored" and chunk.envelope_sha256 != body.envelope_sha256:
-        append_audit(s, session_id, {"event": "chunk_restored", "from": None, "to": None, "actor": "processor",
-                                     "detail": {"seq": seq, "old": chunk.envelope_sha256, "new": body.envelope_sha256}})
-    chunk.state, chunk.stored_at = "stored", now()
+    if chunk.state == ChunkState.STORED and chunk.envelope_sha256 != body.envelope_sha256:
+        append_audit(
+            s,
+            session_id,
+            {
+                "event": Note.CHUNK_RESTORED,
+                "from": None,
+                "to": None,
+                "actor": "processor",
+                "detail": {"seq": seq, "old": chunk.envelope_sha256, "new": body.envelope_sha256},
+            },
+        )
+    chunk.state, chunk.stored_at = ChunkState.STORED.value, now()
     chunk.envelope_sha256, chunk.stored_size, chunk.compressed = body.envelope_sha256, body.stored_size, body.compressed
     s.add(chunk)
     return chunk
@@ -164,16 +216,28 @@ def mark_stored(s: Session, session_id: str, seq: int, body: ChunkStored) -> Chu
 def record_manifest(s: Session, row: SessionRow, body: ManifestSummary) -> None:
     if row.manifest_sha256 == body.manifest_sha256:
         return
-    append_audit(s, row.id, {"event": "manifest", "from": None, "to": None, "actor": "processor",
-                             "detail": body.model_dump()})
+    append_audit(
+        s, row.id, {"event": Note.MANIFEST, "from": None, "to": None, "actor": "processor", "detail": body.model_dump()}
+    )
     row.merkle_root, row.manifest_version, row.manifest_sha256 = body.merkle_root, body.version, body.manifest_sha256
     s.add(row)
 
 
 def chunk_dict(c: ChunkRow) -> dict:
-    return {"seq": c.seq, "sha256": c.sha256, "size": c.size, "duration_ms": c.duration_ms, "frames": c.frames,
-            "state": c.state, "path": c.path, "registered_at": _iso(c.registered_at), "stored_at": _iso(c.stored_at),
-            "envelope_sha256": c.envelope_sha256, "stored_size": c.stored_size, "compressed": c.compressed}
+    return {
+        "seq": c.seq,
+        "sha256": c.sha256,
+        "size": c.size,
+        "duration_ms": c.duration_ms,
+        "frames": c.frames,
+        "state": c.state,
+        "path": c.path,
+        "registered_at": _iso(c.registered_at),
+        "stored_at": _iso(c.stored_at),
+        "envelope_sha256": c.envelope_sha256,
+        "stored_size": c.stored_size,
+        "compressed": c.compressed,
+    }
 
 
 def audit_dicts(rows: list[AuditRow]) -> list[dict]:

@@ -9,12 +9,12 @@ the wall clock since the first frame minus the time spent paused (a file read as
 uses its own timestamps instead). A source faster than the frame rate is thinned; a gap (the
 source stalled, or the encoder fell behind) is a real gap in pts and is counted as dropped frames.
 Pause produces no frames and leaves no hole: the clock stops with it."""
+
 from __future__ import annotations
 
 import errno
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import av
 from av.video.frame import PictureType
+
+from lucid_assets.files import publish
 
 from .sources import Source, SourceError, open_source
 
@@ -56,11 +58,10 @@ class CaptureEnded(Exception):
 
     def __init__(self, kind: str, reason: str):
         super().__init__(reason)
-        self.kind, self.reason = kind, reason  # kind: "source_ended" | "failed"
+        self.kind, self.reason = kind, reason  # kind: "source_ended" | "error"
 
 
-def open_encoder(video: dict, gop: int, order: tuple[str, ...] = DEFAULT_ENCODERS,
-                 threads: int = 0) -> av.CodecContext:
+def open_encoder(video: dict, gop: int, order: tuple[str, ...] = DEFAULT_ENCODERS, threads: int = 0) -> av.CodecContext:
     """The first encoder of the preference list that opens here."""
     tried = []
     for name in video.get("encoders") or order:
@@ -73,8 +74,12 @@ def open_encoder(video: dict, gop: int, order: tuple[str, ...] = DEFAULT_ENCODER
             if threads:
                 cc.thread_count = threads
             if name == "libx264":
-                cc.options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1",
-                              "x264-params": f"keyint={gop * 4}:min-keyint=1:scenecut=0"}
+                cc.options = {
+                    "preset": "ultrafast",
+                    "tune": "zerolatency",
+                    "forced-idr": "1",
+                    "x264-params": f"keyint={gop * 4}:min-keyint=1:scenecut=0",
+                }
             elif name == "h264_nvenc":
                 cc.options = {"preset": "p1", "tune": "ll", "forced-idr": "1", "zerolatency": "1"}
             cc.open()
@@ -94,22 +99,6 @@ def probe_encoders(order: tuple[str, ...] = DEFAULT_ENCODERS) -> dict[str, str]:
         except SourceError as exc:
             out[name] = str(exc).split(": ", 1)[-1].rstrip(")")
     return out
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def finish_file(tmp: Path, final: Path) -> None:
-    """fsync, rename into place, fsync the directory: the segment is durable under its final name."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
 
 
 def segment_name(seq: int) -> str:
@@ -140,11 +129,12 @@ class SegmentWriter:
         self.container.close()
         self.container = None
         final = self.dir / segment_name(self.seq)
-        finish_file(self.tmp, final)
+        publish(self.tmp, final)
         data = final.read_bytes()
         span = self.last_pts - self.first_pts + 1
-        seg = Segment(self.seq, final, hashlib.sha256(data).hexdigest(), len(data), self.frames,
-                      span * 1000 // self.fps)
+        seg = Segment(
+            self.seq, final, hashlib.sha256(data).hexdigest(), len(data), self.frames, span * 1000 // self.fps
+        )
         self.write_ms = (time.perf_counter() - t0) * 1000
         self.seq += 1
         self.on_segment(seg)
@@ -176,10 +166,10 @@ class SegmentWriter:
 
 def _reason(exc: BaseException) -> CaptureEnded:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CaptureEnded("failed", f"disk full while writing a segment ({exc.strerror})")
+        return CaptureEnded("error", f"disk full while writing a segment ({exc.strerror})")
     if isinstance(exc, av.FFmpegError) and getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return CaptureEnded("failed", "disk full while writing a segment")
-    return CaptureEnded("failed", f"capture failed: {type(exc).__name__}: {exc}")
+        return CaptureEnded("error", "disk full while writing a segment")
+    return CaptureEnded("error", f"capture failed: {type(exc).__name__}: {exc}")
 
 
 class RecordingClock:
@@ -234,9 +224,16 @@ class RecordingClock:
 class Capture:
     """One session's capture thread plus a registrar thread that hands segments to the pipeline."""
 
-    def __init__(self, session: dict, directory: Path, register: Callable[[Segment], None],
-                 on_end: Callable[[CaptureEnded], None], *, encoders: tuple[str, ...] = DEFAULT_ENCODERS,
-                 file_roots: list[Path] | None = None):
+    def __init__(
+        self,
+        session: dict,
+        directory: Path,
+        register: Callable[[Segment], None],
+        on_end: Callable[[CaptureEnded], None],
+        *,
+        encoders: tuple[str, ...] = DEFAULT_ENCODERS,
+        file_roots: list[Path] | None = None,
+    ):
         self.session = session
         self.video = session["video"]
         self.fps = self.video["fps"]
@@ -258,8 +255,9 @@ class Capture:
             raise
         self.encoder = self.codec.name
         self._thread = threading.Thread(target=self._run, name=f"capture-{session['id'][:8]}", daemon=True)
-        self._registrar = threading.Thread(target=self._register_loop, name=f"register-{session['id'][:8]}",
-                                           daemon=True)
+        self._registrar = threading.Thread(
+            target=self._register_loop, name=f"register-{session['id'][:8]}", daemon=True
+        )
 
     def start(self) -> None:
         self._registrar.start()
@@ -277,7 +275,7 @@ class Capture:
         self.resume_event.set()
         self._thread.join(timeout)
         self._registrar.join(timeout)
-        if self.ended and self.ended.kind == "failed":
+        if self.ended and self.ended.kind == "error":
             raise SourceError(self.ended.reason)
         return self.registered
 
@@ -356,7 +354,7 @@ class Capture:
                 self.registered.append(seg)
                 self.stats.segments += 1
             except Exception as exc:
-                self.ended = CaptureEnded("failed", f"segment {seg.seq} could not be registered: {exc}")
+                self.ended = CaptureEnded("error", f"segment {seg.seq} could not be registered: {exc}")
                 log.error("%s", self.ended.reason)
                 self.abort_event.set()
                 self.resume_event.set()

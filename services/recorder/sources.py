@@ -1,6 +1,7 @@
 """Capture sources, all through PyAV/FFmpeg: the synthetic test pattern, an X display (x11grab)
 and any URL FFmpeg can open. Each yields decoded frames; the capture loop converts, times and
 encodes them."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -81,8 +82,7 @@ def check_url(url: str, file_roots: list[Path]) -> str:
     return url
 
 
-def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = None,
-                open_timeout_s: int = 10) -> Source:
+def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = None, open_timeout_s: int = 10) -> Source:
     kind = source.get("kind")
     w, h, fps = video["width"], video["height"], video["fps"]
     if kind == "testsrc":
@@ -92,7 +92,11 @@ def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = No
         display = source["display"]
         size = f"{source.get('capture_width') or w}x{source.get('capture_height') or h}"
         target = f"{display}+{source.get('offset_x', 0)},{source.get('offset_y', 0)}"
-        options = {"framerate": str(fps), "video_size": size, "draw_mouse": "1" if source.get("draw_mouse", True) else "0"}
+        options = {
+            "framerate": str(fps),
+            "video_size": size,
+            "draw_mouse": "1" if source.get("draw_mouse", True) else "0",
+        }
         return X11Source(_open(target, f"x11 display {display}", format="x11grab", options=options))
     if kind == "url":
         url = check_url(source["url"], file_roots or [])
@@ -104,4 +108,3 @@ def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = No
             raise SourceError(f"url {source['url']} has no video stream")
         return UrlSource(container, realtime=source.get("realtime", True))
     raise SourceError(f"source kind {kind!r} cannot be captured")
-

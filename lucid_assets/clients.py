@@ -1,0 +1,161 @@
+"""Typed HTTP clients of the internal services, shared by Dagster's resources, the gateway and the
+recorder: one method per endpoint, bodies and answers as the wire models of `models`. No FastAPI,
+no Dagster: an error answer is a `ServiceError` carrying the peer's status and JSON body unchanged
+(the services pass it on as it is; Dagster fails the step with it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import httpx
+from pydantic import BaseModel
+
+from .core.states import Event
+from .models import (
+    AuditEntry,
+    AuditNote,
+    AuditReceipt,
+    ChunksStored,
+    ChunkStored,
+    CreateSession,
+    EventList,
+    ManifestSummary,
+    RegisterChunk,
+    RegisteredChunk,
+    RegisteredChunkList,
+    Registration,
+    Session,
+    SessionPage,
+    ShredResult,
+    Transition,
+    VerificationSummary,
+    WorkItem,
+    WorkPage,
+)
+
+TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+
+class ServiceError(Exception):
+    """A peer answered with an error (status, its JSON body), or could not be reached (503)."""
+
+    def __init__(self, status: int, body: dict):
+        self.status, self.body = status, body
+        super().__init__(f"{body.get('error')}: {body.get('detail')} ({status})")
+
+    @property
+    def state(self) -> str | None:
+        return self.body.get("state")
+
+
+class ServiceClient:
+    """JSON over one shared connection pool; thread-safe."""
+
+    def __init__(self, url: str, *, timeout: httpx.Timeout = TIMEOUT):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(
+                503,
+                {
+                    "error": "service_unavailable",
+                    "detail": f"{self.url.split('/')[2]} is unreachable: {type(exc).__name__}",
+                },
+            ) from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                if not isinstance(body, dict) or "error" not in body:
+                    raise ValueError
+            except ValueError:
+                body = {"error": "upstream_error", "detail": r.text[:500]}
+            raise ServiceError(r.status_code, body)
+        return r.json() if r.content else {}
+
+    def send(self, method: str, path: str, body: BaseModel | None = None, **kwargs) -> dict:
+        if body is not None:
+            kwargs["json"] = body.model_dump(mode="json", exclude_none=True)
+        return self.request(method, path, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class PipelineClient(ServiceClient):
+    """lucid-session-pipeline: sessions, chunks, transitions, audit log, work queue."""
+
+    def create_session(self, body: CreateSession, *, actor: str) -> Session:
+        return Session.model_validate(self.send("POST", "/sessions", body, params={"actor": actor}))
+
+    def sessions(
+        self, *, state: str | None = None, labels: Iterable[str] = (), limit: int = 50, offset: int = 0
+    ) -> SessionPage:
+        params = {"limit": limit, "offset": offset, "label": list(labels)}
+        if state:
+            params["state"] = str(state)
+        return SessionPage.model_validate(self.request("GET", "/sessions", params=params))
+
+    def all_sessions(self, state: str) -> list[Session]:
+        """Every session in `state`, page by page."""
+        out: list[Session] = []
+        while True:
+            page = self.sessions(state=state, limit=500, offset=len(out))
+            out += page.items
+            if len(out) >= page.total or not page.items:
+                return out
+
+    def session(self, session_id: str) -> Session:
+        return Session.model_validate(self.request("GET", f"/sessions/{session_id}"))
+
+    def transition(
+        self,
+        session_id: str,
+        event: Event,
+        *,
+        actor: str,
+        reason: str | None = None,
+        expected_chunks: int | None = None,
+        encoder: str | None = None,
+    ) -> Session:
+        body = Transition(event=event, actor=actor, reason=reason, expected_chunks=expected_chunks, encoder=encoder)
+        return Session.model_validate(self.send("POST", f"/sessions/{session_id}/transitions", body))
+
+    def register_chunk(self, session_id: str, chunk: RegisterChunk) -> Registration:
+        return Registration.model_validate(self.send("POST", f"/sessions/{session_id}/chunks", chunk))
+
+    def chunks(self, session_id: str) -> list[RegisteredChunk]:
+        return RegisteredChunkList.model_validate(self.request("GET", f"/sessions/{session_id}/chunks")).items
+
+    def mark_stored(self, session_id: str, items: list[ChunkStored]) -> list[RegisteredChunk]:
+        body = ChunksStored(items=items)
+        return RegisteredChunkList.model_validate(
+            self.send("POST", f"/sessions/{session_id}/chunks/stored", body)
+        ).items
+
+    def record_manifest(self, session_id: str, summary: ManifestSummary) -> Session:
+        return Session.model_validate(self.send("PUT", f"/sessions/{session_id}/manifest", summary))
+
+    def record_verification(self, session_id: str, summary: VerificationSummary) -> VerificationSummary:
+        return VerificationSummary.model_validate(self.send("PUT", f"/sessions/{session_id}/verification", summary))
+
+    def audit_note(self, session_id: str, note: AuditNote) -> AuditReceipt:
+        return AuditReceipt.model_validate(self.send("POST", f"/sessions/{session_id}/audit", note))
+
+    def events(self, session_id: str) -> list[AuditEntry]:
+        return EventList.model_validate(self.request("GET", f"/sessions/{session_id}/events")).items
+
+    def work(self, *, after: int, limit: int = 500) -> list[WorkItem]:
+        return WorkPage.model_validate(self.request("GET", "/work", params={"after": after, "limit": limit})).items
+
+
+class StorageClient(ServiceClient):
+    """lucid-session-storage: what Dagster asks of it (crypto-shredding)."""
+
+    def shred(self, session_id: str) -> ShredResult:
+        return ShredResult.model_validate(
+            self.request("DELETE", f"/sessions/{session_id}/data", timeout=httpx.Timeout(120.0, connect=5.0))
+        )

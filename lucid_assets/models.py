@@ -1,0 +1,318 @@
+"""The wire models: every request and response body that crosses an HTTP hop between the gateway,
+the services and Dagster (validated at the edge and again by the owner of the data), typed with the
+one vocabulary of `core.states`. FastAPI routes declare them, so /openapi.json describes every body."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .core.states import ChunkState, Event, Note, State, VerifyStatus, WorkReason
+
+LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatternSource(Strict):
+    """FFmpeg's synthetic test pattern (lavfi), paced to real time: demos and tests."""
+
+    kind: Literal["testsrc"] = "testsrc"
+    pattern: Literal["testsrc", "testsrc2", "smptebars", "rgbtestsrc"] = "testsrc"
+
+
+class X11Source(Strict):
+    """An X display (e.g. an xrdp session's) captured with x11grab, cursor included."""
+
+    kind: Literal["x11"]
+    display: str = Field(..., pattern=r"^[A-Za-z0-9._\-]*:\d{1,4}(\.\d{1,2})?$", examples=[":10.0"])
+    offset_x: int = Field(0, ge=0, le=16384)
+    offset_y: int = Field(0, ge=0, le=16384)
+    capture_width: int | None = Field(None, ge=16, le=16384, description="default: the video width")
+    capture_height: int | None = Field(None, ge=16, le=16384, description="default: the video height")
+    draw_mouse: bool = True
+
+
+class UrlSource(Strict):
+    """Anything FFmpeg opens: a file under LUCID_URL_FILE_ROOTS, http(s)://, rtsp://, rtmp://, srt://."""
+
+    kind: Literal["url"]
+    url: str = Field(..., min_length=1, max_length=4096)
+    realtime: bool = Field(True, description="read files at their own speed (like ffmpeg -re)")
+
+
+class PushSource(Strict):
+    """An external agent uploads the chunks itself: PUT /v1/sessions/{id}/chunks/{seq}."""
+
+    kind: Literal["push"]
+
+
+Source = Annotated[PatternSource | X11Source | UrlSource | PushSource, Field(discriminator="kind")]
+
+
+class Video(Strict):
+    width: int = Field(1280, ge=64, le=3840, multiple_of=2)
+    height: int = Field(720, ge=64, le=2160, multiple_of=2)
+    fps: int = Field(30, ge=1, le=60)
+    encoders: list[Literal["libx264", "h264_v4l2m2m", "h264_nvenc"]] | None = Field(
+        None,
+        min_length=1,
+        description="preference order; default LUCID_ENCODERS "
+        "(h264_v4l2m2m, h264_nvenc, libx264): the first that opens is used",
+    )
+
+
+class CreateSession(Strict):
+    name: str = Field(..., min_length=1, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    source: Source = Field(default_factory=PatternSource)
+    video: Video = Field(default_factory=Video)
+    chunk_seconds: int = Field(10, ge=1, le=600)
+    retention_days: int | None = Field(None, ge=1, le=36500)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not LABEL_KEY.match(k):
+                raise ValueError(f"label key {k!r} must match {LABEL_KEY.pattern}")
+            if len(val) > 256:
+                raise ValueError(f"label {k!r} value is longer than 256 characters")
+        return v
+
+
+class Transition(Strict):
+    event: Event
+    actor: str = Field("system", max_length=200)
+    reason: str | None = Field(None, max_length=2000)
+    expected_chunks: int | None = Field(None, ge=0)
+    encoder: str | None = Field(None, max_length=100)
+
+
+class RegisterChunk(Strict):
+    seq: int = Field(..., ge=0)
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(..., ge=0)
+    duration_ms: int = Field(0, ge=0)
+    frames: int = Field(0, ge=0)
+    path: str = Field(..., min_length=1, max_length=4096)
+
+
+class ChunkStored(Strict):
+    seq: int = Field(..., ge=0)
+    envelope_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    stored_size: int = Field(..., ge=0)
+    compressed: bool
+
+
+class ManifestSummary(Strict):
+    version: int = Field(..., ge=1)
+    merkle_root: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    manifest_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+
+
+class ChunksStored(Strict):
+    """Many chunks marked stored in one call (one processing batch)."""
+
+    items: list[ChunkStored] = Field(..., max_length=100_000)
+
+
+class VerificationSummary(Strict):
+    status: VerifyStatus
+    problems: int = Field(..., ge=0)
+    at: str = Field(..., max_length=40)
+
+
+class AuditNote(Strict):
+    event: Literal[Note.REPROCESS]
+    actor: str = Field(..., max_length=200)
+    detail: dict = Field(default_factory=dict)
+
+
+# --- responses ---------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx: a stable code, a sentence saying what and why, sometimes more (e.g. `state`)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(..., examples=["illegal_transition"])
+    detail: str = Field(..., examples=["cannot stop a session that is created; allowed: start, delete"])
+    state: State | None = Field(None, description="the session's current state, for refused transitions")
+
+
+Iso = Annotated[str, Field(description="ISO 8601 time", examples=["2026-12-01T16:45:32.123456+00:00"])]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Session(BaseModel):
+    id: str
+    name: str
+    state: State
+    labels: dict[str, str]
+    source: dict[str, Any] = Field(..., description="the source as created (see CreateSession.source)")
+    video: dict[str, Any]
+    encoder: str | None = Field(None, description="the encoder that opened (`push` for pushed chunks)")
+    chunk_seconds: int
+    retention_days: int | None
+    created_at: Iso
+    started_at: Iso | None
+    stopped_at: Iso | None
+    sealed_at: Iso | None
+    expected_chunks: int | None = Field(None, description="known once the recorder has finalized")
+    chunk_count: int
+    raw_bytes: int
+    stored_bytes: int
+    duration_ms: int
+    chunks_stored: int
+    merkle_root: Sha256 | None
+    manifest_version: int | None
+    manifest_sha256: Sha256 | None
+    failure_reason: str | None
+    end_reason: str | None
+    verification: VerificationSummary | None = Field(None, description="the last verification's outcome")
+    updated_at: Iso
+
+
+class SessionPage(BaseModel):
+    items: list[Session]
+    total: int
+    limit: int
+    offset: int
+
+
+class Chunk(BaseModel):
+    seq: int
+    sha256: Sha256 = Field(..., description="SHA-256 of the chunk's bytes as recorded")
+    size: int
+    duration_ms: int
+    frames: int
+    state: ChunkState
+    registered_at: Iso
+    stored_at: Iso | None
+    envelope_sha256: Sha256 | None
+    stored_size: int | None
+    compressed: bool | None
+
+
+class RegisteredChunk(Chunk):
+    """A chunk as the services see it: with the staging file on the recordings volume."""
+
+    path: str
+
+
+class ChunkList(BaseModel):
+    items: list[Chunk]
+
+
+class RegisteredChunkList(BaseModel):
+    items: list[RegisteredChunk]
+
+
+class Registration(BaseModel):
+    created: bool = Field(..., description="false: identical bytes were already registered under this seq")
+    chunk: RegisteredChunk
+
+
+class PushResult(BaseModel):
+    created: bool = Field(..., description="false: identical bytes were already stored under this seq")
+    chunk: Chunk
+
+
+class AuditEntry(BaseModel):
+    entry: dict[str, Any] = Field(..., description="session_id, idx, at, event, from, to, actor, detail")
+    prev_hash: Sha256
+    hash: Sha256
+
+
+class EventList(BaseModel):
+    items: list[AuditEntry]
+
+
+class AuditReceipt(BaseModel):
+    entry: dict[str, Any]
+    hash: Sha256
+
+
+class WorkItem(BaseModel):
+    id: int
+    session_id: str
+    up_to_seq: int
+    reason: WorkReason
+    created_at: Iso
+
+
+class WorkPage(BaseModel):
+    items: list[WorkItem]
+
+
+class Signed(BaseModel):
+    """A signed document (manifest or checkpoint): canonical-JSON body and its Ed25519 signature."""
+
+    model_config = ConfigDict(extra="allow")
+    body: dict[str, Any]
+    signature: dict[str, Any]
+
+
+class CheckpointList(BaseModel):
+    items: list[Signed]
+
+
+class Proof(BaseModel):
+    session_id: str
+    seq: int
+    leaf: Sha256 = Field(..., description="SHA-256 of the chunk's envelope")
+    tree_size: int
+    root: Sha256
+    proof: list[Sha256] = Field(..., description="RFC 6962 audit path, leaf to root")
+    anchor: Literal["manifest", "checkpoint"]
+    signed: Signed
+
+
+class VerifyReport(BaseModel):
+    session_id: str
+    ok: bool
+    status: VerifyStatus
+    problems: list[str]
+    checks: list[dict[str, Any]]
+    chunks: list[dict[str, Any]]
+
+
+class ShredResult(BaseModel):
+    data_key_destroyed: bool
+    envelopes_removed: int
+    staging_removed: bool
+    chunk_rows_removed: int
+    session_rows_marked: int
+
+
+class DeletedSession(Session):
+    shredded: ShredResult
+
+
+class SigningKey(BaseModel):
+    alg: Literal["Ed25519"]
+    key_id: str
+    public_key: str = Field(..., description="raw 32-byte public key, base64")
+
+
+class PlaylistItem(BaseModel):
+    seq: int
+    duration_ms: int
+    size: int
+
+
+class Playlist(BaseModel):
+    items: list[PlaylistItem]
+
+
+class CaptureInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session_id: str
+    encoder: str
+
+
+class CaptureList(BaseModel):
+    items: list[CaptureInfo]

@@ -1,0 +1,40 @@
+"""/sessions/{id}/chunks: registration by the recorder, the list, and stored marks from Dagster."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlmodel import select
+
+from lucid_assets.models import ChunksStored, RegisterChunk, RegisteredChunkList, Registration
+from services.common.errors import ERRORS
+
+from .. import registry
+from ..deps import Db
+from ..models import ChunkRow
+
+router = APIRouter(prefix="/sessions/{session_id}/chunks", tags=["chunks"], responses=ERRORS)
+
+
+@router.post("", response_model=Registration)
+def register_chunk(session_id: str, body: RegisterChunk, db: Db):
+    with db.write() as s:
+        row = registry.get_row(s, session_id, lock=True)
+        chunk, created = registry.register_chunk(s, row, body)
+        s.flush()
+        return {"created": created, "chunk": registry.chunk_dict(chunk)}
+
+
+@router.get("", response_model=RegisteredChunkList)
+def list_chunks(session_id: str, db: Db):
+    with db.read() as s:
+        registry.get_row(s, session_id)
+        rows = s.exec(select(ChunkRow).where(ChunkRow.session_id == session_id).order_by(ChunkRow.seq)).all()
+        return {"items": [registry.chunk_dict(c) for c in rows]}
+
+
+@router.post("/stored", response_model=RegisteredChunkList)
+def chunks_stored(session_id: str, body: ChunksStored, db: Db):
+    """Mark a processing batch's chunks stored, all or none (one transaction)."""
+    with db.write() as s:
+        registry.get_row(s, session_id, lock=True)
+        return {"items": [registry.chunk_dict(registry.mark_stored(s, session_id, c)) for c in body.items]}

@@ -1,0 +1,114 @@
+"""/sessions: create, list, read, transitions, and what Dagster records on a session (manifest,
+verification, audit notes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func
+from sqlmodel import select
+
+from lucid_assets.core.states import State
+from lucid_assets.models import (
+    AuditNote,
+    AuditReceipt,
+    CreateSession,
+    EventList,
+    ManifestSummary,
+    Session,
+    SessionPage,
+    Transition,
+    VerificationSummary,
+)
+from services.common.errors import ERRORS
+
+from .. import registry
+from ..deps import Db
+from ..models import AuditRow, SessionRow
+
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERRORS)
+
+
+@router.post("", status_code=201, response_model=Session)
+def create_session(body: CreateSession, db: Db, actor: str = "api"):
+    with db.write() as s:
+        row = registry.create(s, body, actor)
+        return registry.session_dict(s, row)
+
+
+@router.get("", response_model=SessionPage)
+def list_sessions(
+    db: Db,
+    state: State | None = None,
+    label: list[str] = Query(default=[]),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+):
+    with db.read() as s:
+        q = select(SessionRow)
+        if state:
+            q = q.where(SessionRow.state == state)
+        for lab in label:  # label=key or label=key=value, filtered in the database
+            k, _, v = lab.partition("=")
+            q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
+        total = s.exec(select(func.count()).select_from(q.subquery())).one()
+        page = s.exec(q.order_by(SessionRow.created_at.desc()).offset(offset).limit(limit)).all()
+        t = registry.totals(s, [r.id for r in page])
+        return {
+            "items": [registry.to_dict(r, t.get(r.id)) for r in page],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+
+@router.get("/{session_id}", response_model=Session)
+def get_session(session_id: str, db: Db):
+    with db.read() as s:
+        return registry.session_dict(s, registry.get_row(s, session_id))
+
+
+@router.post("/{session_id}/transitions", response_model=Session)
+def transition(session_id: str, body: Transition, db: Db):
+    with db.write() as s:
+        row = registry.get_row(s, session_id, lock=True)
+        registry.transition(s, row, body)
+        s.flush()
+        return registry.session_dict(s, row)
+
+
+@router.put("/{session_id}/manifest", response_model=Session)
+def manifest_recorded(session_id: str, body: ManifestSummary, db: Db):
+    with db.write() as s:
+        row = registry.get_row(s, session_id, lock=True)
+        registry.record_manifest(s, row, body)
+        s.flush()
+        return registry.session_dict(s, row)
+
+
+@router.post("/{session_id}/audit", status_code=201, response_model=AuditReceipt)
+def audit_note(session_id: str, body: AuditNote, db: Db):
+    """An audited event that is not a transition (a forced reprocess)."""
+    with db.write() as s:
+        registry.get_row(s, session_id, lock=True)
+        row = registry.append_audit(
+            s, session_id, {"event": body.event, "from": None, "to": None, "actor": body.actor, "detail": body.detail}
+        )
+        s.flush()
+        return {"entry": row.entry, "hash": row.hash}
+
+
+@router.put("/{session_id}/verification", response_model=VerificationSummary)
+def verification(session_id: str, body: VerificationSummary, db: Db):
+    with db.write() as s:
+        row = registry.get_row(s, session_id, lock=True)
+        row.verification = body.model_dump(mode="json")
+        s.add(row)
+        return row.verification
+
+
+@router.get("/{session_id}/events", response_model=EventList)
+def events(session_id: str, db: Db):
+    with db.read() as s:
+        registry.get_row(s, session_id)
+        rows = s.exec(select(AuditRow).where(AuditRow.session_id == session_id).order_by(AuditRow.idx)).all()
+        return {"items": registry.audit_dicts(rows)}

@@ -1,0 +1,177 @@
+"""The recorder's state: the captures running in this process, their counters, and how a capture's
+life is told to the pipeline (start, segments, end, finalize). Routes and crash recovery use it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from lucid_assets.clients import PipelineClient, ServiceError
+from lucid_assets.core.states import Event, State
+from lucid_assets.models import RegisterChunk, Registration, Session
+from lucid_assets.settings import Settings
+from services.common.errors import ApiError
+
+from .capture import Capture, CaptureEnded, Segment
+from .sources import SourceError
+
+log = logging.getLogger("lucid.recorder")
+COUNTERS = ("frames_captured", "frames_dropped", "frames_encoded", "segments")
+ACTOR = "recorder"
+REGISTER_TRIES = 10  # a pipeline restart (503) is waited out for ~30 s before a segment fails
+
+
+class Recorder:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.recordings: Path = settings.recordings_path
+        self.pipeline = PipelineClient(settings.pipeline_url)
+        self.captures: dict[str, Capture] = {}
+        self.lock = threading.Lock()
+        self.totals = dict.fromkeys(COUNTERS, 0)  # of captures that have ended
+        self.write_latency = {"count": 0, "sum_ms": 0.0, "max_ms": 0.0}
+        self.encoders: dict[str, str] = {}
+
+    # --- the pipeline ------------------------------------------------------------------------
+    def transition(self, session_id: str, event: Event, **extra) -> Session:
+        return self.pipeline.transition(session_id, event, actor=ACTOR, **extra)
+
+    def register(self, session_id: str, seg: Segment) -> Registration:
+        body = RegisterChunk(
+            seq=seg.seq,
+            sha256=seg.sha256,
+            size=seg.size,
+            frames=seg.frames,
+            duration_ms=seg.duration_ms,
+            path=str(seg.path),
+        )
+        for attempt in range(REGISTER_TRIES):
+            try:
+                return self.pipeline.register_chunk(session_id, body)
+            except ServiceError as exc:
+                if exc.status != 503 or attempt == REGISTER_TRIES - 1:
+                    raise
+                time.sleep(min(5, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def finalize(self, session_id: str, reason: str | None = None) -> Session:
+        """Tell the pipeline the recording is complete: chunks 0..n-1, no gap (409 naming the gaps)."""
+        seqs = sorted(c.seq for c in self.pipeline.chunks(session_id))
+        expected = seqs[-1] + 1 if seqs else 0
+        missing = sorted(set(range(expected)) - set(seqs))
+        if missing:
+            raise ApiError(
+                409,
+                "incomplete",
+                f"chunks {missing} are missing; upload them and stop again",
+                missing=missing,
+                state=State.FINALIZING,
+            )
+        return self.transition(session_id, Event.FINALIZE, expected_chunks=expected, reason=reason)
+
+    # --- captures ----------------------------------------------------------------------------
+    def active(self, session_id: str) -> Capture | None:
+        with self.lock:
+            return self.captures.get(session_id)
+
+    def retire(self, session_id: str) -> Capture | None:
+        with self.lock:
+            cap = self.captures.pop(session_id, None)
+            if cap is not None:
+                for k in COUNTERS:
+                    self.totals[k] += getattr(cap.stats, k)
+        return cap
+
+    def begin(self, session: Session) -> Session:
+        """Open the source and encoder, tell the pipeline, then capture (a refused start records nothing)."""
+        with self.lock:
+            if session.id in self.captures:
+                raise ApiError(409, "illegal_transition", "session is already being captured", state=State.RECORDING)
+            try:
+                cap = Capture(
+                    session.model_dump(mode="json"),
+                    self.recordings / session.id,
+                    self._on_segment(session.id),
+                    self._on_end(session.id),
+                    encoders=self.settings.encoder_order,
+                    file_roots=self.settings.file_roots,
+                )
+            except SourceError as exc:
+                raise ApiError(422, "source_unavailable", str(exc)) from None
+            try:
+                result = self.transition(session.id, Event.START, encoder=cap.encoder)
+            except ServiceError:
+                cap.close()
+                raise
+            self.captures[session.id] = cap
+            cap.start()
+        return result
+
+    def end(self, session_id: str) -> Session | None:
+        """Stop this process's capture of the session, if any; a failed flush fails the session."""
+        cap = self.active(session_id)
+        if cap is None:
+            return None
+        try:
+            cap.stop()
+        except SourceError as exc:
+            return self.transition(session_id, Event.FAIL, reason=str(exc))
+        finally:
+            self.retire(session_id)
+        return None
+
+    def _on_end(self, session_id: str):
+        def ended(why: CaptureEnded) -> None:
+            cap = self.retire(session_id)
+            try:
+                if why.kind == "source_ended" and cap is not None and not cap.registered:
+                    self.transition(session_id, Event.FAIL, reason=f"{why.reason} before any frame was recorded")
+                elif why.kind == "source_ended":
+                    self.transition(session_id, Event.STOP, reason=why.reason)
+                    self.finalize(session_id, reason=why.reason)
+                else:
+                    self.transition(session_id, Event.FAIL, reason=why.reason)
+            except (ServiceError, ApiError) as exc:
+                log.error("could not end %s (%s): %s", session_id, why.reason, exc)
+
+        return ended
+
+    def _on_segment(self, session_id: str):
+        def on_segment(seg: Segment) -> None:
+            self.register(session_id, seg)
+            cap = self.active(session_id)
+            ms = cap.stats.last_write_ms if cap else 0.0
+            lat = self.write_latency
+            lat["count"] += 1
+            lat["sum_ms"] += ms
+            lat["max_ms"] = max(lat["max_ms"], ms)
+
+        return on_segment
+
+    def metrics(self) -> str:
+        """Prometheus text: counters over every capture, gauges per live capture."""
+        with self.lock:
+            items = list(self.captures.items())
+            done = dict(self.totals)
+        lines = []
+        for name in COUNTERS:
+            lines.append(f"# TYPE lucid_recorder_{name}_total counter")
+            lines.append(f"lucid_recorder_{name}_total {done[name] + sum(getattr(c.stats, name) for _, c in items)}")
+            lines.append(f"# TYPE lucid_recorder_session_{name} gauge")
+            for sid, c in items:
+                lines.append(
+                    f'lucid_recorder_session_{name}{{session="{sid}",encoder="{c.encoder}"}} {getattr(c.stats, name)}'
+                )
+        lat = self.write_latency
+        lines += [
+            "# TYPE lucid_recorder_segment_write_seconds summary",
+            f"lucid_recorder_segment_write_seconds_count {lat['count']}",
+            f"lucid_recorder_segment_write_seconds_sum {lat['sum_ms'] / 1000:.6f}",
+            "# TYPE lucid_recorder_segment_write_seconds_max gauge",
+            f"lucid_recorder_segment_write_seconds_max {lat['max_ms'] / 1000:.6f}",
+            "# TYPE lucid_recorder_active_sessions gauge",
+            f"lucid_recorder_active_sessions {len(items)}",
+        ]
+        return "\n".join(lines) + "\n"

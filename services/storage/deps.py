@@ -1,0 +1,66 @@
+"""What the storage routes share: the stores, keys and peers of this process (made once in
+create_app), and the session id a path names."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, Request
+
+from lucid_assets.clients import PipelineClient
+from lucid_assets.core import keys
+from lucid_assets.keyring import Keyring
+from lucid_assets.lake import Lake
+from lucid_assets.settings import Settings
+from lucid_assets.store import ChunkStore
+from services.common.errors import ApiError, not_found
+
+
+@dataclass
+class Storage:
+    store: ChunkStore
+    lake: Lake
+    keyring: Keyring
+    public_key: Ed25519PublicKey
+    pipeline: PipelineClient
+    recordings: Path
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Storage:
+        return cls(
+            store=ChunkStore(s.chunk_store_path),
+            lake=Lake.sql(s.catalog, s.warehouse_uri),
+            keyring=Keyring.load(s, with_signing=False),
+            public_key=Keyring.public_key(s),
+            pipeline=PipelineClient(s.pipeline_url),
+            recordings=s.recordings_path,
+        )
+
+    def dek(self, sid: str) -> bytes:
+        try:
+            dek = self.store.data_key(sid, self.keyring)
+        except keys.KeyMaterialError as exc:
+            raise ApiError(409, "key_unavailable", f"the data key of {sid} does not open: {exc}") from None
+        if dek is None:
+            raise ApiError(410, "shredded", f"session {sid} has no data key (never stored, or crypto-shredded)")
+        return dek
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def session_id(session_id: str) -> str:
+    """The path's session id in canonical form; 404 for anything that is not a UUID."""
+    try:
+        return str(uuid.UUID(session_id))
+    except ValueError:
+        raise not_found(f"session {session_id!r} does not exist (not a session id)") from None
+
+
+Ctx = Annotated[Storage, Depends(get_storage)]
+Sid = Annotated[str, Depends(session_id)]
