@@ -159,6 +159,7 @@ def mp4_build_rate(data: Path, sid: str) -> float:
     return n / (time.perf_counter() - t)
 
 
+# long: a benchmark's steps in order, each printed as it runs
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--short", type=float, default=1)

@@ -93,6 +93,7 @@ def main() -> int:
     return 0
 
 
+# long: a benchmark's steps in order, each printed as it runs
 def measure(args, overrides: dict, env: dict) -> dict:
     w, h = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:

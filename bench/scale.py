@@ -27,9 +27,10 @@ from lucid_assets.defs.housekeeping.reconcile import reconcile_requests
 from lucid_assets.defs.resources import PipelineResource
 from lucid_assets.defs.sessions.partitions import sessions as sessions_def
 from lucid_assets.defs.sessions.sensors import work_queue_sensor as make_work_queue_sensor
+from services.common import migrate
 from services.common.db import Database
 from services.launcher import SERVICES, Platform
-from services.pipeline.models import TABLES, SessionRow, WorkItem
+from services.pipeline.models import SessionRow, WorkItem
 from tests.conftest import free_port
 
 
@@ -42,11 +43,12 @@ def median_ms(fn, n=5) -> float:
     return statistics.median(times)
 
 
+# long: a benchmark's steps in order, each printed as it runs
 def measure(n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         db = Database(f"sqlite:///{data / 'pipeline.db'}")
-        db.create_all(*TABLES)
+        migrate.upgrade(db.url, "pipeline")
         old = datetime.now(UTC) - timedelta(days=90)
         ids = [str(uuid.uuid4()) for _ in range(n)]
         with db.write() as s:

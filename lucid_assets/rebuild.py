@@ -21,6 +21,7 @@ def _ts(iso: str | None) -> datetime | None:
     return datetime.fromisoformat(iso) if iso else None
 
 
+# long: one pass over a session's files gives both tables' rows, side by side
 def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict], list[dict]]:
     manifests = []
     for v in store.manifest_versions(sid):

@@ -97,6 +97,7 @@ def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
         time.sleep(1)
 
 
+# long: the smoke test's steps in the order an operator runs them, each printed as it goes
 def main() -> int:
     host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,8 +141,15 @@ def main() -> int:
 
         t0 = time.monotonic()
         started = True
-        run([str(COMPOSE), "up"], env=env)
+        up = run([str(COMPOSE), "up"], env=env, check=False, capture=True)
         numbers["up_to_healthy_s"] = round(time.monotonic() - t0, 1)
+        print(up.stdout, end="", flush=True)
+        up.check_returncode()
+        migrated = [line for line in up.stdout.splitlines() if line.startswith("compose: migrate: ")]
+        if not any("pipeline database:" in m for m in migrated) or not any("api database:" in m for m in migrated):
+            say(f"the migrate step did not report both databases: {migrated}")
+            return 1
+        numbers["migrations"] = [m.removeprefix("compose: migrate: ") for m in migrated]
 
         api = Api("http://127.0.0.1:8087", (secrets / "admin-api-key").read_text().strip())
         info = json.loads(urllib.request.urlopen("http://127.0.0.1:3000/server_info", timeout=10).read())

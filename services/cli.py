@@ -12,11 +12,29 @@ from pathlib import Path
 
 import httpx
 
+from lucid_assets.core.states import State
 from lucid_assets.files import atomic_write
 from lucid_assets.keyring import ensure_keys
 from lucid_assets.settings import Settings, get_settings
 
 ADMIN_KEY_FILE = Path("secrets") / "admin-api-key"
+
+
+def _migrate(s: Settings) -> bool:
+    """Bring both databases to the code's schema before any service starts, and say so."""
+    from services.common import migrate
+
+    try:
+        for line in migrate.upgrade_all(s.pipeline_db, s.api_db):
+            print(f"lucid: {line}", flush=True)
+    except migrate.MigrationError as exc:
+        print(f"lucid: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_migrate(args) -> int:
+    return 0 if _migrate(Settings(data_dir=Path(args.data_dir))) else 1
 
 
 def _bootstrap(data_dir: Path) -> tuple[str | None, list[str]]:
@@ -25,6 +43,8 @@ def _bootstrap(data_dir: Path) -> tuple[str | None, list[str]]:
 
     s = Settings(data_dir=data_dir)
     created = ensure_keys(s)
+    if not _migrate(s):
+        raise SystemExit(1)
     preset = s.preset_admin_key
     key = ensure_admin_key(Database(s.api_db), preset)
     if key and not preset:
@@ -128,9 +148,9 @@ def cmd_demo(args) -> int:
     t_stop = time.monotonic()
     while True:
         s = api("GET", f"/v1/sessions/{sid}")
-        if s["state"] == "sealed":
+        if s["state"] == State.SEALED:
             break
-        if s["state"] == "failed":
+        if s["state"] == State.FAILED:
             print(f"session failed: {s['failure_reason']}", file=sys.stderr)
             return 1
         if time.monotonic() - t_stop > args.timeout:
@@ -279,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--chunk-seconds", type=int, default=10)
     demo.add_argument("--timeout", type=float, default=300)
     sub.choices["verify"].add_argument("session")
+    mig = sub.add_parser("migrate", help="bring the pipeline and API-key databases to this release's schema")
+    mig.set_defaults(fn=cmd_migrate)
     keys_p = sub.add_parser("keys", help="rotate the key-encryption key, rewrap data keys, prune retired keys")
     keys_p.add_argument("action", choices=["rotate", "rewrap", "prune", "status"])
     keys_p.set_defaults(fn=cmd_keys)

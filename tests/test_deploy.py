@@ -17,10 +17,9 @@ import yaml
 from lucid_assets.core import keys
 from lucid_assets.core.manifest import sign, verify_signature
 from lucid_assets.keyring import Keyring
-from lucid_assets.settings import Settings
+from lucid_assets.settings import PORTS, Settings
 from services.cli import SECRET_FILES
 from services.cli import main as lucid
-from services.launcher import SERVICES
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,20 +157,16 @@ def test_run_launcher_matches_the_stack():
 
 
 def test_every_image_names_a_real_command():
-    images = {
-        "session-pipeline": 8083,
-        "session-recorder": 8084,
-        "chunk-processor": 8085,
-        "session-storage": 8086,
-        "session-api": 8087,
-    }
+    # the images repeat the one port table (lucid_assets.settings.PORTS)
+    images = {f"session-{n}": PORTS[n] for n in ("pipeline", "recorder", "storage", "api")}
+    images["chunk-processor"] = PORTS["chunk-processor"]
     for name, port in images.items():
         text = (REPO / "build" / name / "Dockerfile").read_text()
         assert f"PORT={port}" in text and f"EXPOSE {port}" in text, name
         assert "HEALTHCHECK" in text and re.search(r"^FROM \$\{BASE\}$", text, re.M), name
         serve = re.search(r'"services\.serve", "(\w+)"', text)
         if serve:
-            assert SERVICES[serve.group(1)] == port, name
+            assert PORTS[serve.group(1)] == port, name
     base = (REPO / "build/base/Dockerfile").read_text()
     assert "FROM gcr.io/distroless/python3-debian12:nonroot" in base and "USER 65532:65532" in base
     assert "ENTRYPOINT []" in base

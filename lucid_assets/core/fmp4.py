@@ -71,6 +71,7 @@ def avcc(sps: bytes, pps: bytes) -> bytes:
     return box(b"avcC", body)
 
 
+# long: the init segment's box tree, written top to bottom as ISO/IEC 14496-12 nests it
 def init_segment(sps: bytes, pps: bytes, width: int, height: int, duration: int) -> bytes:
     """ftyp + moov; `duration` in 90 kHz units."""
     movie_dur = duration * MOVIE_TIMESCALE // TIMESCALE

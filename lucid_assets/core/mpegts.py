@@ -118,6 +118,7 @@ def _nal_bounds(es: bytes) -> list[tuple[int, int]]:
     return out
 
 
+# long: one pass over the packets in one frame: the hot path of plan making (bench/export.py)
 def plan(data: bytes | memoryview) -> Plan:
     """The chunk's access units and its MP4 copy plan (see the module's doc)."""
     data = bytes(data)

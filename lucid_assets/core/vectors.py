@@ -19,6 +19,7 @@ SIGNING_SEED = bytes(range(64, 96))
 NONCES = [bytes([0xA0 + i]) * 12 for i in range(4)]
 
 
+# long: the test vectors, one after another as docs/vectors/v1.json lists them
 def generate() -> dict:
     signer = Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
     plain = [b"", b"lucid test vector chunk 1\n" * 64, bytes((i * 37 + 11) % 251 for i in range(1000))]

@@ -74,6 +74,7 @@ def _parse(manifest_bytes: bytes | None) -> tuple[dict | None, str | None]:
         return None, "manifest is not valid JSON (damaged)"
 
 
+# long: the verification checklist, one check after another in the order the design lists them
 def verify_session(
     *,
     session_id: str,

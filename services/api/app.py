@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from lucid_assets.clients import PipelineClient
 from lucid_assets.settings import get_settings
+from services.common import migrate
 from services.common.app import make_app, peer_check
 from services.common.db import Database
 
@@ -24,6 +25,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def create_app():
     s = get_settings()
+    migrate.upgrade(s.api_db, "api")  # a no-op at head; `lucid up` and compose's migrate step ran it first
     db = Database(s.api_db)
     preset = s.preset_admin_key
     first = ensure_admin_key(db, preset)

@@ -56,7 +56,6 @@ def create_key(db: Database, name: str, role: Role, key: str | None = None) -> t
 def ensure_admin_key(db: Database, preset: str | None = None) -> str | None:
     """The first start creates an admin key (or takes `preset`) and returns it, once; later starts
     return None."""
-    db.create_all(ApiKeyRow)
     with db.read() as s:
         if s.exec(select(ApiKeyRow).where(ApiKeyRow.role == Role.admin.name, ApiKeyRow.revoked_at.is_(None))).first():
             return None

@@ -6,7 +6,7 @@ import threading
 from contextlib import contextmanager
 
 from sqlalchemy import event
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 
 class Database:
@@ -29,9 +29,6 @@ class Database:
         # SQLite has one writer; serialise our write transactions so read-check-write is atomic.
         # On PostgreSQL, rows are locked with SELECT ... FOR UPDATE instead.
         self._write_lock = threading.RLock()
-
-    def create_all(self, *models: type[SQLModel]) -> None:
-        SQLModel.metadata.create_all(self.engine, tables=[m.__table__ for m in models])
 
     @contextmanager
     def read(self):

@@ -5,16 +5,18 @@ from __future__ import annotations
 from sqlmodel import select
 
 from lucid_assets.settings import get_settings
+from services.common import migrate
 from services.common.app import make_app
 from services.common.db import Database
 
-from .models import TABLES, SessionRow
+from .models import SessionRow
 from .routes import chunks, sessions, work
 
 
 def create_app(database_url: str | None = None):
-    db = Database(database_url or get_settings().pipeline_db)
-    db.create_all(*TABLES)
+    url = database_url or get_settings().pipeline_db
+    migrate.upgrade(url, "pipeline")  # a no-op at head; `lucid up` and compose's migrate step ran it first
+    db = Database(url)
 
     async def db_check():
         with db.read() as s:

@@ -151,6 +151,41 @@ def _check_chunks(
     )
 
 
+def _store_batch(
+    client, vault: VaultResource, sid: str, dek: bytes, todo: list[RegisteredChunk], force: bool
+) -> tuple[list[dict], int, list[ChunkStored]]:
+    """Envelope `todo` in parallel, catalogue the rows, then tell the registry in one call: (rows,
+    catalog rows appended, stored marks sent)."""
+    with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
+        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c, force), todo))
+    if force:
+        vault.lake.replace_rows(catalog.CHUNKS, sid, rows)
+        appended = len(rows)
+    else:
+        appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
+    marks = [
+        ChunkStored(
+            seq=r["seq"], envelope_sha256=r["envelope_sha256"], stored_size=r["stored_size"], compressed=r["compressed"]
+        )
+        for chunk, r in zip(todo, rows)
+        if chunk.state != ChunkState.STORED or chunk.envelope_sha256 != r["envelope_sha256"]
+    ]
+    if marks:
+        client.mark_stored(sid, marks)  # one call, one transaction for the whole batch
+    return rows, appended, marks
+
+
+def _row_of_stored(c: RegisteredChunk) -> dict:
+    """What a chunk stored by an earlier batch contributes to this batch's totals and checkpoint."""
+    return {
+        "seq": c.seq,
+        "envelope_sha256": c.envelope_sha256,
+        "raw_size": c.size,
+        "stored_size": c.stored_size,
+        "compressed": c.compressed,
+    }
+
+
 @dg.asset(
     partitions_def=sessions,
     deps=[recorded_chunks],
@@ -184,39 +219,11 @@ def stored_chunks(
     # (the catalog row is appended before the registry is told): only the others are read here, so
     # live batches stay proportional to what is new, not to the whole session.
     todo = chunks if config.force else [c for c in chunks if c.state != ChunkState.STORED]
-    with ThreadPoolExecutor(max_workers=max(1, vault.workers)) as pool:
-        rows = list(pool.map(lambda c: _store_one(vault, sid, dek, c, config.force), todo))
-    if config.force:
-        vault.lake.replace_rows(catalog.CHUNKS, sid, rows)
-        appended = len(rows)
-    else:
-        appended = vault.lake.append_missing(catalog.CHUNKS, sid, rows, key="seq")
-    marks = [
-        ChunkStored(
-            seq=row["seq"],
-            envelope_sha256=row["envelope_sha256"],
-            stored_size=row["stored_size"],
-            compressed=row["compressed"],
-        )
-        for chunk, row in zip(todo, rows)
-        if chunk.state != ChunkState.STORED or chunk.envelope_sha256 != row["envelope_sha256"]
-    ]
-    if marks:
-        client.mark_stored(sid, marks)  # one call, one transaction for the whole batch
+    rows, appended, marks = _store_batch(client, vault, sid, dek, todo, config.force)
     for chunk in chunks:
         Path(chunk.path).unlink(missing_ok=True)  # durable and catalogued: staging can go
     fresh = {r["seq"]: r for r in rows}
-    stored = [
-        fresh.get(c.seq)
-        or {
-            "seq": c.seq,
-            "envelope_sha256": c.envelope_sha256,
-            "raw_size": c.size,
-            "stored_size": c.stored_size,
-            "compressed": c.compressed,
-        }
-        for c in chunks
-    ]
+    stored = [fresh.get(c.seq) or _row_of_stored(c) for c in chunks]
     published = _publish_checkpoint(vault, sid, stored)
     check = _check_chunks(vault, sid, dek, chunks, todo, session)
     raw, size = sum(r["raw_size"] for r in stored), sum(r["stored_size"] for r in stored)

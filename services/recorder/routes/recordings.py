@@ -37,20 +37,23 @@ def start(session_id: str, rec: Rec):
     return rec.begin(session)
 
 
-@router.post("/recordings/{session_id}/pause", response_model=Session)
-def pause(session_id: str, rec: Rec):
-    result = rec.transition(session_id, Event.PAUSE)
-    if cap := rec.active(session_id):
-        cap.pause()
-    return result
+def _hold(event: Event):
+    """Pause or resume: the pipeline decides (409 when illegal), then this process's capture follows."""
+
+    def route(session_id: str, rec: Rec):
+        result = rec.transition(session_id, event)
+        if cap := rec.active(session_id):
+            (cap.pause if event == Event.PAUSE else cap.resume)()
+        return result
+
+    route.__name__ = str(event)
+    return route
 
 
-@router.post("/recordings/{session_id}/resume", response_model=Session)
-def resume(session_id: str, rec: Rec):
-    result = rec.transition(session_id, Event.RESUME)
-    if cap := rec.active(session_id):
-        cap.resume()
-    return result
+for _event in (Event.PAUSE, Event.RESUME):
+    router.add_api_route(
+        f"/recordings/{{session_id}}/{_event}", _hold(_event), methods=["POST"], response_model=Session
+    )
 
 
 @router.post("/recordings/{session_id}/stop", response_model=Session)
