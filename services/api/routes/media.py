@@ -24,6 +24,14 @@ from .sessions import AUTH, proxy_chunk
 router = APIRouter(prefix="/v1/sessions", tags=["playback"], responses={**ERRORS, **AUTH})
 
 
+MP4 = {
+    200: {"content": {"video/mp4": {}}},
+    206: {"description": "the requested range", "content": {"video/mp4": {}}},
+    416: ERRORS[422] | {"description": "the range is outside the recording"},
+}
+TS = {200: {"content": {"video/mp2t": {}}}}
+
+
 class MediaLinks(BaseModel):
     expires_at: int
     token: str
@@ -72,7 +80,10 @@ def media_links(session_id: str, gw: Gw, who: Principal = Depends(viewer)):
 
 
 @router.get(
-    "/{session_id}/live.m3u8", summary="HLS playlist: grows while recording, ends when sealed", response_class=Response
+    "/{session_id}/live.m3u8",
+    summary="HLS playlist: grows while recording, ends when sealed",
+    response_class=Response,
+    responses={200: {"content": {"application/vnd.apple.mpegurl": {}}}},
 )
 async def playlist(session_id: str, request: Request, gw: Gw, who: Principal = Depends(media_access)):
     session = await run_in_threadpool(gw.pipeline.session, session_id)
@@ -98,7 +109,10 @@ async def playlist(session_id: str, request: Request, gw: Gw, who: Principal = D
 
 
 @router.get(
-    "/{session_id}/media/{seq}.ts", summary="One decrypted chunk for players (Range supported)", response_class=Response
+    "/{session_id}/media/{seq}.ts",
+    summary="One decrypted chunk for players (Range supported)",
+    response_class=Response,
+    responses=TS,
 )
 async def media_chunk(session_id: str, seq: int, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await proxy_chunk(gw, session_id, seq, request)
@@ -128,11 +142,14 @@ async def _export(gw, session_id: str, ext: str, request: Request) -> Response:
     )
 
 
-@router.api_route(
+@router.get(
     "/{session_id}/recording.mp4",
-    methods=["GET", "HEAD"],
     summary="The whole recording as MP4 (no re-encode; Range and seeking supported)",
     response_class=StreamingResponse,
+    responses=MP4,
+)
+@router.head(
+    "/{session_id}/recording.mp4", summary="The MP4's size and ETag", response_class=StreamingResponse, responses=MP4
 )
 async def recording_mp4(session_id: str, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await _export(gw, session_id, "mp4", request)
@@ -142,6 +159,7 @@ async def recording_mp4(session_id: str, request: Request, gw: Gw, _: Principal 
     "/{session_id}/recording.ts",
     summary="The whole recording as the original MPEG-TS (streamed)",
     response_class=StreamingResponse,
+    responses=TS,
 )
 async def recording_ts(session_id: str, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await _export(gw, session_id, "ts", request)

@@ -21,6 +21,7 @@ from ..ranges import parse_range
 
 log = logging.getLogger("lucid.storage")
 router = APIRouter(prefix="/sessions/{session_id}", tags=["exports"], responses=ERRORS)
+MP4 = {200: {"content": {"video/mp4": {}}}, 206: {"description": "the requested range", "content": {"video/mp4": {}}}}
 
 
 def stored_prefix(ctx: Storage, sid: str) -> list[int]:
@@ -96,12 +97,8 @@ def recording_ts(sid: Sid, ctx: Ctx):
     )
 
 
-@router.api_route(
-    "/recording.mp4",
-    methods=["GET", "HEAD"],
-    response_class=ProducedResponse,
-    responses={200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}}},
-)
+@router.get("/recording.mp4", response_class=ProducedResponse, responses=MP4)
+@router.head("/recording.mp4", response_class=ProducedResponse, responses=MP4)
 def recording_mp4(sid: Sid, request: Request, ctx: Ctx):
     """Fragmented MP4 with a size, an ETag and Range: a browser seeks anywhere in it by
     fetching only the fragments (chunks) it needs."""
