@@ -15,11 +15,11 @@ from .models import (
     AuditEntry,
     AuditNote,
     AuditReceipt,
-    ChunksStored,
-    ChunkStored,
     CreateSession,
     EventList,
     ManifestSummary,
+    Marked,
+    PendingPage,
     RegisterChunk,
     RegisteredChunk,
     RegisteredChunkList,
@@ -27,6 +27,8 @@ from .models import (
     Session,
     SessionPage,
     ShredResult,
+    StoredMark,
+    StoredMarks,
     Transition,
     VerificationSummary,
     WorkItem,
@@ -130,11 +132,13 @@ class PipelineClient(ServiceClient):
     def chunks(self, session_id: str) -> list[RegisteredChunk]:
         return RegisteredChunkList.model_validate(self.request("GET", f"/sessions/{session_id}/chunks")).items
 
-    def mark_stored(self, session_id: str, items: list[ChunkStored]) -> list[RegisteredChunk]:
-        body = ChunksStored(items=items)
-        return RegisteredChunkList.model_validate(
-            self.send("POST", f"/sessions/{session_id}/chunks/stored", body)
-        ).items
+    def mark_stored(self, marks: list[StoredMark]) -> int:
+        """A batch's stored chunks, any sessions, in one call and one transaction."""
+        return Marked.model_validate(self.send("POST", "/work/stored", StoredMarks(items=marks))).marked
+
+    def pending(self, *, limit: int = 200) -> PendingPage:
+        """Sessions with work for a processing batch, sealing first, then the longest waiting."""
+        return PendingPage.model_validate(self.request("GET", "/work/pending", params={"limit": limit}))
 
     def record_manifest(self, session_id: str, summary: ManifestSummary) -> Session:
         return Session.model_validate(self.send("PUT", f"/sessions/{session_id}/manifest", summary))

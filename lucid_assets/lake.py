@@ -60,25 +60,56 @@ class Lake:
     def append_missing(self, name: str, session_id: str, rows: list[dict], key: str) -> int:
         """Append the rows whose `key` is not yet in the table for this session; retries on
         commit conflicts with a fresh read, so concurrent or repeated runs never duplicate rows."""
+        return self.append_missing_many(name, [{**r, "session_id": session_id} for r in rows], key).get(session_id, 0)
+
+    def _scan(self, name: str, session_ids: list[str], fields: tuple[str, ...] | None = None) -> list[dict]:
+        if not session_ids:
+            return []
+        scan = self.table(name).scan(
+            row_filter=In("session_id", sorted(set(session_ids))), **({"selected_fields": fields} if fields else {})
+        )
+        return scan.to_arrow().to_pylist()
+
+    def keys_by_session(self, name: str, session_ids: list[str], key: str) -> dict[str, list]:
+        """`key` of every row of these sessions, per session (one scan, pruned by session)."""
+        out: dict[str, list] = {}
+        for r in self._scan(name, session_ids, ("session_id", key)):
+            out.setdefault(r["session_id"], []).append(r[key])
+        return out
+
+    def rows_by_session(self, name: str, session_ids: list[str]) -> dict[str, list[dict]]:
+        """Every row of these sessions, per session in seq (or version) order, in one scan."""
+        out: dict[str, list[dict]] = {}
+        for r in self._scan(name, session_ids):
+            out.setdefault(r["session_id"], []).append(r)
+        for rows in out.values():
+            rows.sort(key=lambda r: (r.get("seq", 0), r.get("manifest_version", 0)))
+        return out
+
+    def append_missing_many(self, name: str, rows: list[dict], key: str) -> dict[str, int]:
+        """`append_missing` for rows of many sessions in one commit: a row whose (session, `key`) is
+        already in the table is left out, read fresh after a commit conflict. Returns the rows
+        appended per session."""
         arrow_schema = schema.TABLES[name].as_arrow()
+        sids = sorted({r["session_id"] for r in rows})
         for attempt in range(8):
-            table = self.table(name)
-            existing = {
-                r[key]
-                for r in table.scan(row_filter=EqualTo("session_id", session_id), selected_fields=(key,))
-                .to_arrow()
-                .to_pylist()
-            }
-            todo = sorted((r for r in rows if r[key] not in existing), key=lambda r: r[key])
+            existing = {(r["session_id"], r[key]) for r in self._scan(name, sids, ("session_id", key))}
+            todo = sorted(
+                (r for r in rows if (r["session_id"], r[key]) not in existing), key=lambda r: (r["session_id"], r[key])
+            )
             if not todo:
-                return 0
+                return {}
             try:
-                table.append(pa.Table.from_pylist(todo, schema=arrow_schema))
-                return len(todo)
+                self.table(name).append(pa.Table.from_pylist(todo, schema=arrow_schema))
             except CommitFailedException as exc:
                 wait = min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())
                 log.info("iceberg commit conflict on %s (%s); retrying in %.2fs", name, exc, wait)
                 time.sleep(wait)
+                continue
+            added: dict[str, int] = {}
+            for r in todo:
+                added[r["session_id"]] = added.get(r["session_id"], 0) + 1
+            return added
         raise RuntimeError(f"could not commit to {name} after 8 attempts")
 
     def replace_rows(self, name: str, session_id: str, rows: list[dict]) -> None:

@@ -102,7 +102,10 @@ class RegisterChunk(Strict):
     path: str = Field(..., min_length=1, max_length=4096)
 
 
-class ChunkStored(Strict):
+class StoredMark(Strict):
+    """A chunk now durable in the chunk store and catalogued (what a processing batch reports)."""
+
+    session_id: str = Field(..., min_length=36, max_length=36)
     seq: int = Field(..., ge=0)
     envelope_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     stored_size: int = Field(..., ge=0)
@@ -115,10 +118,10 @@ class ManifestSummary(Strict):
     manifest_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
 
 
-class ChunksStored(Strict):
-    """Many chunks marked stored in one call (one processing batch)."""
+class StoredMarks(Strict):
+    """A processing batch's stored chunks, over many sessions, marked in one call and one transaction."""
 
-    items: list[ChunkStored] = Field(..., max_length=100_000)
+    items: list[StoredMark] = Field(..., max_length=100_000)
 
 
 class VerificationSummary(Strict):
@@ -246,6 +249,23 @@ class WorkItem(BaseModel):
 
 class WorkPage(BaseModel):
     items: list[WorkItem]
+
+
+class Pending(BaseModel):
+    """A session with work for a processing batch: chunks not stored yet, or finalized and not sealed."""
+
+    session: Session
+    chunks: list[RegisteredChunk] = Field(..., description="every registered chunk, in seq order")
+    final: bool = Field(..., description="finalized: store what is left, then seal")
+
+
+class PendingPage(BaseModel):
+    items: list[Pending]
+    more: bool = Field(..., description="more sessions are waiting than this page holds")
+
+
+class Marked(BaseModel):
+    marked: int
 
 
 class Signed(BaseModel):

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     process_workers: int = 2
     # Dagster tunings (measured in bench/latency.py --variants; docs/DECISIONS.md has the table)
     sensor_interval_seconds: int = 5  # work queue and run-status sensors
+    # live batches start at most this often (a run costs ~2.5 CPU-s whatever it carries: bench/capacity.py);
+    # finalized sessions do not wait for it
+    batch_interval_seconds: int = 10
     executor: str = "in_process"  # or "multiprocess": one process per step
     daemon_max_age: float = 300  # seconds without a heartbeat before the daemon is unhealthy
 

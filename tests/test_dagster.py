@@ -4,6 +4,7 @@ under `materialize` on `instance_for_test`, idempotent reruns, and verification 
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import httpx
@@ -24,9 +25,7 @@ from tests.conftest import free_port
 from tests.helpers import record_segments
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    data = tmp_path_factory.mktemp("pipeline-only")
+def _pipeline_only(data):
     p = Platform(
         data_dir=data,
         ports={n: free_port() for n in SERVICES},
@@ -35,6 +34,20 @@ def pipeline(tmp_path_factory):
         daemon=False,
     )
     p.start(timeout=60)
+    return p
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    p = _pipeline_only(tmp_path_factory.mktemp("pipeline-only"))
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def fresh_pipeline(tmp_path_factory):
+    """A registry of its own: a batch takes every pending session, so none may be left by other tests."""
+    p = _pipeline_only(tmp_path_factory.mktemp("pipeline-fresh"))
     yield p
     p.stop()
 
@@ -74,8 +87,9 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources=resources)
         result = make_work_queue_sensor(5)(ctx)
-        assert [(r.partition_key, r.job_name) for r in result.run_requests] == [(sid, "seal_session")]
-        assert result.run_requests[0].tags["lucid/session"] == sid
+        assert [(r.partition_key, r.job_name) for r in result.run_requests] == [(None, "process_sessions")]
+        assert result.run_requests[0].tags["lucid/batch"] == "live"
+        assert result.run_requests[0].tags["lucid/reason"] == "final"
         assert result.dynamic_partitions_requests[0].partition_keys == [sid]
         ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
         assert isinstance(make_work_queue_sensor(5)(ctx2), dg.SkipReason)  # the cursor moved past the item
@@ -157,9 +171,9 @@ def test_live_chunks_become_store_batches(pipeline):
         result = make_work_queue_sensor(5)(
             dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
         )
-        assert [(r.partition_key, r.job_name, r.tags["lucid/reason"]) for r in result.run_requests] == [
-            (sid, "store_chunks", "chunks")
-        ]  # two chunks, one batch
+        assert [(r.job_name, r.tags["lucid/reason"]) for r in result.run_requests] == [
+            ("process_sessions", "chunks")
+        ]  # two chunks, one batch run
 
 
 def test_failed_materialization_reports_why(pipeline, tmp_path):
@@ -207,8 +221,9 @@ def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
     assert {sid: vault.store.data_key(sid, fresh) for sid in sids} == deks  # same DEKs, new wrapping
 
 
-def recorded_and_finalized(api, tmp_path, name: str) -> str:
-    """A session with two real 2 s segments registered and finalized through the pipeline."""
+def recorded_and_finalized(api, tmp_path, name: str, finalize: bool = True) -> str:
+    """A session with two real 2 s segments registered and finalized through the pipeline (or,
+    without finalize, still recording)."""
     sid = api.post(
         "/sessions", json={"name": name, "video": {"width": 160, "height": 120, "fps": 10}, "chunk_seconds": 2}
     ).json()["id"]
@@ -225,6 +240,8 @@ def recorded_and_finalized(api, tmp_path, name: str) -> str:
                 "path": str(seg.path),
             },
         )
+    if not finalize:
+        return sid
     api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
     assert (
         api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": 2}).json()["state"]
@@ -320,11 +337,12 @@ def test_reconcile_launches_what_stalled(pipeline):
     res = PipelineResource(url=pipeline.url("pipeline"))
     with dg.instance_for_test() as instance:
         requests, new = reconcile_requests(instance, res, idle=timedelta(0))
-        by_sid = {r.partition_key: r.job_name for r in requests}
-        assert by_sid.get(stalled) == "seal_session" and by_sid.get(live) == "store_chunks"
+        # one batch run takes both the finalized session and the live one's unstored chunk
+        batches = [r for r in requests if r.job_name == "process_sessions"]
+        assert [r.tags["lucid/reason"] for r in batches] == ["reconcile"]
         assert {stalled, live} <= set(new)
         fresh = reconcile_requests(instance, res)[0]  # default idle: fresh sessions are the queue sensor's
-        assert all(r.partition_key not in (stalled, live) for r in fresh)
+        assert not [r for r in fresh if r.job_name == "process_sessions"]
 
 
 def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
@@ -519,3 +537,94 @@ def test_a_premature_manual_run_does_not_fail_a_recording_session(pipeline, tmp_
         ).for_run_failure()
         assert isinstance(make_fail_on_failure(5)(ctx), dg.SkipReason)
     assert api.get(f"/sessions/{sid}").json()["state"] == "recording"
+
+
+def _events(instance, run_id: str, kind) -> dict[str, list]:
+    """Asset events of a run by asset key: the partitions they name, with their data."""
+    out: dict[str, list] = {}
+    for rec in instance.get_records_for_run(run_id, of_type=kind).records:
+        ev = rec.event_log_entry.dagster_event
+        data = ev.event_specific_data
+        key = data.materialization.asset_key if kind == dg.DagsterEventType.ASSET_MATERIALIZATION else data.asset_key
+        part = data.materialization.partition if kind == dg.DagsterEventType.ASSET_MATERIALIZATION else data.partition
+        out.setdefault(key.to_user_string(), []).append((part, data))
+    return out
+
+
+def test_one_batch_run_reports_each_session_it_touched_and_no_other(fresh_pipeline, tmp_path):
+    """Live processing: one process_sessions run for several sessions; a materialization (and check)
+    per session it processed, none for a session it did not touch; the finalized one is sealed."""
+    from lucid_assets.defs.sessions.batch import process_sessions
+
+    api = httpx.Client(base_url=fresh_pipeline.url("pipeline"), timeout=30)
+    live = recorded_and_finalized(api, tmp_path, "live", finalize=False)
+    final = recorded_and_finalized(api, tmp_path, "final")
+    idle = api.post("/sessions", json={"name": "idle"}).json()["id"]
+    api.post(f"/sessions/{idle}/transitions", json={"event": "start"})  # recording, nothing registered
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    resources = {
+        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline")),
+        "vault": VaultResource.from_settings(settings),
+    }
+    with dg.instance_for_test() as instance:
+        result = process_sessions.execute_in_process(instance=instance, resources=resources)
+        assert result.success
+        mats = _events(instance, result.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert sorted(p for p, _ in mats["stored_chunks"]) == sorted([live, final])
+        assert [p for p, _ in mats["session_manifest"]] == [final]
+        assert idle not in {p for ev in mats.values() for p, _ in ev}
+        checks = _events(instance, result.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        assert all(c.passed for ev in checks.values() for _, c in ev)
+        assert sorted(p for p, _ in checks["stored_chunks"]) == sorted([live, final])
+        assert set(instance.get_dynamic_partitions(sessions.name)) >= {live, final}
+        again = process_sessions.execute_in_process(instance=instance, resources=resources)
+        assert again.success  # nothing left to do: no event at all
+        assert not _events(instance, again.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    assert api.get(f"/sessions/{final}").json()["state"] == "sealed"
+    s = api.get(f"/sessions/{live}").json()
+    assert (s["state"], s["chunks_stored"], s["chunk_count"]) == ("recording", 2, 2)
+    vault = resources["vault"]
+    assert [c["body"]["tree_size"] for c in vault.store.checkpoints(live)] == [2]
+    assert sorted(vault.lake.keys_by_session(catalog.CHUNKS, [live, final, idle], "seq").items()) == sorted(
+        [(live, [0, 1]), (final, [0, 1])]
+    )
+
+
+def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp_path):
+    """In one batch: a live session whose staging file is gone, a finalized one whose chunk was
+    tampered with on disk, and a healthy finalized one. The healthy one is sealed in this run; the
+    broken ones are reported (failed checks, the finalized one failed with the reason); the run
+    says how many failed."""
+    from lucid_assets.defs.sessions.batch import process_sessions
+
+    api = httpx.Client(base_url=fresh_pipeline.url("pipeline"), timeout=30)
+    gone = api.post("/sessions", json={"name": "gone"}).json()["id"]
+    api.post(f"/sessions/{gone}/transitions", json={"event": "start"})
+    api.post(
+        f"/sessions/{gone}/chunks", json={"seq": 0, "sha256": "a" * 64, "size": 10, "path": str(tmp_path / "gone.ts")}
+    )
+    tampered = recorded_and_finalized(api, tmp_path, "tampered")
+    path = Path(api.get(f"/sessions/{tampered}/chunks").json()["items"][1]["path"])
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    healthy = recorded_and_finalized(api, tmp_path, "healthy")
+    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    resources = {
+        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline")),
+        "vault": VaultResource.from_settings(settings),
+    }
+    with dg.instance_for_test() as instance:
+        result = process_sessions.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+        assert not result.success  # the run says it: 2 of 3 failed
+        failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+        assert "2 of 3 sessions failed" in failure.event_specific_data.error.message
+        mats = _events(instance, result.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert [p for p, _ in mats["stored_chunks"]] == [healthy]
+        assert [p for p, _ in mats["session_manifest"]] == [healthy]
+        checks = _events(instance, result.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        verdicts = {p: c.passed for p, c in checks["stored_chunks"]}
+        assert verdicts == {gone: False, tampered: False, healthy: True}
+    assert api.get(f"/sessions/{healthy}").json()["state"] == "sealed"
+    t = api.get(f"/sessions/{tampered}").json()
+    assert t["state"] == "failed" and "chunk 1" in t["failure_reason"] and "SHA-256" in t["failure_reason"], t
+    g = api.get(f"/sessions/{gone}").json()
+    assert g["state"] == "recording" and g["chunks_stored"] == 0  # live: left for the next batch to retry

@@ -9,6 +9,7 @@ from pydantic import PrivateAttr
 from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
+from lucid_assets.processing import Vault
 from lucid_assets.settings import Settings, get_settings
 from lucid_assets.store import ChunkStore
 
@@ -95,6 +96,11 @@ class VaultResource(dg.ConfigurableResource):
         if self._lake is None:
             self._lake = Lake.sql(self.catalog_uri, self.warehouse)
         return self._lake
+
+    @property
+    def vault(self) -> Vault:
+        """The library's view of the same (what `lucid_assets.processing` works with)."""
+        return Vault(keyring=self.keyring, store=self.store, lake=self.lake, workers=self.workers)
 
 
 @dg.definitions

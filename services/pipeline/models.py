@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from lucid_assets.core.states import ChunkState
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -47,7 +49,9 @@ class ChunkRow(SQLModel, table=True):
     frames: int = 0
     path: str
     registered_at: datetime = Field(default_factory=now)
-    state: str = "registered"  # registered | stored
+    state: str = Field(
+        default=ChunkState.REGISTERED.value, index=True
+    )  # ChunkState; indexed: batches look for registered ones
     envelope_sha256: str | None = None
     stored_size: int | None = None
     compressed: bool | None = None

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import case, func
+from sqlalchemy import and_, case, func, or_
 from sqlmodel import Session, select
 
 from lucid_assets.core import audit, states
 from lucid_assets.core.states import ChunkState, Event, Note, State, WorkReason
-from lucid_assets.models import ChunkStored, CreateSession, ManifestSummary, RegisterChunk, Transition
+from lucid_assets.models import CreateSession, ManifestSummary, RegisterChunk, StoredMark, Transition
 from services.common.errors import ApiError, not_found
 
 from .models import AuditRow, ChunkRow, SessionRow, WorkItem, now
@@ -190,8 +190,8 @@ def register_chunk(s: Session, row: SessionRow, c: RegisterChunk) -> tuple[Chunk
     return chunk, True
 
 
-def mark_stored(s: Session, session_id: str, body: ChunkStored) -> ChunkRow:
-    seq = body.seq
+def mark_stored(s: Session, body: StoredMark) -> ChunkRow:
+    session_id, seq = body.session_id, body.seq
     chunk = s.get(ChunkRow, (session_id, seq))
     if chunk is None:
         raise not_found(f"chunk {seq} of session {session_id} is not registered")
@@ -242,3 +242,35 @@ def chunk_dict(c: ChunkRow) -> dict:
 
 def audit_dicts(rows: list[AuditRow]) -> list[dict]:
     return [{"entry": r.entry, "prev_hash": r.prev_hash, "hash": r.hash} for r in rows]
+
+
+def pending(s: Session, limit: int) -> tuple[list[tuple[dict, list[dict], bool]], bool]:
+    """Sessions with work for a processing batch: finalized and not sealed first, then those with
+    chunks not stored yet, the longest waiting first; each with its chunks. (page, more)."""
+    waiting = (
+        select(ChunkRow.session_id, func.min(ChunkRow.registered_at).label("since"))
+        .where(ChunkRow.state == ChunkState.REGISTERED)
+        .group_by(ChunkRow.session_id)
+        .subquery()
+    )
+    live = (State.RECORDING, State.PAUSED, State.FINALIZING)
+    q = (
+        select(SessionRow)
+        .outerjoin(waiting, waiting.c.session_id == SessionRow.id)
+        .where(
+            or_(
+                SessionRow.state == State.PROCESSING,
+                and_(SessionRow.state.in_(live), waiting.c.session_id.is_not(None)),
+            )
+        )
+        .order_by(case((SessionRow.state == State.PROCESSING, 0), else_=1), waiting.c.since, SessionRow.id)
+        .limit(limit + 1)
+    )
+    rows = list(s.exec(q).all())
+    more, rows = len(rows) > limit, rows[:limit]
+    ids = [r.id for r in rows]
+    chunks: dict[str, list[dict]] = {}
+    for c in s.exec(select(ChunkRow).where(ChunkRow.session_id.in_(ids)).order_by(ChunkRow.session_id, ChunkRow.seq)):
+        chunks.setdefault(c.session_id, []).append(chunk_dict(c))
+    t = totals(s, ids)
+    return [(to_dict(r, t.get(r.id)), chunks.get(r.id, []), r.state == State.PROCESSING) for r in rows], more

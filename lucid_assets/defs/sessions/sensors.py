@@ -1,6 +1,8 @@
 """Sensors: the pipeline's work queue becomes runs; run outcomes go back to the pipeline. Built by
 factories (their interval is a setting, read when the code location loads, not at import)."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 
 from lucid_assets.clients import ServiceError
@@ -8,7 +10,8 @@ from lucid_assets.core.states import Event, State, WorkReason
 from lucid_assets.settings import get_settings
 
 from ..resources import PipelineResource
-from . import jobs
+from . import batch, jobs
+from .batch import BATCH_TAG
 from .partitions import sessions
 
 SESSION_TAG = "lucid/session"
@@ -17,39 +20,51 @@ ACTOR = "dagster"
 WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
 
 
-def work_queue_sensor(interval: int) -> dg.SensorDefinition:
+def batch_waiting(instance: dg.DagsterInstance) -> bool:
+    """A batch run that has not started yet: it will take whatever is pending when it starts."""
+    return bool(instance.get_runs(dg.RunsFilter(tags={BATCH_TAG: "live"}, statuses=WAITING), limit=1))
+
+
+def last_batch_age(instance: dg.DagsterInstance) -> float | None:
+    records = instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: "live"}), limit=1)
+    if not records:
+        return None
+    created = records[0].create_timestamp
+    return (datetime.now(UTC) - (created if created.tzinfo else created.replace(tzinfo=UTC))).total_seconds()
+
+
+def work_queue_sensor(interval: int, batch_interval: int = 10) -> dg.SensorDefinition:
     @dg.sensor(
         name="work_queue_sensor",
-        jobs=[jobs.seal_session, jobs.store_chunks],
+        jobs=[batch.process_sessions],
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Reads the pipeline's work queue by cursor, adds session partitions and requests one "
-        "run per session batch (run key session:seq:item): store_chunks while recording, "
-        "seal_session once finalized. A batch already waiting to start absorbs newer chunks.",
+        description="Reads the pipeline's work queue by cursor, adds a partition for every new session and, "
+        "when there is new work and no batch run is waiting to start, requests one process_sessions run: "
+        "it takes every session with work, live or finalized. A waiting run absorbs newer work. Live work "
+        f"starts a batch at most every {batch_interval} s; a finalized session starts one at once.",
     )
     def sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
         after = int(context.cursor or 0)
-        items = pipeline.client.work(after=after, limit=500)
+        items = pipeline.client.work(after=after, limit=1000)
         if not items:
             return dg.SkipReason(f"no work after item {after}")
-        latest = {item.session_id: item for item in items}  # one run per session per tick, for the newest item
-        sealing = {item.session_id for item in items if item.reason != WorkReason.CHUNKS}
+        final = any(item.reason != WorkReason.CHUNKS for item in items)
+        age = last_batch_age(context.instance)
+        if not final and age is not None and age < batch_interval:
+            # cursor kept: these items start the next batch once the interval has passed
+            return dg.SkipReason(f"{len(items)} live items wait: the last batch started {age:.0f} s ago")
+        sids = sorted({item.session_id for item in items})
+        new = [sid for sid in sids if not context.instance.has_dynamic_partition(sessions.name, sid)]
         requests = []
-        for sid, it in latest.items():
-            if sid not in sealing and context.instance.get_runs(
-                dg.RunsFilter(tags={SESSION_TAG: sid}, statuses=WAITING), limit=1
-            ):
-                continue  # a batch for this session has not started yet: it will read these chunks too
-            final = sid in sealing
+        if not batch_waiting(context.instance):
             requests.append(
                 dg.RunRequest(
-                    partition_key=sid,
-                    run_key=f"{sid}:{it.up_to_seq}:w{it.id}",
-                    job_name=(jobs.seal_session if final else jobs.store_chunks).name,
-                    tags={SESSION_TAG: sid, REASON_TAG: (WorkReason.FINAL if final else WorkReason.CHUNKS).value},
+                    run_key=f"batch:{items[-1].id}",
+                    job_name=batch.process_sessions.name,
+                    tags={BATCH_TAG: "live", REASON_TAG: (WorkReason.FINAL if final else WorkReason.CHUNKS).value},
                 )
             )
-        new = sorted(sid for sid in latest if not context.instance.has_dynamic_partition(sessions.name, sid))
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[sessions.build_add_request(new)] if new else [],
@@ -143,5 +158,12 @@ def fail_on_failure(interval: int) -> dg.SensorDefinition:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    interval = get_settings().sensor_interval_seconds
-    return dg.Definitions(sensors=[work_queue_sensor(interval), seal_on_success(interval), fail_on_failure(interval)])
+    s = get_settings()
+    interval = s.sensor_interval_seconds
+    return dg.Definitions(
+        sensors=[
+            work_queue_sensor(interval, s.batch_interval_seconds),
+            seal_on_success(interval),
+            fail_on_failure(interval),
+        ]
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import select
 
-from lucid_assets.models import ChunksStored, RegisterChunk, RegisteredChunkList, Registration
+from lucid_assets.models import RegisterChunk, RegisteredChunkList, Registration
 from services.common.errors import ERRORS
 
 from .. import registry
@@ -30,11 +30,3 @@ def list_chunks(session_id: str, db: Db):
         registry.get_row(s, session_id)
         rows = s.exec(select(ChunkRow).where(ChunkRow.session_id == session_id).order_by(ChunkRow.seq)).all()
         return {"items": [registry.chunk_dict(c) for c in rows]}
-
-
-@router.post("/stored", response_model=RegisteredChunkList)
-def chunks_stored(session_id: str, body: ChunksStored, db: Db):
-    """Mark a processing batch's chunks stored, all or none (one transaction)."""
-    with db.write() as s:
-        registry.get_row(s, session_id, lock=True)
-        return {"items": [registry.chunk_dict(registry.mark_stored(s, session_id, c)) for c in body.items]}
