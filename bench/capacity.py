@@ -373,7 +373,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         chunk = sample_chunk(Path(tmp))
     for n in (int(x) for x in args.sessions.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
+        # a process killed at the end may still be closing files under it: cleanup is best effort
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             measure(n, args, chunk, (Compose if args.compose else Embedded)(Path(tmp)))
     return 0
 
