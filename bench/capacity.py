@@ -227,11 +227,6 @@ class Compose:
     long-lived containers)."""
 
     name = "compose stack"
-    ORCHESTRATION = {
-        "dagster-daemon": "dagster-daemon",
-        "dagster-webserver": "dagster-webserver",
-        "chunk-processor": "lucid-chunk-processor",
-    }
     CGROUP = Path("/sys/fs/cgroup/cpuacct/docker")
 
     def __init__(self, tmp: Path):
@@ -263,37 +258,55 @@ class Compose:
         self.key = (self.secrets / "admin-api-key").read_text().strip()
 
     def cpu(self) -> dict[str, float]:
+        fmt = '{{.ID}} {{.Label "com.docker.compose.service"}}'
         ids = subprocess.run(
-            ["docker", "ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"],
-            env=self.env,
-            check=True,
-            text=True,
-            capture_output=True,
+            ["docker", "ps", "--no-trunc", "--format", fmt], env=self.env, check=True, text=True, capture_output=True
         ).stdout.split("\n")
         out, named = {}, 0.0
         for line in filter(None, ids):
-            cid, name = line.split(" ", 1)
+            cid, _, service = line.partition(" ")
             usage = self.CGROUP / cid / "cpuacct.usage"
-            if usage.exists():
-                label = next((k for k, v in self.ORCHESTRATION.items() if v in name), name.split("_")[-2])
-                out[label] = out.get(label, 0.0) + int(usage.read_text()) / 1e9
-                named += int(usage.read_text()) / 1e9
+            if service and usage.exists():  # run containers have no compose service: in the remainder
+                seconds = int(usage.read_text()) / 1e9
+                key = service.removeprefix("session-")
+                out[key] = out.get(key, 0.0) + seconds
+                named += seconds
         total = self.CGROUP / "cpuacct.usage"
         if total.exists():
             out["dagster runs (containers)"] = int(total.read_text()) / 1e9 - named
         return out
 
     def runs(self) -> tuple[int, float]:
-        sql = (
-            "SELECT count(*) FROM runs; SELECT coalesce(sum((event::json#>>'{dagster_event,event_specific_data,"
-            "metadata,processing_cpu_s,value}')::float), 0) FROM event_logs WHERE dagster_event_type = 'STEP_OUTPUT'"
+        """`runs_and_processing`, run inside the daemon's container (Dagster's Postgres is not published)."""
+        code = (
+            "from dagster import DagsterEventType as T, DagsterInstance as I\n"
+            "i = I.get(); runs = i.get_runs(); w = 0.0\n"
+            "for r in runs:\n"
+            "    for rec in i.get_records_for_run(r.run_id, of_type=T.STEP_OUTPUT).records:\n"
+            "        m = rec.event_log_entry.dagster_event.event_specific_data.metadata\n"
+            "        w += m['processing_cpu_s'].value if 'processing_cpu_s' in m else 0.0\n"
+            "print(len(runs), w)\n"
         )
-        out = self._run("exec", "-T", "postgres", "psql", "-U", "lucid", "-d", "dagster", "-tAc", sql, capture=True)
-        runs, work = (x.strip() for x in out.strip().split("\n")[:2])
+        out = self._run("exec", "-T", "dagster-daemon", "/opt/venv/bin/python", "-c", code, capture=True)
+        runs, work = out.split()[-2:]
         return int(runs), float(work)
 
     def stop(self) -> None:
-        self._run("down", "-v", "--remove-orphans")
+        """Down with the volumes, once the last run container (auto-removed) has left the network."""
+        for _ in range(60):
+            left = subprocess.run(
+                ["docker", "ps", "-q", "--filter", "label=lucid/role=run"], env=self.env, text=True, capture_output=True
+            ).stdout.split()
+            if not left:
+                break
+            time.sleep(2)
+        for _ in range(3):
+            try:
+                self._run("down", "-v", "--remove-orphans")
+                return
+            except subprocess.CalledProcessError:
+                time.sleep(5)
+        raise RuntimeError("compose down failed three times: remove the lucid-* volumes and network by hand")
 
 
 # long: a benchmark's steps in order, each printed as it runs
