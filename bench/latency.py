@@ -150,7 +150,10 @@ def measure(args, overrides: dict, env: dict) -> dict:
             from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
             instance = DagsterInstance.from_config(str(p.dagster_home))
-            records = instance.get_run_records(RunsFilter(tags={"lucid/session": sid}))
+            # the session's own runs (reruns, retries) and the live batches (the only session here)
+            records = instance.get_run_records(RunsFilter(tags={"lucid/session": sid})) + instance.get_run_records(
+                RunsFilter(tags={"lucid/batch": "live"})
+            )
             wall = work = launch = 0.0
             for rec in records:
                 run = rec.dagster_run
