@@ -62,10 +62,11 @@ class Lake:
         commit conflicts with a fresh read, so concurrent or repeated runs never duplicate rows."""
         return self.append_missing_many(name, [{**r, "session_id": session_id} for r in rows], key).get(session_id, 0)
 
-    def _scan(self, name: str, session_ids: list[str], fields: tuple[str, ...] | None = None) -> list[dict]:
+    def _scan(self, name: str, session_ids: list[str], fields: tuple[str, ...] | None = None, table=None) -> list[dict]:
+        """Rows of these sessions, read from `table` (a loaded snapshot) or the current one."""
         if not session_ids:
             return []
-        scan = self.table(name).scan(
+        scan = (table or self.table(name)).scan(
             row_filter=In("session_id", sorted(set(session_ids))), **({"selected_fields": fields} if fields else {})
         )
         return scan.to_arrow().to_pylist()
@@ -93,14 +94,17 @@ class Lake:
         arrow_schema = schema.TABLES[name].as_arrow()
         sids = sorted({r["session_id"] for r in rows})
         for attempt in range(8):
-            existing = {(r["session_id"], r[key]) for r in self._scan(name, sids, ("session_id", key))}
+            # one table load for the read and the append (PyIceberg itself re-applies an append
+            # that meets a newer snapshot, commit.retry.*: the read does not fence concurrent writers)
+            table = self.table(name)
+            existing = {(r["session_id"], r[key]) for r in self._scan(name, sids, ("session_id", key), table)}
             todo = sorted(
                 (r for r in rows if (r["session_id"], r[key]) not in existing), key=lambda r: (r["session_id"], r[key])
             )
             if not todo:
                 return {}
             try:
-                self.table(name).append(pa.Table.from_pylist(todo, schema=arrow_schema))
+                table.append(pa.Table.from_pylist(todo, schema=arrow_schema))
             except CommitFailedException as exc:
                 wait = min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())
                 log.info("iceberg commit conflict on %s (%s); retrying in %.2fs", name, exc, wait)
