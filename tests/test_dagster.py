@@ -572,6 +572,8 @@ def test_one_batch_run_reports_each_session_it_touched_and_no_other(fresh_pipeli
         mats = _events(instance, result.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
         assert sorted(p for p, _ in mats["stored_chunks"]) == sorted([live, final])
         assert [p for p, _ in mats["session_manifest"]] == [final]
+        manifest = mats["session_manifest"][0][1].materialization.metadata["manifest"].value
+        assert manifest == str(resources["vault"].store.manifest_path(final, 1))
         assert idle not in {p for ev in mats.values() for p, _ in ev}
         checks = _events(instance, result.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
         assert all(c.passed for ev in checks.values() for _, c in ev)

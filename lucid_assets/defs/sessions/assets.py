@@ -69,7 +69,7 @@ def chunks_check(w: processing.Work) -> dict:
     }
 
 
-def manifest_metadata(s: processing.Sealed, api_url: str) -> dict:
+def manifest_metadata(s: processing.Sealed, vault: VaultResource) -> dict:
     body, sid = s.doc["body"], s.work.sid
     return {
         "chunk_count": len(body["chunks"]),
@@ -81,8 +81,8 @@ def manifest_metadata(s: processing.Sealed, api_url: str) -> dict:
         "duration_ms": body["duration_ms"],
         "encoder": s.work.session.encoder or "",
         "signing_key_id": s.doc["signature"]["key_id"],
-        "manifest": dg.MetadataValue.path(f"{sid}/manifest.v{s.version}.json (chunk store)"),
-        "session_view": dg.MetadataValue.url(f"{api_url}/viewer/#{sid}"),
+        "manifest": dg.MetadataValue.path(str(vault.store.manifest_path(sid, s.version))),
+        "session_view": dg.MetadataValue.url(f"{vault.api_url}/viewer/#{sid}"),
     }
 
 
@@ -162,5 +162,5 @@ def session_manifest(
     if s.error and not s.doc:
         raise dg.Failure(f"session {w.sid}: {s.error}")
     return dg.MaterializeResult(
-        metadata=manifest_metadata(s, vault.api_url), check_results=[dg.AssetCheckResult(**manifest_check(s))]
+        metadata=manifest_metadata(s, vault), check_results=[dg.AssetCheckResult(**manifest_check(s))]
     )

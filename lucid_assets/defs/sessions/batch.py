@@ -32,10 +32,10 @@ def _report_stored(context: dg.OpExecutionContext, w: processing.Work) -> None:
     )
 
 
-def _report_sealed(context: dg.OpExecutionContext, s: processing.Sealed, api_url: str) -> None:
+def _report_sealed(context: dg.OpExecutionContext, s: processing.Sealed, vault: VaultResource) -> None:
     if s.doc:
         context.log_event(
-            dg.AssetMaterialization("session_manifest", partition=s.work.sid, metadata=manifest_metadata(s, api_url))
+            dg.AssetMaterialization("session_manifest", partition=s.work.sid, metadata=manifest_metadata(s, vault))
         )
     context.log_event(
         dg.AssetCheckEvaluation(asset_key=dg.AssetKey("session_manifest"), partition=s.work.sid, **manifest_check(s))
@@ -95,7 +95,7 @@ def process_pending(
     sealed = processing.seal(client, vault.vault, [w for w in works if w.sid in final and w.ok])
     cpu += time.process_time() - cpu1
     for s in sealed:
-        _report_sealed(context, s, vault.api_url)
+        _report_sealed(context, s, vault)
         event = Event.SEAL if s.ok else Event.FAIL
         why = f"run {run} sealed it" if s.ok else f"run {run} failed: check manifest_matches_storage: {s.summary()}"
         if (problem := _conclude(client, s.work.sid, event, why)) or not s.ok:
