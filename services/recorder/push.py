@@ -5,7 +5,6 @@ other bytes), then registered like a recorded segment."""
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
 from lucid_assets.core.states import REGISTRABLE
-from lucid_assets.files import fsync_dir, fsync_file
+from lucid_assets.files import publish
 from lucid_assets.models import Session
 from services.common.errors import ApiError
 
@@ -81,12 +80,8 @@ async def receive(rec: Recorder, session_id: str, seq: int, request: Request) ->
 def place(tmp: Path, final: Path, sha: str) -> bool:
     """Move the upload into place unless the seq exists: True if placed, False if identical
     bytes were already there, 409 if other bytes are."""
-    fsync_file(tmp)
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        if hashlib.sha256(final.read_bytes()).hexdigest() == sha:
-            return False
-        raise ApiError(409, "chunk_conflict", f"chunk {final.stem} was already pushed with other bytes") from None
-    fsync_dir(final.parent)
-    return True
+    if publish(tmp, final, exclusive=True):
+        return True
+    if hashlib.sha256(final.read_bytes()).hexdigest() == sha:
+        return False
+    raise ApiError(409, "chunk_conflict", f"chunk {final.stem} was already pushed with other bytes")
