@@ -15,11 +15,13 @@ from .models import (
     AuditEntry,
     AuditNote,
     AuditReceipt,
+    CheckpointList,
     CreateSession,
     EventList,
     ManifestSummary,
     Marked,
     PendingPage,
+    Proof,
     RegisterChunk,
     RegisteredChunk,
     RegisteredChunkList,
@@ -31,6 +33,7 @@ from .models import (
     StoredMarks,
     Transition,
     VerificationSummary,
+    VerifyReport,
     WorkItem,
     WorkPage,
 )
@@ -157,7 +160,17 @@ class PipelineClient(ServiceClient):
 
 
 class StorageClient(ServiceClient):
-    """lucid-session-storage: what Dagster asks of it (crypto-shredding)."""
+    """lucid-session-storage: what the gateway and Dagster ask of it as JSON (byte streams go
+    through the gateway's async proxy instead)."""
+
+    def proof(self, session_id: str, seq: int) -> Proof:
+        return Proof.model_validate(self.request("GET", f"/sessions/{session_id}/chunks/{seq}/proof"))
+
+    def checkpoints(self, session_id: str) -> CheckpointList:
+        return CheckpointList.model_validate(self.request("GET", f"/sessions/{session_id}/checkpoints"))
+
+    def verify(self, session_id: str) -> VerifyReport:
+        return VerifyReport.model_validate(self.request("POST", f"/sessions/{session_id}/verify"))
 
     def shred(self, session_id: str) -> ShredResult:
         return ShredResult.model_validate(

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from lucid_assets.clients import PipelineClient
+from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.settings import get_settings
 from services.common import migrate
 from services.common.app import make_app, peer_check
@@ -46,6 +46,7 @@ def create_app():
         keys_db=db,
         link_secret=links.load_secret(s.link_secret_path),
         pipeline=PipelineClient(s.pipeline_url),
+        storage=StorageClient(s.storage_url),
     )
     for module in (sessions, media, keys):
         app.include_router(module.router)

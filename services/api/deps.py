@@ -1,5 +1,5 @@
 """What the gateway's routes share (made once in create_app): its settings, the API-key database,
-the media-link secret and the typed client of the pipeline."""
+the media-link secret and the typed clients of the pipeline and storage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from lucid_assets.clients import PipelineClient
+from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.settings import Settings
 from services.common.db import Database
 
@@ -19,6 +19,7 @@ class Gateway:
     keys_db: Database
     link_secret: bytes
     pipeline: PipelineClient
+    storage: StorageClient
 
     @property
     def storage_url(self) -> str:

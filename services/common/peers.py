@@ -17,16 +17,6 @@ def client() -> httpx.AsyncClient:
     return _client
 
 
-_sync: httpx.Client | None = None
-
-
-def sync_client() -> httpx.Client:
-    global _sync
-    if _sync is None:
-        _sync = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
-    return _sync
-
-
 def _unreachable(url: str, exc: Exception) -> ApiError:
     return ApiError(503, "service_unavailable", f"{url.split('/')[2]} is unreachable: {type(exc).__name__}")
 
@@ -34,14 +24,6 @@ def _unreachable(url: str, exc: Exception) -> ApiError:
 async def call(method: str, url: str, *, raw: bool = False, **kwargs):
     try:
         r = await client().request(method, url, **kwargs)
-    except httpx.HTTPError as exc:
-        raise _unreachable(url, exc) from None
-    return _result(r, raw)
-
-
-def call_sync(method: str, url: str, *, raw: bool = False, **kwargs):
-    try:
-        r = sync_client().request(method, url, **kwargs)
     except httpx.HTTPError as exc:
         raise _unreachable(url, exc) from None
     return _result(r, raw)

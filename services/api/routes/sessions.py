@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from lucid_assets.core.states import Event, State, VerifyStatus
+from lucid_assets.core.states import Event, State
 from lucid_assets.models import (
     CheckpointList,
     ChunkList,
@@ -23,7 +23,7 @@ from lucid_assets.models import (
     VerifyReport,
 )
 from services.common.errors import ERRORS, ApiError
-from services.common.peers import call, call_sync
+from services.common.peers import call
 
 from ..auth import Principal, admin, operator, viewer
 from ..deps import Gateway, Gw
@@ -167,7 +167,7 @@ async def chunk_envelope(session_id: str, seq: int, gw: Gw, _: Principal = Depen
 )
 def chunk_proof(session_id: str, seq: int, gw: Gw, _: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)
-    return call_sync("GET", f"{gw.storage_url}/sessions/{session_id}/chunks/{seq}/proof")
+    return gw.storage.proof(session_id, seq)
 
 
 @router.get(
@@ -178,7 +178,7 @@ def chunk_proof(session_id: str, seq: int, gw: Gw, _: Principal = Depends(viewer
 )
 def checkpoints(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)
-    return call_sync("GET", f"{gw.storage_url}/sessions/{session_id}/checkpoints")
+    return gw.storage.checkpoints(session_id)
 
 
 @router.delete(
@@ -191,8 +191,7 @@ def delete_session(session_id: str, gw: Gw, who: Principal = Depends(admin)):
     s = gw.pipeline.session(session_id)
     if s.state != State.DELETED:  # a repeated DELETE finishes an interrupted shred
         s = gw.pipeline.transition(session_id, Event.DELETE, actor=who.actor)
-    shredded = call_sync("DELETE", f"{gw.storage_url}/sessions/{session_id}/data")
-    return {**s.model_dump(), "shredded": shredded}
+    return {**s.model_dump(), "shredded": gw.storage.shred(session_id).model_dump()}
 
 
 @router.get(
@@ -209,11 +208,11 @@ async def manifest(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
 @router.post("/{session_id}/verify", summary="Full verification report", response_model=VerifyReport, responses=AUTH)
 def verify(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)  # 404 for unknown sessions
-    report = VerifyReport.model_validate(call_sync("POST", f"{gw.storage_url}/sessions/{session_id}/verify"))
+    report = gw.storage.verify(session_id)
     gw.pipeline.record_verification(
         session_id,
         VerificationSummary(  # shown in session lists
-            status=VerifyStatus(report.status),
+            status=report.status,
             problems=len(report.problems),
             at=datetime.now(UTC).isoformat(timespec="seconds"),
         ),
