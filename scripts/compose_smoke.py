@@ -86,6 +86,22 @@ class Api:
         return data if raw else json.loads(data)
 
 
+def runs_finished(env: dict, timeout: float) -> bool:
+    """Wait until no Dagster run container is running (True), or `timeout` seconds (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = run(
+            ["docker", "ps", "-q", "--filter", "label=lucid/role=run", "--filter", "status=running"],
+            env=env,
+            check=False,
+            capture=True,
+        ).stdout.split()
+        if not running:
+            return True
+        time.sleep(2)
+    return False
+
+
 def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -196,6 +212,9 @@ def main() -> int:
             return 1
 
         # runs were containers of their own (DockerRunLauncher, auto-removed); none is left behind
+        # once the last one has finished (a live batch may still be running after the seal)
+        runs_finished(env, timeout=180)
+        time.sleep(3)  # auto-removal follows the exit
         left = run(["docker", "ps", "-aq", "--filter", "label=lucid/role=run"], env=env, capture=True).stdout.split()
         if left:
             say(f"{len(left)} run containers left behind")
@@ -219,6 +238,7 @@ def main() -> int:
         return 1
     finally:
         if started and not args.keep:
+            runs_finished(env, timeout=180)  # a run container still on the network would keep it (and its volumes)
             run([str(COMPOSE), "down", "-v", "--remove-orphans"], env=env, check=False)
         if not args.keep:
             shutil.rmtree(secrets, ignore_errors=True)
