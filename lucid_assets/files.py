@@ -4,6 +4,8 @@ returns after has reached the disk (data, name and directory entry)."""
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 
@@ -56,6 +58,31 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
         return _place(tmp, path, exclusive)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_ATOMIC_TMP = re.compile(r"\.[^/]+\.[0-9a-f]{32}\.tmp")
+
+
+def is_atomic_tmp(name: str) -> bool:
+    """A temporary file of atomic_write (`.<name>.<uuid4 hex>.tmp`), exactly."""
+    return _ATOMIC_TMP.fullmatch(name) is not None
+
+
+def clean_stale_tmp(root: Path, *, older_than: float = 600.0) -> list[Path]:
+    """Remove atomic_write temporary files under `root` last modified more than `older_than`
+    seconds ago: what a process killed mid-write leaves behind (a live write renames or removes
+    its file within moments). Returns what was removed."""
+    if not root.is_dir():
+        return []
+    cutoff, removed = time.time() - older_than, []
+    for path in root.rglob(".*.tmp"):
+        try:
+            if is_atomic_tmp(path.name) and path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # finished or removed meanwhile
+            continue
+    return removed
 
 
 def is_uuid(name: str) -> bool:

@@ -5,9 +5,20 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .core import keys
-from .core.verify import Report, verify_session
+from .core.states import State
+from .core.verify import VERIFIABLE, Report, pending_report, verify_session
+from .files import is_atomic_tmp
 from .keyring import Keyring
 from .store import ChunkStore
+
+
+def _checkpoint_files(store: ChunkStore, session_id: str) -> dict[str, bytes]:
+    """Every file of the live checkpoint directory (superseded chains are a record, not part of
+    it), except atomic_write's temporary files, which nothing reads."""
+    d = store.checkpoint_path(session_id, 0).parent
+    if not d.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not is_atomic_tmp(p.name)}
 
 
 def verify_stored(
@@ -18,21 +29,29 @@ def verify_stored(
     *,
     audit_rows: list[dict] | None,
     registry_manifest_sha256: str | None = None,
+    state: State | None = None,
 ) -> Report:
-    found = store.latest_manifest(session_id)
+    """The full report; with the session's registry `state`, a session that is not sealed (or
+    deleted) yet is reported `pending` without reading anything."""
+    if state is not None and state not in VERIFIABLE:
+        return pending_report(session_id, state)
+    versions = store.manifest_versions(session_id)
+    latest = versions[-1] if versions else None
     try:
         dek, dek_error = store.data_key(session_id, keyring), None
     except keys.KeyMaterialError as exc:
         dek, dek_error = None, f"the session's data key does not open: {exc}"
     return verify_session(
         session_id=session_id,
-        manifest_bytes=found[1] if found else None,
+        manifest_bytes=store.manifest_path(session_id, latest).read_bytes() if latest else None,
         public_key=public_key,
         stored_seqs=store.stored_seqs(session_id),
         read_envelope=lambda seq: store.read_envelope(session_id, seq),
         dek=dek,
         dek_error=dek_error,
         audit_rows=audit_rows,
-        checkpoints=store.checkpoints(session_id),
+        checkpoints=_checkpoint_files(store, session_id),
         registry_manifest_sha256=registry_manifest_sha256,
+        manifest_version=latest,
+        older_manifests={v: store.manifest_path(session_id, v).read_bytes() for v in versions[:-1]},
     )

@@ -84,6 +84,7 @@ class VerifyStatus(StrEnum):
     VERIFIED = "verified"
     FAILED = "failed"
     SHREDDED = "shredded"  # the data key was destroyed: hashes still check, contents are gone
+    PENDING = "pending"  # not sealed yet: nothing final to verify (never stored as a failure)
 
 
 class IllegalTransition(Exception):

@@ -2,11 +2,14 @@
 
 Inputs are plain values and callables so the same code runs in the storage service, the CLI, the
 Dagster checks and the tests. Checks: manifest readable and signed by this platform's key, for this
-session, and the one the registry recorded; sequence dense and complete; the store holds exactly
-the manifest's chunks; per chunk the envelope hash and size, the GCM tag (which also binds session
-and seq), and the plaintext hash; the Merkle root; every checkpoint's signature, its consistency
-proof from the previous one and its root against the sealed chunks; the audit chain and its head
-as signed in the manifest."""
+session, and the one the registry recorded; the stored manifest versions 1..N each signed, for
+this session, under their own number; sequence dense and complete; the store holds exactly the
+manifest's chunks; per chunk the envelope hash and size, the GCM tag (which also binds session and
+seq), and the plaintext hash; the Merkle root; the checkpoint chain the manifest signs, walked from
+its link back to the first checkpoint (each named checkpoint present, signed, matching its link,
+consistent, its root over the sealed chunks), and no checkpoint file outside that chain; the audit
+chain and its head as signed in the manifest. A session that is not sealed (or deleted) yet is
+`pending`: nothing final exists to verify."""
 
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from .envelope import EnvelopeError, open_envelope
 from .manifest import MANIFEST_FORMAT, verify_signature
 from .states import State, VerifyStatus
 
+# states whose stored data is final: verify checks them; any other state is pending
+VERIFIABLE = frozenset({State.SEALED, State.DELETED})
+
 
 @dataclass
 class Report:
@@ -30,6 +36,7 @@ class Report:
     checks: list[dict] = field(default_factory=list)
     chunks: list[dict] = field(default_factory=list)
     shredded: bool = False
+    pending: bool = False
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append({"name": name, "ok": ok, "detail": detail})
@@ -37,12 +44,16 @@ class Report:
 
     @property
     def problems(self) -> list[str]:
+        if self.pending:  # its one check says why; a session not sealed yet has no problems to name
+            return []
         return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]] + [
             f"chunk {c['seq']}: {p}" for c in self.chunks for p in c["problems"]
         ]
 
     @property
     def status(self) -> VerifyStatus:
+        if self.pending:
+            return VerifyStatus.PENDING
         if self.problems:
             return VerifyStatus.FAILED
         return VerifyStatus.SHREDDED if self.shredded else VerifyStatus.VERIFIED
@@ -60,6 +71,43 @@ class Report:
             "checks": self.checks,
             "chunks": self.chunks,
         }
+
+
+def pending_report(session_id: str, state: State) -> Report:
+    """The report for a session whose recording or processing has not ended in a seal."""
+    rep = Report(session_id=session_id, pending=True)
+    rep.check(
+        "sealed",
+        False,
+        f"pending: the session is {State(state)}, not sealed; its chunks, manifest and checkpoints are not "
+        "final, so there is nothing to verify yet (verify again once it is sealed)",
+    )
+    return rep
+
+
+def _versions(
+    session_id: str, version: int, older: dict[int, bytes], body: dict, public_key: Ed25519PublicKey
+) -> list[str]:
+    """Problems with the stored manifest versions: 1..N present, each signed under its own number."""
+    problems = []
+    if body.get("version", version) != version:
+        problems.append(f"manifest.v{version} holds signed version {body.get('version')!r} (renamed or replaced)")
+    stored = {*older, version}
+    missing = [v for v in range(1, version) if v not in stored]
+    problems += [f"manifest.v{v} is missing (versions 1..{version} were signed)" for v in missing]
+    problems += [f"manifest.v{v} is not a version of this manifest" for v in sorted(stored) if not 0 < v <= version]
+    for v, data in sorted(older.items()):
+        doc, why = _parse(data)
+        if doc is None:
+            problems.append(f"manifest.v{v}: {why}")
+            continue
+        ok, why = verify_signature(doc, public_key)
+        b = doc["body"]
+        if not ok:
+            problems.append(f"manifest.v{v}: {why}")
+        elif (b.get("session") or {}).get("id") != session_id or b.get("version", v) != v:
+            problems.append(f"manifest.v{v} is not version {v} of this session's manifest (moved or replaced)")
+    return problems
 
 
 def _parse(manifest_bytes: bytes | None) -> tuple[dict | None, str | None]:
@@ -85,9 +133,13 @@ def verify_session(
     dek: bytes | None,
     dek_error: str | None = None,
     audit_rows: list[dict] | None = None,
-    checkpoints: list[dict] | None = None,
+    checkpoints: dict[str, bytes] | None = None,
     registry_manifest_sha256: str | None = None,
+    manifest_version: int | None = None,
+    older_manifests: dict[int, bytes] | None = None,
 ) -> Report:
+    """`checkpoints` maps every file of the live checkpoint directory to its bytes; with
+    `manifest_version` (the latest file's number) the `older_manifests` {version: bytes} are checked."""
     rep = Report(session_id=session_id)
     sid = uuid.UUID(session_id)
     doc, why = _parse(manifest_bytes)
@@ -108,6 +160,13 @@ def verify_session(
             "manifest is the version the registry recorded"
             if sha == registry_manifest_sha256
             else f"manifest sha256 {sha[:16]}… is not the recorded {registry_manifest_sha256[:16]}…",
+        )
+    if manifest_version is not None:
+        problems = _versions(session_id, manifest_version, older_manifests or {}, body, public_key)
+        rep.check(
+            "manifest_versions",
+            not problems,
+            "; ".join(problems) or f"manifest versions 1..{manifest_version} stored, each signed for this session",
         )
 
     deleted = any(r["entry"].get("to") == State.DELETED for r in audit_rows or [])
@@ -183,19 +242,16 @@ def verify_session(
     )
 
     if checkpoints is not None:
-        problems = checkpoint.verify_chain(session_id, checkpoints, public_key, leaves)
-        last = checkpoints[-1].get("body", {}) if checkpoints else None
-        if last and not checkpoint.link_ok(body.get("checkpoint"), len(leaves), root_hex):
-            problems.append("the manifest's consistency proof from the last checkpoint does not verify")
-        if last and (body.get("checkpoint") or {}).get("tree_size") != last.get("tree_size"):
-            problems.append(
-                f"the manifest links checkpoint {(body.get('checkpoint') or {}).get('tree_size')}, "
-                f"the store's last is {last.get('tree_size')}"
-            )
+        problems, n = checkpoint.verify_linked(session_id, checkpoints, body.get("checkpoint"), public_key, leaves)
         rep.check(
             "checkpoints",
             not problems,
-            "; ".join(problems) or f"{len(checkpoints)} checkpoints consistent with the sealed tree",
+            "; ".join(problems)
+            or (
+                f"{n} checkpoints chained from the manifest back to the first, consistent with the sealed tree"
+                if n
+                else "the manifest links no checkpoint and none is stored"
+            ),
         )
 
     if audit_rows is not None:
