@@ -3,6 +3,7 @@ the role matrix, and the page itself in headless Chromium."""
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import av
@@ -171,6 +172,47 @@ def test_damaged_chunk_is_an_error_never_corrupt_video(platform, admin):
         received = None  # the connection was cut mid-stream
     assert received is None or received < total
     assert admin.post(f"/v1/sessions/{sid}/verify").json()["status"] == "failed"
+
+
+def test_verify_is_pending_before_the_seal_and_recorded_by_storage_after(admin, sealed):
+    """A session not sealed yet is `pending` (never stored as failed, so nothing red outlives the
+    seal); a sealed session's outcome is recorded with the pipeline by the storage service itself,
+    and the gateway relays its report."""
+    sid = create(admin, "not sealed yet")
+    r = admin.post(f"/v1/sessions/{sid}/verify")
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["status"] == "pending" and not report["ok"] and report["problems"] == [], report
+    assert "created" in report["checks"][0]["detail"] and "not sealed" in report["checks"][0]["detail"]
+    assert admin.get(f"/v1/sessions/{sid}").json()["verification"] is None  # nothing recorded
+    relayed = admin.post(f"/v1/sessions/{sealed['id']}/verify").json()
+    assert relayed["status"] == "verified" and {c["name"] for c in relayed["checks"]} >= {"checkpoints", "signature"}
+    stored = admin.get(f"/v1/sessions/{sealed['id']}").json()["verification"]
+    assert stored["status"] == "verified" and stored["problems"] == 0 and stored["at"] >= sealed["sealed_at"][:19]
+
+
+def test_session_list_pages_past_200(admin):
+    """The list pages by limit/offset (the viewer's Newer/Older buttons): 205 sessions under one
+    label come back exactly once each over pages of 50, newest first; bad paging is a 422."""
+    tag = uuid.uuid4().hex[:12]
+    made = [create(admin, f"page {i}", labels={"paging": tag}) for i in range(205)]
+    seen, offset = [], 0
+    while True:
+        r = admin.get("/v1/sessions", params={"label": f"paging={tag}", "limit": 50, "offset": offset})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert page["total"] == 205 and page["offset"] == offset and page["limit"] == 50
+        if not page["items"]:
+            break
+        seen += [s["id"] for s in page["items"]]
+        offset += len(page["items"])
+    assert len(seen) == len(set(seen)) == 205 and set(seen) == set(made)
+    assert seen[0] == made[-1] and seen[-1] == made[0]  # newest first
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": 2**63}):
+        r = admin.get("/v1/sessions", params=bad)
+        assert r.status_code == 422 and r.json()["error"], (bad, r.text[:200])
+    js = admin.get("/viewer/app.js").text
+    assert "limit=200" not in js and "&offset=${state.offset}" in js  # the viewer pages, no fixed cap
 
 
 ROLE_MATRIX = [  # (method, path template, minimum role)

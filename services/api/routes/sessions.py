@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -19,7 +17,6 @@ from lucid_assets.models import (
     PushResult,
     Session,
     SessionPage,
-    VerificationSummary,
     VerifyReport,
 )
 from services.common.errors import ERRORS, ApiError
@@ -29,6 +26,7 @@ from ..auth import Principal, admin, operator, viewer
 from ..deps import Gateway, Gw
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=ERRORS)
+MAX_OFFSET = 2**31 - 1  # beyond any real list; larger numbers are a 422, not a database overflow
 AUTH = {401: ERRORS[404] | {"description": "no valid API key"}, 403: ERRORS[404] | {"description": "role too low"}}
 
 
@@ -47,8 +45,8 @@ def list_sessions(
     gw: Gw,
     state: State | None = None,
     label: list[str] = Query(default=[]),
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500, description="page size"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="sessions to skip (newest first); `total` says how many"),
     _: Principal = Depends(viewer),
 ):
     return gw.pipeline.sessions(state=state, labels=label, limit=limit, offset=offset)
@@ -207,14 +205,7 @@ async def manifest(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
 
 @router.post("/{session_id}/verify", summary="Full verification report", response_model=VerifyReport, responses=AUTH)
 def verify(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+    """Relays the storage service's report; storage records the outcome with the pipeline itself
+    (`pending` for a session not sealed yet, never recorded)."""
     gw.pipeline.session(session_id)  # 404 for unknown sessions
-    report = gw.storage.verify(session_id)
-    gw.pipeline.record_verification(
-        session_id,
-        VerificationSummary(  # shown in session lists
-            status=report.status,
-            problems=len(report.problems),
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
-        ),
-    )
-    return report
+    return gw.storage.verify(session_id)

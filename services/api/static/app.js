@@ -2,7 +2,8 @@
 // Lucid viewer: plain JavaScript over the public API. The API key lives in sessionStorage; media
 // is fetched through short-lived signed links so <video> and hls.js never hold the key.
 const $ = (sel) => document.querySelector(sel);
-const state = { key: sessionStorage.getItem("lucid-key"), hls: null, current: null };
+const state = { key: sessionStorage.getItem("lucid-key"), hls: null, current: null, offset: 0 };
+const PAGE = 50; // sessions per page of the list (newest first; the API pages by limit/offset)
 
 function show(id) {
   for (const s of ["#signin", "#list", "#session"]) $(s).hidden = s !== id;
@@ -27,10 +28,29 @@ const secs = (ms) => { const s = Math.round(ms / 1000); return `${Math.floor(s /
 const when = (iso) => iso ? new Date(iso).toLocaleString() : "–";
 function cell(tr, text, cls) { const td = tr.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
 
+// The last stored verification as the list shows it: a session not sealed (or deleted) yet is
+// pending whatever was stored, and a result older than the seal says nothing about what was sealed.
+function listedVerification(s) {
+  if (!["sealed", "deleted"].includes(s.state)) return { text: "pending (not sealed yet)", cls: "" };
+  const v = s.verification;
+  const sealed = s.sealed_at ? Math.floor(Date.parse(s.sealed_at) / 1000) * 1000 : 0;
+  if (!v || Date.parse(v.at) < sealed) return { text: "not verified since sealing", cls: "" };
+  return { text: `${v.status}${v.problems ? ` (${v.problems} problems)` : ""}, ${when(v.at)}`,
+    cls: v.status === "failed" ? "bad" : "ok" };
+}
+
 async function loadList() {
   $("#error").hidden = true;
   const filter = $("#state-filter").value;
-  const page = await api(`/v1/sessions?limit=200${filter ? `&state=${filter}` : ""}`);
+  const page = await api(`/v1/sessions?limit=${PAGE}&offset=${state.offset}${filter ? `&state=${filter}` : ""}`);
+  if (page.items.length === 0 && state.offset > 0 && page.total > 0) { // the list shrank under us
+    state.offset = Math.max(0, Math.floor((page.total - 1) / PAGE) * PAGE);
+    return loadList();
+  }
+  $("#page-info").textContent = page.total
+    ? `${page.offset + 1}–${page.offset + page.items.length} of ${page.total}` : "no sessions";
+  $("#newer").disabled = page.offset === 0;
+  $("#older").disabled = page.offset + page.items.length >= page.total;
   const tbody = $("#sessions tbody");
   tbody.replaceChildren();
   for (const s of page.items) {
@@ -42,9 +62,8 @@ async function loadList() {
     cell(tr, when(s.started_at));
     cell(tr, secs(s.duration_ms));
     cell(tr, bytes(s.stored_bytes || s.raw_bytes));
-    const v = s.verification;
-    cell(tr, v ? `${v.status}${v.problems ? ` (${v.problems} problems)` : ""}, ${when(v.at)}` : "not verified",
-         v ? (v.status === "failed" ? "bad" : "ok") : "");
+    const v = listedVerification(s);
+    cell(tr, v.text, v.cls);
     tr.addEventListener("click", () => openSession(s.id).catch(fail));
   }
   show("#list");
@@ -107,11 +126,12 @@ async function verify() {
   $("#verify-status").textContent = "verifying…";
   const r = await api(`/v1/sessions/${id}/verify`, { method: "POST" });
   $("#verify-status").textContent = r.status === "verified" ? "verified: every check passed"
-    : r.status === "shredded" ? "shredded: the data key was destroyed on deletion" : `FAILED: ${r.problems.length} problems`;
-  $("#verify-status").className = r.status === "failed" ? "bad" : "ok";
+    : r.status === "shredded" ? "shredded: the data key was destroyed on deletion"
+    : r.status === "pending" ? "pending: not sealed yet, nothing final to verify" : `FAILED: ${r.problems.length} problems`;
+  $("#verify-status").className = r.status === "failed" ? "bad" : r.status === "pending" ? "" : "ok";
   $("#verify-status").dataset.status = r.status;
   $("#checks").replaceChildren(...r.checks.map((c) => {
-    const li = document.createElement("li"); li.className = c.ok ? "ok" : "bad";
+    const li = document.createElement("li"); li.className = c.ok ? "ok" : r.status === "pending" ? "" : "bad";
     li.textContent = `${c.ok ? "✓" : "✗"} ${c.name}: ${c.detail}`; return li;
   }), ...r.problems.filter((p) => p.startsWith("chunk")).map((p) => {
     const li = document.createElement("li"); li.className = "bad"; li.textContent = p; return li;
@@ -133,7 +153,9 @@ $("#signin-form").addEventListener("submit", (e) => {
 });
 $("#signout").addEventListener("click", signOut);
 $("#refresh").addEventListener("click", () => loadList().catch(fail));
-$("#state-filter").addEventListener("change", () => loadList().catch(fail));
+$("#state-filter").addEventListener("change", () => { state.offset = 0; loadList().catch(fail); });
+$("#newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadList().catch(fail); });
+$("#older").addEventListener("click", () => { state.offset += PAGE; loadList().catch(fail); });
 $("#back").addEventListener("click", () => { if (state.hls) state.hls.destroy(); $("#video").removeAttribute("src"); loadList().catch(fail); });
 $("#verify").addEventListener("click", () => verify().catch(fail));
 // /viewer/#<session id> opens that session (the Dagster UI links here)

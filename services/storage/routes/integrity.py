@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from lucid_assets.core import keys
-from lucid_assets.core.states import State
-from lucid_assets.models import ShredResult, SigningKey, VerifyReport
+from lucid_assets.core.states import State, VerifyStatus
+from lucid_assets.models import ShredResult, SigningKey, VerificationSummary, VerifyReport
 from lucid_assets.verification import verify_stored
 from services.common.errors import ERRORS, ApiError
 
@@ -21,11 +21,29 @@ router = APIRouter(tags=["integrity"], responses=ERRORS)
 
 @router.post("/sessions/{session_id}/verify", response_model=VerifyReport)
 def verify(sid: Sid, ctx: Ctx):
+    """The full report, recorded by this service itself as the session's last verification (the
+    pipeline takes no one else's word for it). A session not sealed (or deleted) yet is `pending`:
+    reported, never recorded, so no result of an unfinished session outlives its seal."""
     session = ctx.pipeline.session(sid)
     events = [e.model_dump() for e in ctx.pipeline.events(sid)]
     report = verify_stored(
-        ctx.store, ctx.keyring, ctx.public_key, sid, audit_rows=events, registry_manifest_sha256=session.manifest_sha256
+        ctx.store,
+        ctx.keyring,
+        ctx.public_key,
+        sid,
+        audit_rows=events,
+        registry_manifest_sha256=session.manifest_sha256,
+        state=session.state,
     )
+    if report.status != VerifyStatus.PENDING:
+        ctx.pipeline.record_verification(
+            sid,
+            VerificationSummary(
+                status=report.status,
+                problems=len(report.problems),
+                at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ),
+        )
     return report.as_dict()
 
 
