@@ -3,6 +3,7 @@ exports), verification, and crypto-shredding."""
 
 from __future__ import annotations
 
+from lucid_assets.files import clean_stale_tmp
 from lucid_assets.settings import get_settings
 from services.common.app import make_app, peer_check, writable_dir_check
 
@@ -13,6 +14,7 @@ from .routes import chunks, exports, integrity
 def create_app():
     settings = get_settings()
     storage = Storage.from_settings(settings)
+    clean_stale_tmp(storage.store.root)  # what a process killed mid-write left in the chunk store
 
     async def catalog_check():
         storage.lake.ensure_tables()

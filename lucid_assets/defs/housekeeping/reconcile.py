@@ -2,12 +2,14 @@
 are missing."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 
 from lucid_assets.core.states import State, WorkReason
+from lucid_assets.files import clean_stale_tmp
 
-from ..resources import PipelineResource
+from ..resources import PipelineResource, VaultResource
 from ..sessions import batch, jobs
 from ..sessions.batch import BATCH_TAG
 from ..sessions.partitions import sessions
@@ -72,9 +74,13 @@ def reconcile_requests(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Every 5 minutes, a reconciling backfill: launch the runs sessions are missing - finalized "
     "sessions without a run in flight, failed processing (at most 3 retries), recordings with "
-    "unstored chunks. How the platform heals after a crash of any component.",
+    "unstored chunks. How the platform heals after a crash of any component. Also removes the "
+    "temporary files a process killed mid-write left in the chunk store.",
 )
-def reconcile(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+def reconcile(context: dg.SensorEvaluationContext, pipeline: PipelineResource, vault: VaultResource):
+    left = clean_stale_tmp(Path(vault.chunk_store))
+    if left:
+        context.log.info(f"removed {len(left)} stale temporary files from the chunk store")
     requests, new = reconcile_requests(context.instance, pipeline)
     if not requests:
         return dg.SkipReason("every session's processing is on track")
