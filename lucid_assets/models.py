@@ -100,6 +100,8 @@ class RegisterChunk(Strict):
     duration_ms: int = Field(0, ge=0)
     frames: int = Field(0, ge=0)
     path: str = Field(..., min_length=1, max_length=4096)
+    dropped_frames: int = Field(0, ge=0, description="frames the recorder could not capture in this chunk's span")
+    salvaged: bool = Field(False, description="cut short by a recorder crash, kept up to its last complete frame")
 
 
 class StoredMark(Strict):
@@ -169,6 +171,7 @@ class Session(BaseModel):
     raw_bytes: int
     stored_bytes: int
     duration_ms: int
+    dropped_frames: int = Field(0, description="frames the recorder could not capture, over every chunk")
     chunks_stored: int
     merkle_root: Sha256 | None
     manifest_version: int | None
@@ -192,6 +195,8 @@ class Chunk(BaseModel):
     size: int
     duration_ms: int
     frames: int
+    dropped_frames: int = Field(0, description="frames the recorder could not capture in this chunk's span")
+    salvaged: bool = Field(False, description="cut short by a recorder crash, kept up to its last complete frame")
     state: ChunkState
     registered_at: Iso
     stored_at: Iso | None

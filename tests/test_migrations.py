@@ -300,3 +300,15 @@ def test_services_starting_together_migrate_once(url):
     every = [r.revision for r in reversed(list(migrate.script("pipeline").walk_revisions()))]
     assert outs == sorted(["[]", str(every)])
     assert versions(url, "pipeline") == [head("pipeline")]
+
+
+def test_chunks_registered_before_0003_read_as_not_dropped_nor_salvaged(url):
+    """0003 adds chunks.dropped_frames and chunks.salvaged: 0.1's chunk rows get 0 and false."""
+    load_released(url, "pipeline")
+    migrate.upgrade(url, "pipeline")
+    eng = connect(url)
+    with eng.connect() as conn:
+        found = conn.execute(text("SELECT dropped_frames, salvaged FROM chunks")).all()
+    eng.dispose()
+    assert len(found) == len(ROWS["chunks"]) > 0
+    assert {(d, bool(s)) for d, s in found} == {(0, False)}

@@ -262,3 +262,68 @@ def gather_reference(data: bytes | memoryview, p: Plan) -> bytes:
         e[at : at + 4] = p.patch_bytes[4 * j : 4 * j + 4]
     buf = p.prefixes + bytes(e)
     return b"".join(buf[a:b] for a, b in p.pieces)
+
+
+@dataclass
+class Salvage:
+    """How much of a segment cut short (a recorder killed mid-write) is whole: `size` bytes, which
+    hold `units` complete video PES packets (access units); `cut` bytes after them are dropped."""
+
+    size: int
+    units: int
+    cut: int
+
+
+# long: one pass over the packets: PSI, the video PES starts and their declared lengths
+def salvage(data: bytes | memoryview) -> Salvage:
+    """The longest prefix of a partial MPEG-TS segment that ends after a complete access unit.
+
+    The bytes are cut to whole 188-byte packets (up to the first packet without a sync byte), then
+    before the first video PES that is not known to be complete. A PES is complete when another one
+    starts after it (a muxer writes them in order), or when its declared PES_packet_length is
+    reached (the recorder's muxer declares it: `omit_video_pes_length=0`); the last PES of an
+    unbounded length (0, e.g. an IDR frame over 64 KiB) cannot be told apart from a torn one and is
+    dropped. A segment with no complete access unit (or no PAT/PMT) salvages to 0 bytes."""
+    data = bytes(data)
+    n = len(data) // PACKET
+    syncs = data[0 : n * PACKET : PACKET]
+    if syncs.count(SYNC) != n:
+        n = next(k for k, b in enumerate(syncs) if b != SYNC)
+    pmt_pid = video_pid = None
+    starts: list[int] = []  # packet number of each video PES start
+    need = got = 0  # the last PES: declared length (0: unbounded) and bytes seen
+    for k in range(n):
+        b1, b2, b3 = data[k * PACKET + 1], data[k * PACKET + 2], data[k * PACKET + 3]
+        if not b3 & 0x10:
+            continue
+        start = 5 + data[k * PACKET + 4] if b3 & 0x20 else 4
+        if start >= PACKET:
+            continue
+        payload = data[k * PACKET + start : (k + 1) * PACKET]
+        pid = ((b1 & 0x1F) << 8) | b2
+        try:
+            if pid == 0 and b1 & 0x40 and pmt_pid is None:
+                pmt_pid = _pmt_pid(_section(payload))
+                continue
+            if pid == pmt_pid and b1 & 0x40 and video_pid is None:
+                video_pid = _video_pid(_section(payload))
+                continue
+        except TsError:
+            break
+        if pid != video_pid or video_pid is None:
+            continue
+        if b1 & 0x40:
+            if len(payload) < 6 or payload[:3] != b"\x00\x00\x01":
+                break  # not a PES header: nothing from here on is trusted
+            starts.append(k)
+            need, got = (payload[4] << 8 | payload[5]) + 6 if payload[4] | payload[5] else 0, 0
+        if starts:
+            got += len(payload)
+    if not starts:
+        return Salvage(0, 0, len(data))
+    last_whole = bool(need) and got >= need
+    units = len(starts) if last_whole else len(starts) - 1
+    size = n * PACKET if last_whole else starts[-1] * PACKET
+    if units == 0:
+        size = 0
+    return Salvage(size, units, len(data) - size)

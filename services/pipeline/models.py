@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -48,6 +49,9 @@ class ChunkRow(SQLModel, table=True):
     duration_ms: int = 0
     frames: int = 0
     path: str
+    # added in 0003: server defaults fill the rows registered before (none dropped, none salvaged)
+    dropped_frames: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    salvaged: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     registered_at: datetime = Field(default_factory=now)
     state: str = Field(
         default=ChunkState.REGISTERED.value, index=True

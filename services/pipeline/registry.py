@@ -40,6 +40,7 @@ def totals(s: Session, ids: list[str]) -> dict[str, dict]:
             func.coalesce(func.sum(ChunkRow.size), 0),
             func.coalesce(func.sum(ChunkRow.stored_size), 0),
             func.coalesce(func.sum(ChunkRow.duration_ms), 0),
+            func.coalesce(func.sum(ChunkRow.dropped_frames), 0),
             func.sum(case((ChunkRow.state == ChunkState.STORED, 1), else_=0)),
         )
         .where(ChunkRow.session_id.in_(ids))
@@ -51,14 +52,22 @@ def totals(s: Session, ids: list[str]) -> dict[str, dict]:
             "raw_bytes": raw,
             "stored_bytes": stored,
             "duration_ms": dur,
+            "dropped_frames": dropped,
             "chunks_stored": int(done or 0),
         }
-        for sid, n, raw, stored, dur, done in s.exec(q)
+        for sid, n, raw, stored, dur, dropped, done in s.exec(q)
     }
 
 
 def to_dict(row: SessionRow, t: dict | None) -> dict:
-    t = t or {"chunk_count": 0, "raw_bytes": 0, "stored_bytes": 0, "duration_ms": 0, "chunks_stored": 0}
+    t = t or {
+        "chunk_count": 0,
+        "raw_bytes": 0,
+        "stored_bytes": 0,
+        "duration_ms": 0,
+        "dropped_frames": 0,
+        "chunks_stored": 0,
+    }
     return {
         "id": row.id,
         "name": row.name,
@@ -230,6 +239,8 @@ def chunk_dict(c: ChunkRow) -> dict:
         "size": c.size,
         "duration_ms": c.duration_ms,
         "frames": c.frames,
+        "dropped_frames": c.dropped_frames,
+        "salvaged": c.salvaged,
         "state": c.state,
         "path": c.path,
         "registered_at": _iso(c.registered_at),

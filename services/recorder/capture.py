@@ -42,6 +42,8 @@ class Segment:
     size: int
     frames: int
     duration_ms: int
+    dropped_frames: int = 0  # frame slots of this segment's span the capture could not fill
+    salvaged: bool = False  # cut short by a recorder crash, kept up to its last complete frame
 
 
 @dataclass
@@ -114,10 +116,22 @@ class SegmentWriter:
         self.frames = 0
         self.first_pts = self.last_pts = 0
         self.write_ms = 0.0
+        self.drops: dict[int, int] = {}  # pts -> frames dropped just before it (not yet in a segment)
+
+    def dropped(self, pts: int, n: int) -> int:
+        """Note `n` frames dropped before the frame at `pts`: they count in the segment holding it."""
+        if n:
+            self.drops[pts] = self.drops.get(pts, 0) + n
+        return n
 
     def _open(self) -> None:
         self.tmp = self.dir / f".{segment_name(self.seq)}.partial"
-        self.container = av.open(str(self.tmp), "w", format="mpegts")
+        # Every packet reaches the file when it is muxed (not a 256 KiB buffer later) and each PES
+        # declares its length: a recorder killed mid-segment leaves a file that recovery can cut
+        # after its last complete frame (mpegts.salvage), losing only what was not encoded yet.
+        self.container = av.open(
+            str(self.tmp), "w", format="mpegts", options={"flush_packets": "1", "omit_video_pes_length": "0"}
+        )
         self.stream = self.container.add_stream("h264", rate=self.fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.codec.width, self.codec.height, "yuv420p"
         self.frames = 0
@@ -132,8 +146,15 @@ class SegmentWriter:
         publish(self.tmp, final)
         data = final.read_bytes()
         span = self.last_pts - self.first_pts + 1
+        dropped = sum(self.drops.pop(p) for p in [p for p in self.drops if p <= self.last_pts])
         seg = Segment(
-            self.seq, final, hashlib.sha256(data).hexdigest(), len(data), self.frames, span * 1000 // self.fps
+            self.seq,
+            final,
+            hashlib.sha256(data).hexdigest(),
+            len(data),
+            self.frames,
+            span * 1000 // self.fps,
+            dropped_frames=dropped,
         )
         self.write_ms = (time.perf_counter() - t0) * 1000
         self.seq += 1
@@ -311,8 +332,8 @@ class Capture:
                     placed = clock.place(frame.time)
                     if placed is None:
                         continue  # the source is faster than the frame rate
-                    idx, dropped = placed
-                    self.stats.frames_dropped += dropped
+                    idx = placed[0]
+                    self.stats.frames_dropped += writer.dropped(*placed)
                     if frame.width != w or frame.height != h or frame.format.name != "yuv420p":
                         frame = frame.reformat(width=w, height=h, format="yuv420p")
                     frame.pts, frame.time_base = idx, Fraction(1, self.fps)

@@ -46,6 +46,8 @@ class Recorder:
             frames=seg.frames,
             duration_ms=seg.duration_ms,
             path=str(seg.path),
+            dropped_frames=seg.dropped_frames,
+            salvaged=seg.salvaged,
         )
         for attempt in range(REGISTER_TRIES):
             try:

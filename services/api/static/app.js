@@ -92,6 +92,7 @@ async function openSession(id) {
   $("#state").textContent = s.state;
   const facts = { id: s.id, state: s.state, encoder: s.encoder, source: s.source.kind,
     video: `${s.video.width}x${s.video.height}@${s.video.fps}`, chunks: s.chunk_count, duration: secs(s.duration_ms),
+    "dropped frames": s.dropped_frames ?? 0,
     "raw / stored": `${bytes(s.raw_bytes)} / ${bytes(s.stored_bytes)}`, "merkle root": s.merkle_root || "–",
     started: when(s.started_at), stopped: when(s.stopped_at), sealed: when(s.sealed_at),
     "ended because": s.end_reason || "–", failure: s.failure_reason || "–" };
