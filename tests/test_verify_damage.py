@@ -114,6 +114,8 @@ DAMAGE = st.one_of(
     st.tuples(st.just("resign_manifest"), st.booleans()),
     st.tuples(st.just("edit_audit"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("drop_checkpoint"), st.integers(0, 1)),
+    st.tuples(st.just("drop_all_checkpoints")),
+    st.tuples(st.just("rename_checkpoint"), st.integers(0, 1), st.integers(1, N + 1)),
 )
 
 
@@ -180,6 +182,19 @@ def apply(damage, root: Path, p: dict) -> tuple[list[dict], set]:
         return rows, {"audit_chain"}
     if kind == "drop_checkpoint":
         sorted((store.session_dir(sid) / "checkpoints").glob("*.json"))[damage[1]].unlink()
+        return rows, {"checkpoints"}
+    if kind == "drop_all_checkpoints":  # the blind spot of issue #14
+        shutil.rmtree(store.session_dir(sid) / "checkpoints")
+        return rows, {"checkpoints"}
+    if kind == "rename_checkpoint":  # to another size's name (a swap when taken)
+        src = sorted((store.session_dir(sid) / "checkpoints").glob("*.json"))[damage[1]]
+        dst = store.checkpoint_path(sid, damage[2])
+        if dst == src:
+            return rows, set()
+        held = dst.read_bytes() if dst.exists() else None
+        src.rename(dst)
+        if held is not None:
+            src.write_bytes(held)
         return rows, {"checkpoints"}
     raise AssertionError(kind)
 
