@@ -8,14 +8,17 @@ import os
 import signal
 import sys
 import time
+import xmlrpc.client
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+from pydantic import SecretStr
 
 from lucid_assets.core.states import State
 from lucid_assets.files import atomic_write
 from lucid_assets.keyring import ensure_keys
-from lucid_assets.settings import Settings, get_settings
+from lucid_assets.settings import PORTS, Settings, get_settings
 
 ADMIN_KEY_FILE = Path("secrets") / "admin-api-key"
 
@@ -52,15 +55,50 @@ def _bootstrap(data_dir: Path) -> tuple[str | None, list[str]]:
     return key, created
 
 
-def cmd_up(args) -> int:
-    from services.launcher import Platform
+def _port(url: str) -> int:
+    return urlsplit(url).port or 80
 
+
+# what `lucid up` sets for its children itself (services.launcher.Platform.env)
+LAUNCHER_SETS = {"data_dir", "generate_keys", "pipeline_url", "recorder_url", "storage_url", "api_url"}
+
+
+def _operator_settings(s: Settings) -> dict[str, str]:
+    """The operator's LUCID_* settings (environment, the systemd unit's EnvironmentFile) for the
+    children, which the launcher otherwise hands none of this process's Lucid variables."""
+    out = {}
+    for name in sorted(s.model_fields_set - LAUNCHER_SETS):
+        value = getattr(s, name)
+        if Settings.model_fields[name].validation_alias is not None or value is None:
+            continue  # SERVICE_NAME, PORT, HOST ... are each program's own
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, Path):
+            value = value.resolve()  # the children run in the checkout, not in this directory
+        out[f"LUCID_{name.upper()}"] = str(value)
+    return out
+
+
+# long: the whole `lucid up` story for the operator: bootstrap, supervisord, what runs where, then wait
+def cmd_up(args) -> int:
+    from services.launcher import SERVICES, Platform, Supervised
+
+    os.umask(0o077)  # keys, databases and the supervisor's config made here are the operator's alone
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     key, created = _bootstrap(data_dir)
     for what in created:
         print(f"lucid: generated {what} (mode 0600) - back it up, losing it loses every recording")
-    platform = Platform(data_dir=data_dir, host=args.host)
+    s = get_settings()
+    urls = {"pipeline": s.pipeline_url, "recorder": s.recorder_url, "storage": s.storage_url, "api": s.api_url}
+    platform = Platform(
+        data_dir=data_dir,
+        host=args.host,
+        ports={n: _port(urls[n]) for n in SERVICES},
+        dagster_port=args.dagster_port,
+        extra_env=_operator_settings(s),
+    )
+    sup = Supervised(platform)
     stopping = False
 
     def _stop(*_):
@@ -71,10 +109,10 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGINT, _stop)
     t0 = time.monotonic()
     try:
-        platform.start()
+        sup.start()
     except RuntimeError as exc:
         print(f"lucid: {exc}", file=sys.stderr)
-        platform.stop()
+        sup.stop()
         return 1
     print(f"lucid: up in {time.monotonic() - t0:.1f}s, data in {data_dir}")
     print(f"  API (gateway)     {platform.url('api')}/docs")
@@ -84,23 +122,34 @@ def cmd_up(args) -> int:
         f"{platform.url('storage')}"
     )
     print(f"  logs              {platform.logs}")
+    print(f"  supervisor        {sup.conf}  (supervisorctl -c {sup.conf} status)")
     if key:
         print(f"  admin API key     {key}   (shown once; also in {data_dir / ADMIN_KEY_FILE}, mode 0600)")
     else:
         print(f"  admin API key     created on the first start (see {data_dir / ADMIN_KEY_FILE} if it was generated)")
     print("  demo              ./scripts/lucid demo      (Ctrl-C stops the platform)", flush=True)
+    code = 0
+    seen: dict[str, str] = {}
     try:
         while not stopping:
-            for name, proc in platform.procs.items():
-                if proc.poll() is not None:
-                    print(
-                        f"lucid: {name} exited with {proc.returncode}; stopping (see {platform.logs})", file=sys.stderr
-                    )
-                    return 1
+            if sup.proc.poll() is not None:
+                print(f"lucid: supervisord exited with {sup.proc.returncode} (see {platform.logs})", file=sys.stderr)
+                code = 1
+                break
+            try:  # report what supervisord does; restarting is its job
+                states = sup.states()
+            except (OSError, xmlrpc.client.Error):
+                states = {}
+            for name, info in states.items():
+                if seen.get(name, "RUNNING") != info["statename"]:
+                    detail = f" ({info['description']})" if info["description"] else ""
+                    print(f"lucid: {name} {info['statename'].lower()}{detail}", file=sys.stderr, flush=True)
+                seen[name] = info["statename"]
             time.sleep(1)
     finally:
-        platform.stop()
-    return 0
+        print("lucid: stopping", file=sys.stderr, flush=True)
+        sup.stop()
+    return code
 
 
 class Api:
@@ -108,7 +157,13 @@ class Api:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
     def __call__(self, method: str, path: str, **kw):
-        r = self.http.request(method, path, **kw)
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:  # one clear line, not a traceback
+            raise SystemExit(
+                f"lucid: {self.http.base_url} is unreachable or not answering ({type(exc).__name__}); "
+                "is the platform running? start it with `lucid up` (or pass --api)"
+            ) from None
         if r.status_code >= 400:
             raise SystemExit(f"lucid: {method} {path} -> {r.status_code} {r.text}")
         return r.json() if "json" in r.headers.get("content-type", "") else r.content
@@ -286,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="run the embedded platform (services, Dagster webserver and daemon)")
     up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--dagster-port", type=int, default=PORTS["dagster-webserver"], help="the Dagster UI's port")
     up.set_defaults(fn=cmd_up)
     for name, fn in (("demo", cmd_demo), ("verify", cmd_verify)):
         c = sub.add_parser(name)

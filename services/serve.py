@@ -3,6 +3,7 @@ HOST and PORT come from the settings (PORT defaults to the service's port in the
 
 from __future__ import annotations
 
+import os
 import sys
 
 import uvicorn
@@ -15,6 +16,7 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m services.serve {{{','.join(SERVICES)}}}", file=sys.stderr)
         return 2
     name = argv[0]
+    os.umask(0o077)  # the images' entrypoint: staging, databases, envelopes, keys 0600/0700
     s = get_settings()
     uvicorn.run(
         f"services.{name}.app:create_app",

@@ -27,6 +27,7 @@ def create_app():
         # only the directories that exist before this process records: a session started since is its own
         threading.Thread(target=recover, args=(rec, leftovers(rec.recordings)), name="recover", daemon=True).start()
         yield
+        await run_in_threadpool(rec.shutdown)  # SIGTERM: end the captures cleanly, saying why
 
     async def encoders_check():
         usable = [n for n, v in rec.encoders.items() if v == "available"]

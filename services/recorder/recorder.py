@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lucid_assets.clients import PipelineClient, ServiceError
-from lucid_assets.core.states import Event, State
+from lucid_assets.core.states import LIVE, Event, State
 from lucid_assets.models import RegisterChunk, Registration, Session
 from lucid_assets.settings import Settings
 from services.common.errors import ApiError
@@ -21,6 +21,11 @@ log = logging.getLogger("lucid.recorder")
 COUNTERS = ("frames_captured", "frames_dropped", "frames_encoded", "segments")
 ACTOR = "recorder"
 REGISTER_TRIES = 10  # a pipeline restart (503) is waited out for ~30 s before a segment fails
+# a capture's segments wait out a pipeline outage this long (they queue on disk, in order) before it fails
+REGISTER_PATIENCE_S = 600
+# in a session's directory: this recorder was stopped (SIGTERM) while recording, it did not die
+SHUTDOWN_MARK = ".recorder-shutdown"
+SHUTDOWN_REASON = "recorder stopped (SIGTERM: platform stopped or restarted) while recording"
 
 
 class Recorder:
@@ -33,6 +38,7 @@ class Recorder:
         self.totals = dict.fromkeys(COUNTERS, 0)  # of captures that have ended
         self.write_latency = {"count": 0, "sum_ms": 0.0, "max_ms": 0.0}
         self.encoders: dict[str, str] = {}
+        self.closing = threading.Event()  # SIGTERM: outages are no longer waited out
 
     # --- the pipeline ------------------------------------------------------------------------
     def transition(self, session_id: str, event: Event, **extra) -> Session:
@@ -57,6 +63,26 @@ class Recorder:
                     raise
                 time.sleep(min(5, 0.2 * 2**attempt))
         raise AssertionError("unreachable")
+
+    def register_patiently(self, session_id: str, seg: Segment) -> Registration:
+        """A capture's segment: a pipeline that is unreachable (503: restarting after a crash) is
+        waited out for REGISTER_PATIENCE_S while the capture goes on writing segments to disk,
+        registered in order once it is back; only a refusal, a longer outage or shutdown fails it."""
+        deadline = time.monotonic() + REGISTER_PATIENCE_S
+        waited = False
+        while True:
+            try:
+                registration = self.register(session_id, seg)
+                if waited:
+                    log.warning("pipeline back: segment %s of %s registered", seg.seq, session_id)
+                return registration
+            except ServiceError as exc:
+                if exc.status != 503 or time.monotonic() > deadline or self.closing.is_set():
+                    raise
+                if not waited:
+                    log.warning("segment %s of %s waits for the pipeline: %s", seg.seq, session_id, exc)
+                waited = True
+                self.closing.wait(2)
 
     def finalize(self, session_id: str, reason: str | None = None) -> Session:
         """Tell the pipeline the recording is complete: chunks 0..n-1, no gap (409 naming the gaps)."""
@@ -142,7 +168,7 @@ class Recorder:
 
     def _on_segment(self, session_id: str):
         def on_segment(seg: Segment) -> None:
-            self.register(session_id, seg)
+            self.register_patiently(session_id, seg)
             cap = self.active(session_id)
             ms = cap.stats.last_write_ms if cap else 0.0
             lat = self.write_latency
@@ -151,6 +177,39 @@ class Recorder:
             lat["max_ms"] = max(lat["max_ms"], ms)
 
         return on_segment
+
+    def shutdown(self) -> None:
+        """SIGTERM (the supervisor stopping the platform, a container stop): end this process's
+        captures as an operator stop would (last segment flushed and registered, session
+        finalized) with a reason that says so. What cannot be told to the pipeline now is left to
+        the next start's recovery, with a mark in the session's directory naming the shutdown."""
+        self.closing.set()  # an outage now fails a registration after register()'s own retries
+        with self.lock:
+            ids = list(self.captures)
+        for sid in ids:
+            cap = self.active(sid)
+            if cap is None:
+                continue
+            mark = cap.dir / SHUTDOWN_MARK
+            mark.write_text(SHUTDOWN_REASON + "\n")
+            try:
+                cap.stop(timeout=40)
+            except SourceError as exc:
+                log.error("%s: capture ended badly at shutdown, left to the next start: %s", sid, exc)
+                continue
+            finally:
+                self.retire(sid)
+            on_disk = {int(p.stem) for p in cap.dir.glob("*.ts") if p.stem.isdigit()}
+            if on_disk - {seg.seq for seg in cap.registered}:
+                log.error("%s: segments not registered at shutdown, left to the next start", sid)
+                continue
+            try:
+                if self.pipeline.session(sid).state in LIVE:
+                    self.transition(sid, Event.STOP, reason=SHUTDOWN_REASON)
+                self.finalize(sid, reason=SHUTDOWN_REASON)
+                mark.unlink(missing_ok=True)
+            except (ServiceError, ApiError) as exc:
+                log.error("%s: not finalized at shutdown, left to the next start: %s", sid, exc)
 
     def metrics(self) -> str:
         """Prometheus text: counters over every capture, gauges per live capture."""

@@ -20,7 +20,7 @@ from lucid_assets.files import is_uuid, publish
 from services.common.errors import ApiError
 
 from .capture import Segment
-from .recorder import Recorder
+from .recorder import SHUTDOWN_MARK, SHUTDOWN_REASON, Recorder
 
 log = logging.getLogger("lucid.recorder")
 
@@ -75,6 +75,16 @@ def salvage_partial(p: Path) -> Path | None:
     return None
 
 
+def why_ended(d: Path) -> str:
+    """What ended the recording: a recorder stopped with SIGTERM leaves a mark saying so (when it
+    could not finalize itself); without one the previous recorder process died (killed, crashed,
+    the host lost power). The death of another component never ends a recording: never named here."""
+    mark = d / SHUTDOWN_MARK
+    if mark.exists():
+        return mark.read_text().strip() or SHUTDOWN_REASON
+    return "recorder restarted after its process died while recording (killed or crashed)"
+
+
 def recover_one(rec: Recorder, d: Path) -> None:
     if rec.active(d.name) is not None:  # recording in this process: not a leftover
         return
@@ -99,7 +109,7 @@ def recover_one(rec: Recorder, d: Path) -> None:
     for p in segs:
         rec.register(d.name, segment_of(p, fps, salvaged=p in salvaged))
     checked = f"{len(segs) - len(salvaged)} re-checked, {len(partial) - len(salvaged)} partial discarded"
-    reason = f"recorder restarted while recording: finalized from the completed segments ({checked})"
+    reason = f"{why_ended(d)}: finalized from the completed segments ({checked})"
     if salvaged:
         reason += " and the last segment, salvaged up to its last complete frame"
     if session.state != State.FINALIZING:
@@ -108,6 +118,7 @@ def recover_one(rec: Recorder, d: Path) -> None:
         rec.finalize(d.name, reason=reason)
     except (ApiError, ServiceError) as exc:
         rec.transition(d.name, Event.FAIL, reason=f"{reason}; {exc}")
+    (d / SHUTDOWN_MARK).unlink(missing_ok=True)
 
 
 def recover(rec: Recorder, dirs: list[Path]) -> None:
