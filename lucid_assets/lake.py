@@ -11,8 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
 from pyiceberg.expressions import EqualTo, In
+from sqlalchemy.exc import IntegrityError
 
 from .core import catalog as schema
 
@@ -31,18 +37,34 @@ class Lake:
         return cls(SqlCatalog("lucid", uri=uri, warehouse=warehouse))
 
     def ensure_tables(self) -> None:
+        """Load the `lucid` tables, creating each only when the catalog has none yet. Every run and
+        service start comes here: PyIceberg's create_table_if_not_exists writes a new metadata file
+        and tries the insert first, so each call left an unreferenced `00000-*.metadata.json` and
+        made PostgreSQL log a duplicate-key error. A lost creation race (two first starts at once)
+        loads the winner's table; the loser's own metadata file is left unreferenced, never removed."""
         if self._ready:
             return
-        self.catalog.create_namespace_if_not_exists(schema.NAMESPACE)
+        if not self.catalog.namespace_exists(schema.NAMESPACE):
+            try:
+                self.catalog.create_namespace(schema.NAMESPACE)
+            except (NamespaceAlreadyExistsError, IntegrityError):  # created meanwhile by another process
+                if not self.catalog.namespace_exists(schema.NAMESPACE):
+                    raise
         for name in schema.TABLES:
             s, spec, order = schema.layout(name)
-            table = self.catalog.create_table_if_not_exists(
-                name,
-                s,
-                partition_spec=spec,
-                sort_order=order,
-                properties={"commit.retry.num-retries": "10", "write.parquet.compression-codec": "zstd"},
-            )
+            try:
+                table = self.catalog.load_table(name)
+            except NoSuchTableError:
+                try:
+                    table = self.catalog.create_table(
+                        name,
+                        s,
+                        partition_spec=spec,
+                        sort_order=order,
+                        properties={"commit.retry.num-retries": "10", "write.parquet.compression-codec": "zstd"},
+                    )
+                except TableAlreadyExistsError:
+                    table = self.catalog.load_table(name)
             if set(s.column_names) - set(table.schema().column_names):  # a newer release added columns
                 with table.update_schema() as update:
                     update.union_by_name(s)

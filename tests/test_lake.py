@@ -1,9 +1,14 @@
 """The Iceberg adapter on a real SqlCatalog in a temp dir: idempotent appends, lookups that prune
 to the session's bucket, deletion stamps."""
 
+import threading
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
 
+import pytest
+import sqlalchemy as sa
 from pyiceberg.expressions import EqualTo
 
 from lucid_assets.core import catalog
@@ -109,3 +114,93 @@ def test_compaction_rewrites_small_files_without_changing_results(tmp_path):
         .sort_by([("session_id", "ascending"), ("seq", "ascending")])
         .equals(before)
     )
+
+
+# --- table creation: once, however many runs load the lake ----------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_uri(request, tmp_path):
+    """A fresh, empty SQL catalog database: SQLite (embedded) or a real PostgreSQL (compose)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    admin = sa.create_engine(request.getfixturevalue("postgres_url"), isolation_level="AUTOCOMMIT")
+    db = f"lake_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {db}"))
+    yield admin.url.set(database=db).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE {db} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def db_errors():
+    """Every error a database raised to any SQLAlchemy engine while the test ran (PostgreSQL logs
+    each one, e.g. `duplicate key value violates unique constraint "iceberg_tables_pkey"`)."""
+    seen: list[str] = []
+
+    def record(ctx):
+        seen.append(str(ctx.original_exception).splitlines()[0])
+
+    sa.event.listen(sa.engine.Engine, "handle_error", record)
+    yield seen
+    sa.event.remove(sa.engine.Engine, "handle_error", record)
+
+
+def metadata_files(table) -> tuple[set[str], set[str]]:
+    """(the metadata files in the table's metadata folder, the ones its current metadata names)."""
+    folder = Path(urlparse(table.metadata.location).path) / "metadata"
+    on_disk = {p.name for p in folder.glob("*.metadata.json")}
+    named = {Path(urlparse(m.metadata_file).path).name for m in table.metadata.metadata_log}
+    return on_disk, named | {Path(urlparse(table.metadata_location).path).name}
+
+
+def test_tables_are_created_once_however_many_runs_load_them(catalog_uri, tmp_path, db_errors):
+    warehouse = (tmp_path / "warehouse").as_uri()
+    Lake.sql(catalog_uri, warehouse)  # PyIceberg's first connection to an empty database probes for its own tables
+    db_errors.clear()
+    for run in range(5):  # each processing run (and each service start) is a new process with its own Lake
+        lake = Lake.sql(catalog_uri, warehouse)
+        sid = str(uuid.uuid4())
+        assert lake.append_missing(catalog.CHUNKS, sid, rows(sid, 1), key="seq") == 1, run
+    assert db_errors == []
+    for name in catalog.TABLES:
+        table = Lake.sql(catalog_uri, warehouse).table(name)
+        on_disk, named = metadata_files(table)
+        assert len([f for f in on_disk if f.startswith("00000-")]) == 1, sorted(on_disk)
+        assert on_disk == named, sorted(on_disk - named)  # no orphan metadata
+    assert len(Lake.sql(catalog_uri, warehouse).table(catalog.CHUNKS).scan().to_arrow()) == 5
+    assert db_errors == []
+
+
+def test_a_creation_race_ends_with_one_table_for_everyone(catalog_uri, tmp_path):
+    warehouse = (tmp_path / "warehouse").as_uri()
+    Lake.sql(catalog_uri, warehouse)  # PyIceberg makes its own catalog tables (not ours to race)
+    start = threading.Barrier(4, timeout=120)
+    locations: list[dict[str, str]] = []
+    failures: list[BaseException] = []
+
+    def first_start():
+        try:
+            lake = Lake.sql(catalog_uri, warehouse)
+            start.wait()
+            lake.ensure_tables()
+            locations.append({n: lake.catalog.load_table(n).metadata_location for n in catalog.TABLES})
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len(locations) == 4 and all(loc == locations[0] for loc in locations)  # the winner's tables
+    lake = Lake.sql(catalog_uri, warehouse)
+    assert sorted(n for _, n in lake.catalog.list_tables(catalog.NAMESPACE)) == sorted(
+        n.split(".")[1] for n in catalog.TABLES
+    )
+    sid = str(uuid.uuid4())
+    assert lake.append_missing(catalog.CHUNKS, sid, rows(sid, 2), key="seq") == 2
