@@ -105,6 +105,13 @@ def wait_chunks(client: httpx.Client, sid: str, more_than: int, timeout: float =
         time.sleep(0.5)
 
 
+def wait_until(check, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.5)
+
+
 def loose_modes(root: Path) -> list[str]:
     """Every file and directory under root (root included) with a group or other permission bit."""
     found = []
@@ -138,6 +145,14 @@ def test_lucid_up_restarts_what_dies_and_recordings_go_on(lucid_up):
         kill_and_wait_back(sup, name, health)
         assert admin.get(f"/v1/sessions/{sid}").json()["state"] == State.RECORDING, name
         n = wait_chunks(admin, sid, n)  # segments written during the outage, and new ones
+    # an outage longer than the pipeline client's own retries (~26 s): the segments wait on disk
+    recorder_log = data / "logs" / "recorder.log"
+    sup.rpc().supervisor.stopProcess("pipeline")
+    wait_until(lambda: "waits for the pipeline" in recorder_log.read_text(), "the recorder to wait")
+    sup.rpc().supervisor.startProcess("pipeline")
+    wait_until(lambda: "pipeline back" in recorder_log.read_text(), "the queued segments to be registered")
+    assert admin.get(f"/v1/sessions/{sid}").json()["state"] == State.RECORDING
+    n = wait_chunks(admin, sid, n)
     assert {i["statename"] for i in sup.states().values()} == {"RUNNING"}
     assert not loose_modes(data), loose_modes(data)  # staging segments of the live recording included
 
