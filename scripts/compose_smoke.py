@@ -2,13 +2,17 @@
 """Smoke test of the compose stack, by hand or from .ci/run (standard library only, runs on the host):
 
   build every image for this host's (or --arch) platform, bring docker-compose.session-images.yml up
-  with fresh secrets, wait until every service is healthy, record a session through the gateway
-  (8087), wait until Dagster's runs (DockerRunLauncher, one container per run) have sealed it,
-  verify it, export it as MP4, check that no secret reached any container's log, then tear it all
-  down (volumes included) unless --keep.
+  with fresh secrets, wait until every service is healthy, record a session through the gateway,
+  SIGKILL the storage service's process meanwhile and wait until compose's restart policy has it
+  healthy again, wait until Dagster's runs (DockerRunLauncher, one container per run, no health
+  check) have sealed the session, verify it, export it as MP4, check that Postgres logged no
+  duplicate-key error and the warehouse holds no orphan table metadata, rotate the master key,
+  check that no secret reached any container's log, then tear it all down (volumes included)
+  unless --keep.
 
-It uses the stack's fixed names (lucid-session-network, lucid-* volumes, lucid-chunk-processor),
-so it refuses to run where a Lucid stack already exists. With no Docker engine it starts one with
+It runs as a project of its own (COMPOSE_PROJECT_NAME lucid-smoke-<random>: its own volumes,
+network and containers) on free host ports (LUCID_API_PORT / LUCID_DAGSTER_PORT if set), so a Lucid
+stack already on the host is left alone. With no Docker engine it starts one with
 shared/tools/container-env (stand-in base images). Prints the numbers the closing notes quote."""
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ import argparse
 import json
 import os
 import platform
+import re
+import secrets as random_names
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "scripts" / "compose"
-VOLUMES = ("lucid-session-data", "lucid-recordings", "lucid-chunks", "lucid-processed", "lucid-storage", "lucid-logs")
+VOLUMES = ("session-data", "recordings", "chunks", "processed", "storage", "logs")  # each <project>-<name>
 
 
 def say(msg: str) -> None:
@@ -86,20 +95,108 @@ class Api:
         return data if raw else json.loads(data)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def run_containers(env: dict, *filters: str) -> list[str]:
+    """This stack's Dagster run containers (label lucid/role=run, on the project's network)."""
+    net = f"network={env['COMPOSE_PROJECT_NAME']}-session-network"
+    argv = ["docker", "ps", "-aq", "--filter", "label=lucid/role=run", "--filter", net]
+    for f in filters:
+        argv += ["--filter", f]
+    return run(argv, env=env, check=False, capture=True).stdout.split()
+
+
 def runs_finished(env: dict, timeout: float) -> bool:
-    """Wait until no Dagster run container is running (True), or `timeout` seconds (False)."""
+    """Wait until no Dagster run container of this stack is running (True), or `timeout` seconds (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = run(
-            ["docker", "ps", "-q", "--filter", "label=lucid/role=run", "--filter", "status=running"],
-            env=env,
-            check=False,
-            capture=True,
-        ).stdout.split()
-        if not running:
+        if not run_containers(env, "status=running"):
             return True
         time.sleep(2)
     return False
+
+
+def inspect(env: dict, cid: str, fmt: str) -> str:
+    return run(["docker", "inspect", "-f", fmt, cid], env=env, check=False, capture=True).stdout.strip()
+
+
+RUN_HEALTH = "{{json .Config.Healthcheck}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}"
+
+
+class RunWatcher(threading.Thread):
+    """Inspects every run container of this stack while it exists: its health check (the launcher
+    must give runs none: the image's own probes the code server's gRPC port) and health state."""
+
+    def __init__(self, env: dict):
+        super().__init__(daemon=True)
+        self.env, self.seen, self.stopped = env, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1):
+            for cid in run_containers(self.env):
+                if cid not in self.seen:
+                    got = inspect(self.env, cid, RUN_HEALTH)
+                    if got:  # empty when it was removed in between
+                        self.seen[cid] = got
+
+
+def crash_and_recover(env: dict, service: str, timeout: float) -> float:
+    """SIGKILL the service's main process from the host, as a crash (or the OOM killer) would, and
+    wait until Docker's restart policy has it running and healthy again; returns the seconds that
+    took. (`docker kill` would not do: Docker counts it as a manual stop and does not restart.)"""
+    cid = run([str(COMPOSE), "ps", "-q", service], env=env, capture=True).stdout.strip()
+    restarts, pid = (int(v) for v in inspect(env, cid, "{{.RestartCount}} {{.State.Pid}}").split())
+    t0 = time.monotonic()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError) as exc:
+        why = f"cannot SIGKILL {service}'s process {pid} ({exc}): run the smoke as root on the engine's host"
+        raise SystemExit(f"smoke: {why}") from exc
+    while True:
+        count, status = inspect(
+            env, cid, "{{.RestartCount}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+        ).split()
+        if int(count) > restarts and status == "healthy":
+            return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(
+                f"smoke: {service} not restarted and healthy {timeout:.0f} s after SIGKILL (restarts {count}, {status})"
+            )
+        time.sleep(1)
+
+
+LAKE_CHECK = """
+import glob, json
+tables = sorted(glob.glob('/data/warehouse/**/metadata', recursive=True))
+print(json.dumps({t: sorted(p.rsplit('/', 1)[1] for p in glob.glob(t + '/00000-*.metadata.json')) for t in tables}))
+"""
+
+
+def lake_is_clean(env: dict) -> str | None:
+    """None, or what is wrong: a duplicate-key error on the Iceberg catalog's tables in Postgres's
+    log (a run re-creating a table) or more than one initial metadata file in a table's folder (the
+    orphans such runs leave)."""
+    pg = run([str(COMPOSE), "logs", "--no-color", "postgres"], env=env, check=False, capture=True).stdout
+    dup = [line for line in pg.splitlines() if "duplicate key value" in line and "iceberg_" in line]
+    if dup:
+        return f"Postgres logged {len(dup)} duplicate-key errors on the catalog's tables, first: {dup[0]}"
+    out = run(
+        [str(COMPOSE), "exec", "-T", "chunk-processor", "/opt/venv/bin/python", "-c", LAKE_CHECK],
+        env=env,
+        check=False,
+        capture=True,
+    ).stdout
+    try:
+        initial = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return f"could not list the warehouse's metadata: {out[-500:]}"
+    if len(initial) != 2 or any(len(files) != 1 for files in initial.values()):
+        return f"expected 2 tables with one 00000 metadata file each: {initial}"
+    return None
 
 
 def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
@@ -127,21 +224,26 @@ def main() -> int:
     numbers: dict[str, object] = {"arch": args.arch}
 
     env = docker_env(args.arch)
+    # a project of its own (volumes, network, containers <project>-...): never an operator's stack
+    project = f"lucid-smoke-{random_names.token_hex(3)}"
     existing = run(["docker", "volume", "ls", "-q"], env=env, capture=True).stdout.split()
-    if set(existing) & set(VOLUMES):
-        say(
-            f"a Lucid stack's volumes already exist here ({', '.join(sorted(set(existing) & set(VOLUMES)))}): "
-            "not touching them; run the smoke test on a host without a deployment"
-        )
+    if {f"{project}-{v}" for v in VOLUMES} & set(existing):
+        say(f"volumes of project {project} already exist: not touching them")
         return 2
     env.update(
         PLATFORM=f"linux/{args.arch}",
         TAG=f"latest-{args.arch}",
         REGISTRY=env.get("REGISTRY", "pickme"),
-        COMPOSE_PROJECT_NAME="lucid-smoke",
+        COMPOSE_PROJECT_NAME=project,
         LUCID_UP_TIMEOUT=str(int(timeout)),
-        LUCID_API_PORT="8087",
+        LUCID_API_PORT=os.environ.get("LUCID_API_PORT") or str(free_port()),
+        LUCID_DAGSTER_PORT=os.environ.get("LUCID_DAGSTER_PORT") or str(free_port()),
     )
+    api_url = f"http://127.0.0.1:{env['LUCID_API_PORT']}"
+    dagster_url = f"http://127.0.0.1:{env['LUCID_DAGSTER_PORT']}"
+    say(f"project {project}: API {api_url}, Dagster UI {dagster_url}")
+    numbers["project"] = project
+    watcher = RunWatcher(env)
     secrets = Path(tempfile.mkdtemp(prefix="lucid-smoke-secrets-"))
     env["LUCID_SECRETS_DIR"] = str(secrets)
     started = False
@@ -155,21 +257,25 @@ def main() -> int:
         ).stdout.split("\n")
         numbers["images"] = [s for s in sizes if f":latest-{args.arch} " in s and "/lucid-" in s]
 
+        run([str(COMPOSE), "secrets"], env=env)  # made before the clock starts: up_to_healthy is up -d to healthy
         t0 = time.monotonic()
         started = True
         up = run([str(COMPOSE), "up"], env=env, check=False, capture=True)
         numbers["up_to_healthy_s"] = round(time.monotonic() - t0, 1)
         print(up.stdout, end="", flush=True)
         up.check_returncode()
+        reported = re.search(r"every service healthy after (\d+) s", up.stdout)
+        numbers["compose_reported_healthy_s"] = int(reported.group(1)) if reported else None
         migrated = [line for line in up.stdout.splitlines() if line.startswith("compose: migrate: ")]
         if not any("pipeline database:" in m for m in migrated) or not any("api database:" in m for m in migrated):
             say(f"the migrate step did not report both databases: {migrated}")
             return 1
         numbers["migrations"] = [m.removeprefix("compose: migrate: ") for m in migrated]
 
-        api = Api("http://127.0.0.1:8087", (secrets / "admin-api-key").read_text().strip())
-        info = json.loads(urllib.request.urlopen("http://127.0.0.1:3000/server_info", timeout=10).read())
-        say(f"Dagster webserver {info['dagster_webserver_version']} answers on 127.0.0.1:3000")
+        api = Api(api_url, (secrets / "admin-api-key").read_text().strip())
+        info = json.loads(urllib.request.urlopen(f"{dagster_url}/server_info", timeout=10).read())
+        say(f"Dagster webserver {info['dagster_webserver_version']} answers on {dagster_url}")
+        watcher.start()
         sess = api.call(
             "POST",
             "/v1/sessions",
@@ -177,7 +283,14 @@ def main() -> int:
         )
         sid = sess["id"]
         api.call("POST", f"/v1/sessions/{sid}/start")
-        time.sleep(args.seconds)
+        recording = time.monotonic()
+        # a crash while recording: compose restarts the storage service and nothing else notices
+        numbers["storage_sigkill_to_healthy_s"] = crash_and_recover(env, "session-storage", timeout)
+        say(f"session-storage killed (SIGKILL) and healthy again after {numbers['storage_sigkill_to_healthy_s']} s")
+        time.sleep(max(0.0, args.seconds - (time.monotonic() - recording)))
+        if api.call("GET", f"/v1/sessions/{sid}")["state"] != "recording":
+            say("the session stopped recording when storage was killed")
+            return 1
         api.call("POST", f"/v1/sessions/{sid}/stop")
         t0 = time.monotonic()
         final = wait_state(api, sid, {"sealed", "failed"}, timeout)
@@ -196,6 +309,10 @@ def main() -> int:
             say(f"expected at least 2 chunks and an MP4, got {len(chunks)} chunks, {mp4[:8]!r}")
             return 1
         numbers.update(chunks=len(chunks), mp4_bytes=len(mp4), verify=report["status"])
+        wrong = lake_is_clean(env)
+        if wrong:
+            say(f"the Iceberg catalog: {wrong}")
+            return 1
 
         # a master-key rotation: the old KEK retired but readable, every data key rewrapped, the
         # processor and storage recreated; the session still verifies and decrypts
@@ -214,11 +331,20 @@ def main() -> int:
         # runs were containers of their own (DockerRunLauncher, auto-removed); none is left behind
         # once the last one has finished (a live batch may still be running after the seal)
         runs_finished(env, timeout=180)
-        time.sleep(3)  # auto-removal follows the exit
-        left = run(["docker", "ps", "-aq", "--filter", "label=lucid/role=run"], env=env, capture=True).stdout.split()
+        deadline = time.monotonic() + 60  # auto-removal follows the exit
+        while (left := run_containers(env)) and time.monotonic() < deadline:
+            time.sleep(1)
         if left:
             say(f"{len(left)} run containers left behind")
             return 1
+        # every run container had no health check (the image's probes a gRPC port runs do not serve)
+        watcher.stopped.set()
+        watcher.join()
+        checked = [v for v in watcher.seen.values() if v != '{"Test":["NONE"]} none']
+        if not watcher.seen or checked:
+            say(f"run containers' health checks: expected none on {len(watcher.seen)} runs, got {checked}")
+            return 1
+        numbers["run_containers_seen"] = len(watcher.seen)
         # no secret in any container's log
         names = run([str(COMPOSE), "ps", "-q"], env=env, capture=True).stdout.split()
         secret_values = [(secrets / f).read_text().strip() for f in ("admin-api-key", "master.key", "db-password")]
@@ -237,6 +363,7 @@ def main() -> int:
             run([str(COMPOSE), "logs", "--tail", "40"], env=env, check=False)
         return 1
     finally:
+        watcher.stopped.set()
         if started and not args.keep:
             runs_finished(env, timeout=180)  # a run container still on the network would keep it (and its volumes)
             run([str(COMPOSE), "down", "-v", "--remove-orphans"], env=env, check=False)

@@ -2,6 +2,7 @@
 admin key from a file, the health check the images use, and the compose file against the Dagster
 instance it runs (the whole stack itself runs in scripts/compose_smoke.py, from .ci/run)."""
 
+import json
 import os
 import re
 import socket
@@ -23,8 +24,48 @@ from services.cli import main as lucid
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-COMPOSE = yaml.safe_load((REPO / "docker-compose.session-images.yml").read_text())
+COMPOSE_TEXT = (REPO / "docker-compose.session-images.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 INSTANCE = yaml.safe_load((REPO / "build/dagster/dagster.yaml").read_text())
+LEGACY_NAMES = {  # the fixed names of releases before names followed the compose project
+    "lucid-session-data",
+    "lucid-recordings",
+    "lucid-chunks",
+    "lucid-processed",
+    "lucid-storage",
+    "lucid-logs",
+    "lucid-session-network",
+    "lucid-chunk-processor",
+}
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution: $$, ${NAME}, ${NAME:-default}, ${NAME:?error}."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        value = env.get(m.group("name"), "")
+        if m.group("op") == ":?" and not value:
+            raise KeyError(f"{m.group('name')}: {m.group('arg')}")
+        return value or (m.group("arg") if m.group("op") == ":-" else "")
+
+    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}", sub, text)
+
+
+def stack(project: str, **env: str) -> dict:
+    """The compose file as docker-compose sees it for this project."""
+    env = {"COMPOSE_PROJECT_NAME": project, "LUCID_DB_PASSWORD": "pw", **env}
+    return yaml.safe_load(interpolate(COMPOSE_TEXT, env))
+
+
+def names(config: dict) -> set[str]:
+    """Every name the stack gives the engine: volumes, networks, containers."""
+    return (
+        {v["name"] for v in config["volumes"].values()}
+        | {n["name"] for n in config["networks"].values()}
+        | {s["container_name"] for s in config["services"].values() if "container_name" in s}
+    )
 
 
 def test_secrets_made_once_private_and_matching(tmp_path, capsys):
@@ -106,8 +147,28 @@ def test_compose_hardening_and_ports():
         assert svc["networks"] == ["lucid-session-network"], name
     published = {n for n, s in services.items() if s.get("ports")}
     assert published == {"session-api", "dagster-webserver"}
-    assert services["dagster-webserver"]["ports"] == ["${LUCID_DAGSTER_BIND:-127.0.0.1}:3000:3000"]
-    assert COMPOSE["networks"]["lucid-session-network"]["name"] == "lucid-session-network"
+    # both host ports are settings; the Dagster UI stays on loopback unless the operator says otherwise
+    assert stack("p")["services"]["dagster-webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    moved = stack("p", LUCID_DAGSTER_PORT="3999", LUCID_API_PORT="9087")["services"]
+    assert moved["dagster-webserver"]["ports"] == ["127.0.0.1:3999:3000"]
+    assert moved["session-api"]["ports"] == ["0.0.0.0:9087:8087"]
+
+
+def test_names_follow_the_compose_project():
+    a, b = stack("alpha"), stack("beta")
+    # two projects share nothing: `down -v` of one cannot delete the other's volumes
+    assert not names(a) & names(b)
+    assert all(n.startswith("alpha-") for n in names(a)), names(a)
+    assert len(names(a)) == len(a["volumes"]) + len(a["networks"]) + 1  # + the chunk-processor
+    # project `lucid` (scripts/compose's default) keeps the earlier releases' names: their data stays
+    assert names(stack("lucid")) == LEGACY_NAMES
+    # no project given: compose stops instead of falling back to names another stack may use
+    with pytest.raises(KeyError, match="COMPOSE_PROJECT_NAME"):
+        interpolate(COMPOSE_TEXT, {"LUCID_DB_PASSWORD": "pw"})
+    # the scripts that name volumes themselves follow the project too
+    assert not re.search(r"-v lucid-", (REPO / "scripts/compose").read_text())
+    smoke = (REPO / "scripts/compose_smoke.py").read_text()
+    assert "8087" not in smoke and "3000" not in smoke  # free ports (or LUCID_API_PORT / LUCID_DAGSTER_PORT)
 
 
 def test_compose_secrets_go_only_where_needed():
@@ -135,13 +196,36 @@ def test_compose_secrets_go_only_where_needed():
 
 
 def test_run_launcher_matches_the_stack():
+    from dagster._config import process_config
+    from dagster_docker.container_context import DockerContainerContext
+    from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
+    from docker.models.containers import _create_container_args
+    from docker.types import ContainerConfig
+
     launcher = INSTANCE["run_launcher"]
     assert launcher["class"] == "DockerRunLauncher"
     cfg = launcher["config"]
-    processor = COMPOSE["services"]["chunk-processor"]
-    assert cfg["container_kwargs"]["volumes_from"] == [processor["container_name"]]
-    assert cfg["network"] in COMPOSE["networks"]
+    assert process_config(DOCKER_CONFIG_SCHEMA, cfg).success
     assert cfg["container_kwargs"]["read_only"] is True and cfg["container_kwargs"]["cap_drop"] == ["ALL"]
+    # what a run container gets, as dagster_docker 0.29.27 merges it: the instance's config, then the
+    # container context the code location (the chunk-processor) serves, for this project's names
+    config = stack("alpha")
+    processor = config["services"]["chunk-processor"]
+    served = DockerContainerContext.create_from_config(
+        json.loads(processor["environment"]["DAGSTER_CONTAINER_CONTEXT"])
+    )
+    run = DockerContainerContext(env_vars=cfg["env_vars"], networks=[], container_kwargs=cfg["container_kwargs"]).merge(
+        served
+    )
+    assert run.networks == [config["networks"]["lucid-session-network"]["name"]] == ["alpha-session-network"]
+    assert run.container_kwargs["volumes_from"] == [processor["container_name"]] == ["alpha-chunk-processor"]
+    assert run.container_kwargs["labels"] == {"lucid/role": "run"} and run.container_kwargs["auto_remove"] is True
+    # the image's HEALTHCHECK probes the code server's gRPC port: a run container must have none,
+    # in the body docker-py sends to the engine
+    kwargs = {k: v for k, v in run.container_kwargs.items() if k != "stop_timeout"}
+    args = _create_container_args(dict(image="i", command=["c"], network=run.networks[0], version="1.41", **kwargs))
+    assert ContainerConfig("1.41", **args)["Healthcheck"]["Test"] == ["NONE"]
+    assert "HEALTHCHECK" in (REPO / "build/chunk-processor/Dockerfile").read_text()
     # every variable a run needs is in the daemon's environment, which is where the launcher reads it
     daemon_env = COMPOSE["services"]["dagster-daemon"]["environment"]
     missing = [v for v in cfg["env_vars"] if v not in daemon_env]
@@ -151,9 +235,18 @@ def test_run_launcher_matches_the_stack():
     # runs share the embedded default's queue limits
     embedded = yaml.safe_load((REPO / "dagster_home/dagster.yaml").read_text())
     assert INSTANCE["run_coordinator"] == embedded["run_coordinator"]
-    # the workspace loads the code server by its compose name and port
+    # the workspace loads the code server by its compose service name (its DNS name in any project)
     ws = yaml.safe_load((REPO / "build/dagster/workspace.yaml").read_text())["load_from"][0]["grpc_server"]
-    assert ws["host"] == processor["container_name"] and ws["port"] == 8085
+    assert ws["host"] == "chunk-processor" and ws["host"] in config["services"] and ws["port"] == 8085
+
+
+def test_compose_script_times_healthy_from_before_up():
+    """`healthy after N s` counts from before `up -d` (the containers start while it runs)."""
+    script = (REPO / "scripts/compose").read_text()
+    for branch in ("up)", "rotate-key)"):
+        body = script.split(f"\n  {branch}\n", 1)[1].split(";;", 1)[0]
+        steps = [line.strip() for line in body.splitlines() if re.search(r"t0=|up -d|wait_healthy", line)]
+        assert steps[0] == "t0=$SECONDS" and "up -d" in steps[1] and steps[2] == 'wait_healthy "$t0"', (branch, steps)
 
 
 def test_every_image_names_a_real_command():
