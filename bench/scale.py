@@ -81,7 +81,9 @@ def measure(n: int) -> dict:
         )
         p.start(timeout=60)
         try:
-            res = PipelineResource(url=p.url("pipeline"))
+            res = PipelineResource(
+                url=p.url("pipeline"), token_file=str(p.data_dir / "keys" / "service" / "dagster.token")
+            )
             with dg.instance_for_test() as instance:
                 t = time.perf_counter()
                 for i in range(0, n, 2000):
@@ -93,7 +95,7 @@ def measure(n: int) -> dict:
                     )
                 )
                 recon = median_ms(lambda: reconcile_requests(instance, res))
-            api = httpx.Client(base_url=p.url("pipeline"), timeout=60)
+            api = httpx.Client(base_url=p.url("pipeline"), timeout=60, headers=p.service_headers("api"))
             sample = random.Random(1).sample(ids, 200)
             lookups = []
             for sid in sample:

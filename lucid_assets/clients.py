@@ -53,12 +53,20 @@ class ServiceError(Exception):
         return self.body.get("state")
 
 
+ACTOR_HEADER = "X-Lucid-Actor"
+
+
+def _on_behalf(actor: str | None) -> dict[str, str]:
+    return {ACTOR_HEADER: actor} if actor else {}
+
+
 class ServiceClient:
     """JSON over one shared connection pool; thread-safe."""
 
-    def __init__(self, url: str, *, timeout: httpx.Timeout = TIMEOUT):
+    def __init__(self, url: str, *, token: str, timeout: httpx.Timeout = TIMEOUT):
+        """`token`: this component's service token (lucid_assets.trust.own_token)."""
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"})
 
     def request(self, method: str, path: str, **kwargs) -> dict:
         try:
@@ -94,7 +102,8 @@ class PipelineClient(ServiceClient):
     """lucid-session-pipeline: sessions, chunks, transitions, audit log, work queue."""
 
     def create_session(self, body: CreateSession, *, actor: str) -> Session:
-        return Session.model_validate(self.send("POST", "/sessions", body, params={"actor": actor}))
+        """`actor`: the gateway's authenticated API key (the pipeline takes it only from the gateway)."""
+        return Session.model_validate(self.send("POST", "/sessions", body, headers=_on_behalf(actor)))
 
     def sessions(
         self, *, state: str | None = None, labels: Iterable[str] = (), limit: int = 50, offset: int = 0
@@ -121,13 +130,17 @@ class PipelineClient(ServiceClient):
         session_id: str,
         event: Event,
         *,
-        actor: str,
+        actor: str | None = None,
         reason: str | None = None,
         expected_chunks: int | None = None,
         encoder: str | None = None,
     ) -> Session:
-        body = Transition(event=event, actor=actor, reason=reason, expected_chunks=expected_chunks, encoder=encoder)
-        return Session.model_validate(self.send("POST", f"/sessions/{session_id}/transitions", body))
+        """The audit log names the authenticated caller; the gateway adds the API key it acts for
+        (`actor`), which the pipeline accepts from the gateway alone."""
+        body = Transition(event=event, reason=reason, expected_chunks=expected_chunks, encoder=encoder)
+        return Session.model_validate(
+            self.send("POST", f"/sessions/{session_id}/transitions", body, headers=_on_behalf(actor))
+        )
 
     def register_chunk(self, session_id: str, chunk: RegisterChunk) -> Registration:
         return Registration.model_validate(self.send("POST", f"/sessions/{session_id}/chunks", chunk))

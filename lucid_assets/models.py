@@ -87,7 +87,6 @@ class CreateSession(Strict):
 
 class Transition(Strict):
     event: Event
-    actor: str = Field("system", max_length=200)
     reason: str | None = Field(None, max_length=2000)
     expected_chunks: int | None = Field(None, ge=0)
     encoder: str | None = Field(None, max_length=100)
@@ -134,7 +133,6 @@ class VerificationSummary(Strict):
 
 class AuditNote(Strict):
     event: Literal[Note.REPROCESS]
-    actor: str = Field(..., max_length=200)
     detail: dict = Field(default_factory=dict)
 
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # where only verification happens (storage service, gateway), the public half is enough
     signing_public_key_file: Path | None = None
     link_secret_file: Path | None = None  # HMAC key of the signed media links (gateway)
+    # service-to-service credentials (lucid_assets/trust.py): this process's own token, and the
+    # table of every caller's token digest that the called services check
+    service_token_file: Path | None = None
+    service_tokens_file: Path | None = None
+    service_keys_dir: Path | None = None  # embedded default: <data>/keys/service
     generate_keys: bool = False  # the embedded default generates missing keys; compose does not
     database_url: str | None = None  # pipeline registry
     api_database_url: str | None = None  # gateway's API keys
@@ -64,7 +69,12 @@ class Settings(BaseSettings):
     chunk_seconds: int = 10
     encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins
     url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
+    # a `url` source never reaches loopback, link-local or private addresses (the platform's own
+    # ports live there) unless listed here: comma-separated host names, IP addresses or networks
+    url_allow_hosts: str = ""
     max_chunk_bytes: int = 512 * 1024 * 1024
+    # any other request body (JSON): refused with 413 before authentication and before it is read
+    max_request_bytes: int = 4 * 1024 * 1024
     process_workers: int = 2
     # Dagster tunings (measured in bench/latency.py --variants; docs/DECISIONS.md has the table)
     sensor_interval_seconds: int = 5  # work queue and run-status sensors
@@ -105,6 +115,14 @@ class Settings(BaseSettings):
     @property
     def link_secret_path(self) -> Path:
         return Path(self._d(self.link_secret_file, "keys", "link.key"))
+
+    @property
+    def service_keys_path(self) -> Path:
+        return Path(self._d(self.service_keys_dir, "keys", "service"))
+
+    @property
+    def service_tokens_path(self) -> Path:
+        return Path(self.service_tokens_file or self.service_keys_path / "tokens.json")
 
     @property
     def preset_admin_key(self) -> str | None:

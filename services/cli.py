@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from lucid_assets import trust
 from lucid_assets.core.states import State
 from lucid_assets.files import atomic_write
 from lucid_assets.keyring import ensure_keys
@@ -326,6 +327,13 @@ def cmd_secrets(args) -> int:
         else:
             makers[name](path)
             print(f"lucid: created {path} (mode 0600)")
+        if uid is not None:
+            os.chown(path, uid, gid)
+    # each component's service token and the table of their digests (lucid_assets/trust.py)
+    service = out / "service"
+    for name in trust.make_token_files(service):
+        print(f"lucid: created {service / name} (mode 0600)")
+    for path in (service, *service.iterdir()):
         if uid is not None:
             os.chown(path, uid, gid)
     if uid is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from lucid_assets import trust
 from lucid_assets.settings import PORTS, SERVICES, child_environ
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,10 @@ class Platform:
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.ports[name]}"
 
+    def service_headers(self, caller: str) -> dict[str, str]:
+        """What `caller` presents to an internal service (tests and benchmarks call them directly)."""
+        return {"Authorization": f"Bearer {trust.read_token(self.data_dir / 'keys' / 'service' / f'{caller}.token')}"}
+
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
@@ -99,6 +104,8 @@ class Platform:
     def prepare(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.logs.mkdir(parents=True, exist_ok=True)
+        # every component's service token, made once before any child could race to make them
+        trust.make_token_files(self.data_dir / "keys" / "service")
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / "dagster_home" / "dagster.yaml", self.dagster_home / "dagster.yaml")
         if self.instance_overrides:
@@ -227,6 +234,17 @@ class Platform:
         self.procs.clear()
 
 
+def _die_with_parent() -> None:
+    """Run in supervisord's process before exec: SIGTERM when `lucid up` dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so a killed `lucid up` does not leave the platform running unseen."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop it
+        pass
+
+
 def _conf_value(text: str) -> str:
     """A value for supervisord's config: its parser expands `%(...)s`, so a literal % is doubled."""
     return text.replace("%", "%%")
@@ -334,6 +352,7 @@ class Supervised:
                 cwd=REPO,
                 start_new_session=True,
                 umask=UMASK,
+                preexec_fn=_die_with_parent,
             )
         self.wait_healthy(timeout)
 

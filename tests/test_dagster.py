@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 
 from lucid_assets.core import catalog
@@ -22,7 +21,7 @@ from lucid_assets.settings import Settings
 from lucid_assets.verification import verify_stored
 from services.launcher import SERVICES, Platform
 from tests.conftest import free_port
-from tests.helpers import record_segments
+from tests.helpers import pipeline_client, record_segments, token_file
 
 
 def _pipeline_only(data):
@@ -53,7 +52,7 @@ def fresh_pipeline(tmp_path_factory):
 
 
 def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = api.post(
         "/sessions", json={"name": "dagster", "video": {"width": 160, "height": 120, "fps": 10}, "chunk_seconds": 2}
     ).json()["id"]
@@ -81,7 +80,7 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
 
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     resources = {
-        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+        "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
         "vault": VaultResource.from_settings(settings),
     }
     with dg.instance_for_test() as instance:
@@ -160,8 +159,8 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
 
 
 def test_live_chunks_become_store_batches(pipeline):
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
+    api = pipeline_client(pipeline)
+    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline))}
     with dg.instance_for_test() as instance:
         cursor = make_work_queue_sensor(5)(dg.build_sensor_context(instance=instance, resources=resources)).cursor
         sid = api.post("/sessions", json={"name": "live"}).json()["id"]
@@ -178,7 +177,7 @@ def test_live_chunks_become_store_batches(pipeline):
 
 def test_failed_materialization_reports_why(pipeline, tmp_path):
     """A session whose staging file vanished before storing fails with the reason, not silently."""
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = api.post("/sessions", json={"name": "lost"}).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
     api.post(
@@ -193,7 +192,7 @@ def test_failed_materialization_reports_why(pipeline, tmp_path):
             instance=instance,
             raise_on_error=False,
             resources={
-                "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+                "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
                 "vault": VaultResource.from_settings(settings),
             },
         )
@@ -254,7 +253,7 @@ def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tm
     from lucid_assets.defs.sessions.sensors import fail_on_failure as make_fail_on_failure
     from lucid_assets.defs.sessions.sensors import failed_checks
 
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = recorded_and_finalized(api, tmp_path, "drift")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     vault = VaultResource.from_settings(settings)
@@ -280,7 +279,10 @@ def test_blocking_check_stops_the_manifest_and_explains_the_failure(pipeline, tm
         ],
         key="seq",
     )
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
+    resources = {
+        "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
+        "vault": vault,
+    }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
         result = dg.materialize(
@@ -329,12 +331,12 @@ def test_reconcile_launches_what_stalled(pipeline):
 
     from lucid_assets.defs.housekeeping.reconcile import reconcile_requests
 
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     stalled = finalized_without_dagster(api)  # finalized, processing, and no run ever came
     live = api.post("/sessions", json={"name": "live"}).json()["id"]
     api.post(f"/sessions/{live}/transitions", json={"event": "start"})
     api.post(f"/sessions/{live}/chunks", json={"seq": 0, "sha256": "1" * 64, "size": 1, "path": "/p"})
-    res = PipelineResource(url=pipeline.url("pipeline"))
+    res = PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline))
     with dg.instance_for_test() as instance:
         requests, new = reconcile_requests(instance, res, idle=timedelta(0))
         # one batch run takes both the finalized session and the live one's unstored chunk
@@ -351,15 +353,15 @@ def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
     from lucid_assets.defs.housekeeping.retention import retention
     from lucid_assets.defs.resources import StorageServiceResource
 
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = finalized_without_dagster(api, retention_days=1)
     api.put(f"/sessions/{sid}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
     api.post(f"/sessions/{sid}/transitions", json={"event": "seal"})
     keep = finalized_without_dagster(api)  # no retention: kept forever
     later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     resources = {
-        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
-        "storage": StorageServiceResource(url=pipeline.url("storage")),
+        "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
+        "storage": StorageServiceResource(url=pipeline.url("storage"), token_file=token_file(pipeline)),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
@@ -386,7 +388,9 @@ def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
     assert api.get(f"/sessions/{sid}").json()["state"] == "deleted"
     assert api.get(f"/sessions/{keep}").json()["state"] == "processing"
     events = [e["entry"] for e in api.get(f"/sessions/{sid}/events").json()["items"]]
-    assert events[-1]["event"] == "delete" and events[-1]["actor"] == "retention"
+    # the audit log names the authenticated caller (Dagster's service token), and why
+    assert events[-1]["event"] == "delete" and events[-1]["actor"] == "dagster"
+    assert "retention of 1 days" in events[-1]["detail"]["reason"]
 
 
 def test_maintenance_and_rebuild_jobs_run(tmp_path):
@@ -437,12 +441,12 @@ def test_maintenance_and_rebuild_jobs_run(tmp_path):
 def test_archive_drops_only_old_sealed_partitions(pipeline):
     from lucid_assets.defs.housekeeping.retention import archive_partitions
 
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sealed = finalized_without_dagster(api)
     api.put(f"/sessions/{sealed}/manifest", json={"version": 1, "merkle_root": "a" * 64, "manifest_sha256": "b" * 64})
     api.post(f"/sessions/{sealed}/transitions", json={"event": "seal"})
     busy = finalized_without_dagster(api)  # still processing: never archived
-    res = {"pipeline": PipelineResource(url=pipeline.url("pipeline"))}
+    res = {"pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline))}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sealed, busy])
         kept = archive_partitions.execute_in_process(
@@ -463,11 +467,14 @@ def test_archive_drops_only_old_sealed_partitions(pipeline):
 
 
 def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeline, tmp_path):
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = recorded_and_finalized(api, tmp_path, "forced")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     vault = VaultResource.from_settings(settings)
-    resources = {"pipeline": PipelineResource(url=pipeline.url("pipeline")), "vault": vault}
+    resources = {
+        "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
+        "vault": vault,
+    }
     force = {"ops": {name: {"config": {"force": True}} for name in ("stored_chunks", "session_manifest")}}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
@@ -510,11 +517,11 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
 def test_a_premature_manual_run_does_not_fail_a_recording_session(pipeline, tmp_path):
     from lucid_assets.defs.sessions.sensors import fail_on_failure as make_fail_on_failure
 
-    api = httpx.Client(base_url=pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(pipeline)
     sid = api.post("/sessions", json={"name": "still recording"}).json()["id"]
     api.post(f"/sessions/{sid}/transitions", json={"event": "start"})
     resources = {
-        "pipeline": PipelineResource(url=pipeline.url("pipeline")),
+        "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
         "vault": VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True)),
     }
     with dg.instance_for_test() as instance:
@@ -556,14 +563,14 @@ def test_one_batch_run_reports_each_session_it_touched_and_no_other(fresh_pipeli
     per session it processed, none for a session it did not touch; the finalized one is sealed."""
     from lucid_assets.defs.sessions.batch import process_sessions
 
-    api = httpx.Client(base_url=fresh_pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(fresh_pipeline)
     live = recorded_and_finalized(api, tmp_path, "live", finalize=False)
     final = recorded_and_finalized(api, tmp_path, "final")
     idle = api.post("/sessions", json={"name": "idle"}).json()["id"]
     api.post(f"/sessions/{idle}/transitions", json={"event": "start"})  # recording, nothing registered
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     resources = {
-        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline")),
+        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline"), token_file=token_file(fresh_pipeline)),
         "vault": VaultResource.from_settings(settings),
     }
     with dg.instance_for_test() as instance:
@@ -599,7 +606,7 @@ def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp
     says how many failed."""
     from lucid_assets.defs.sessions.batch import process_sessions
 
-    api = httpx.Client(base_url=fresh_pipeline.url("pipeline"), timeout=30)
+    api = pipeline_client(fresh_pipeline)
     gone = api.post("/sessions", json={"name": "gone"}).json()["id"]
     api.post(f"/sessions/{gone}/transitions", json={"event": "start"})
     api.post(
@@ -611,7 +618,7 @@ def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp
     healthy = recorded_and_finalized(api, tmp_path, "healthy")
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     resources = {
-        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline")),
+        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline"), token_file=token_file(fresh_pipeline)),
         "vault": VaultResource.from_settings(settings),
     }
     with dg.instance_for_test() as instance:

@@ -254,12 +254,19 @@ def test_a_revision_from_a_newer_lucid_is_refused(url):
     assert versions(url, "api") == ["0099_from_the_future"]
 
 
-def test_pipeline_app_serves_the_upgraded_released_database(url):
+def test_pipeline_app_serves_the_upgraded_released_database(url, tmp_path, monkeypatch, request):
+    from lucid_assets.settings import get_settings
+    from lucid_assets.trust import make_token_files, read_token
     from services.pipeline.app import create_app
 
     load_released(url, "pipeline")
     migrate.upgrade(url, "pipeline")
-    with TestClient(create_app(url)) as c:
+    make_token_files(tmp_path / "service")  # the gateway's credentials, as the embedded default makes them
+    monkeypatch.setenv("LUCID_SERVICE_KEYS_DIR", str(tmp_path / "service"))
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)  # after monkeypatch restores the environment
+    gateway = {"Authorization": f"Bearer {read_token(tmp_path / 'service' / 'api.token')}", "X-Lucid-Actor": "key:t"}
+    with TestClient(create_app(url), headers=gateway) as c:
         listed = c.get("/sessions").json()
         assert listed["total"] == len(ROWS["sessions"])
         assert {s["id"] for s in listed["items"]} == {s["id"] for s in ROWS["sessions"]}

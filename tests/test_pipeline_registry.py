@@ -3,12 +3,12 @@
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from lucid_assets.core import audit
 from services.launcher import SERVICES, Platform
 from tests.conftest import free_port
+from tests.helpers import pipeline_client
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -25,7 +25,7 @@ def pipeline(request, tmp_path_factory):
         extra_env=env,
     )
     p.start(timeout=60)
-    with httpx.Client(base_url=p.url("pipeline"), timeout=30) as c:
+    with pipeline_client(p) as c:
         yield c
     p.stop()
 

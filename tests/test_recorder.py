@@ -19,7 +19,7 @@ import pytest
 
 from services.launcher import SERVICES, Platform
 from tests.conftest import MAX_CHUNK, free_port
-from tests.helpers import create, decode, download, record, wait_state
+from tests.helpers import create, decode, download, pipeline_client, record, wait_state
 
 pytestmark = pytest.mark.e2e
 
@@ -285,7 +285,7 @@ def test_sessions_record_side_by_side_and_fail_alone(admin, media, xdisplay):
 
 
 def test_metrics_count_frames_and_segment_writes(platform):
-    text = httpx.get(f"{platform.url('recorder')}/metrics").text
+    text = httpx.get(f"{platform.url('recorder')}/metrics", headers=platform.service_headers("api")).text
     values = {
         line.split()[0]: float(line.split()[1])
         for line in text.splitlines()
@@ -311,8 +311,8 @@ def test_disk_full_fails_the_session_and_keeps_earlier_segments(tmp_path):
     )
     try:
         p.start(timeout=60)
-        pipe = httpx.Client(base_url=p.url("pipeline"), timeout=30)
-        rec = httpx.Client(base_url=p.url("recorder"), timeout=60)
+        pipe = pipeline_client(p)
+        rec = httpx.Client(base_url=p.url("recorder"), timeout=60, headers=p.service_headers("api"))
         sid = pipe.post(
             "/sessions",
             json={

@@ -12,18 +12,22 @@ from lucid_assets.lake import Lake
 from lucid_assets.processing import Vault
 from lucid_assets.settings import Settings, get_settings
 from lucid_assets.store import ChunkStore
+from lucid_assets.trust import DAGSTER, ensure_tokens, read_token, token_path
 
 
 class PipelineResource(dg.ConfigurableResource):
-    """lucid-session-pipeline, through its typed client."""
+    """lucid-session-pipeline, through its typed client, as the `dagster` caller: the config names
+    the service token's file; the token is read when the client is made and never shown."""
 
     url: str
+    token_file: str
+
     _client: PipelineClient | None = PrivateAttr(default=None)
 
     @property
     def client(self) -> PipelineClient:
         if self._client is None:
-            self._client = PipelineClient(self.url)
+            self._client = PipelineClient(self.url, token=read_token(Path(self.token_file)))
         return self._client
 
 
@@ -31,12 +35,14 @@ class StorageServiceResource(dg.ConfigurableResource):
     """lucid-session-storage (the owner of crypto-shredding), through its typed client."""
 
     url: str
+    token_file: str
+
     _client: StorageClient | None = PrivateAttr(default=None)
 
     @property
     def client(self) -> StorageClient:
         if self._client is None:
-            self._client = StorageClient(self.url)
+            self._client = StorageClient(self.url, token=read_token(Path(self.token_file)))
         return self._client
 
 
@@ -106,11 +112,13 @@ class VaultResource(dg.ConfigurableResource):
 @dg.definitions
 def defs() -> dg.Definitions:
     s = get_settings()
+    ensure_tokens(s)
+    token = str(token_path(s, DAGSTER))
     return dg.Definitions(
         resources={
-            "pipeline": PipelineResource(url=s.pipeline_url),
+            "pipeline": PipelineResource(url=s.pipeline_url, token_file=token),
             "vault": VaultResource.from_settings(s),
-            "storage": StorageServiceResource(url=s.storage_url),
+            "storage": StorageServiceResource(url=s.storage_url, token_file=token),
         },
         executor=dg.multiprocess_executor if s.executor == "multiprocess" else dg.in_process_executor,
     )

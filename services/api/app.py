@@ -11,14 +11,16 @@ from fastapi.staticfiles import StaticFiles
 
 from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.settings import get_settings
-from services.common import migrate
+from lucid_assets.trust import API, own_token
+from services.common import migrate, peers
 from services.common.app import make_app, peer_check
 from services.common.db import Database
 
 from . import links
 from .auth import ensure_admin_key
 from .deps import Gateway
-from .routes import keys, media, sessions
+from .edge import Edge, Metrics
+from .routes import keys, media, metrics, sessions
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -29,8 +31,12 @@ def create_app():
     db = Database(s.api_db)
     preset = s.preset_admin_key
     first = ensure_admin_key(db, preset)
+    token = own_token(s, API)
+    peers.use_token(token)
     app = make_app(
         "api",
+        internal=False,  # the public edge: API keys, checked per route (auth.py)
+        uploads=(("PUT", r"/v1/sessions/[^/]+/chunks/[^/]+"),),
         checks={
             "pipeline": peer_check(s.pipeline_url),
             "recorder": peer_check(s.recorder_url),
@@ -45,11 +51,14 @@ def create_app():
         settings=s,
         keys_db=db,
         link_secret=links.load_secret(s.link_secret_path),
-        pipeline=PipelineClient(s.pipeline_url),
-        storage=StorageClient(s.storage_url),
+        pipeline=PipelineClient(s.pipeline_url, token=token),
+        storage=StorageClient(s.storage_url, token=token),
     )
-    for module in (sessions, media, keys):
+    for module in (sessions, media, keys, metrics):
         app.include_router(module.router)
+    app.state.metrics = Metrics()
+    # outermost: hardening headers on every answer (413s of the body limit too), and the metrics
+    app.add_middleware(Edge, metrics=app.state.metrics, fastapi_app=app)
     app.mount("/viewer", StaticFiles(directory=STATIC, html=True), name="viewer")
 
     @app.get("/", include_in_schema=False)

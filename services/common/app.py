@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from lucid_assets.settings import get_settings
+from lucid_assets.trust import TokenTable
 
 from . import errors
+from .guard import BodyLimit, ServiceAuth
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
@@ -24,12 +26,25 @@ def configure_logging() -> None:
     )
 
 
-def make_app(name: str, *, checks: dict[str, ReadyCheck] | None = None, **kwargs) -> FastAPI:
+def make_app(
+    name: str,
+    *,
+    checks: dict[str, ReadyCheck] | None = None,
+    internal: bool = True,
+    uploads: tuple[tuple[str, str], ...] = (),
+    **kwargs,
+) -> FastAPI:
+    """`internal` services admit only callers with a service token (the gateway authenticates
+    API keys itself); `uploads` are the (method, path regex) routes that take chunk bytes."""
     configure_logging()
     app = FastAPI(title=f"Lucid {name}", version="0.1.0", **kwargs)
     errors.install(app)
     started = time.time()
     s = get_settings()
+    if internal:
+        app.add_middleware(ServiceAuth, table=TokenTable.load(s))
+    # outermost: a body over the limit is refused before authentication reads or checks anything
+    app.add_middleware(BodyLimit, limit=s.max_request_bytes, upload_limit=s.max_chunk_bytes, uploads=uploads)
     service = s.service_name if "service_name" in s.model_fields_set else name  # SERVICE_NAME if given
     checks = checks or {}
 

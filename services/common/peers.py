@@ -8,12 +8,20 @@ import httpx
 from .errors import ApiError
 
 _client: httpx.AsyncClient | None = None
+_headers: dict[str, str] = {}
+
+
+def use_token(token: str) -> None:
+    """The service token every call of this process presents (the gateway's)."""
+    global _client
+    _headers["Authorization"] = f"Bearer {token}"
+    _client = None
 
 
 def client() -> httpx.AsyncClient:
     global _client
     if _client is None:
-        _client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+        _client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0), headers=_headers)
     return _client
 
 
@@ -36,7 +44,8 @@ def _result(r: httpx.Response, raw: bool):
             error, detail = body.pop("error"), body.pop("detail")
         except (ValueError, KeyError, TypeError, AttributeError):
             error, detail, body = "upstream_error", r.text[:500], {}
-        raise ApiError(r.status_code, error, detail, **body)
+        passed = {k: r.headers[k] for k in ("content-range",) if k in r.headers}  # a 416's `bytes */N`
+        raise ApiError(r.status_code, error, detail, headers=passed or None, **body)
     if raw:
         return r
     return r.json() if r.content else None

@@ -128,7 +128,7 @@ def create(s: Session, body: CreateSession, actor: str) -> SessionRow:
     return row
 
 
-def transition(s: Session, row: SessionRow, t: Transition) -> None:
+def transition(s: Session, row: SessionRow, t: Transition, actor: str) -> None:
     events = [t.event]
     if t.event == Event.SEAL and row.state == State.FAILED:
         events = [Event.RETRY, Event.SEAL]  # a successful rerun of a failed session heals it
@@ -137,10 +137,10 @@ def transition(s: Session, row: SessionRow, t: Transition) -> None:
             new = states.next_state(row.state, event)
         except states.IllegalTransition as exc:
             raise ApiError(409, "illegal_transition", str(exc), state=row.state) from None
-        _apply(s, row, event, new, t)
+        _apply(s, row, event, new, t, actor)
 
 
-def _apply(s: Session, row: SessionRow, event: Event, new: State, t: Transition) -> None:
+def _apply(s: Session, row: SessionRow, event: Event, new: State, t: Transition, actor: str) -> None:
     ts = now()
     detail: dict = {}
     if event == Event.START:
@@ -173,7 +173,7 @@ def _apply(s: Session, row: SessionRow, event: Event, new: State, t: Transition)
         s.add(WorkItem(session_id=row.id, up_to_seq=(row.expected_chunks or 0) - 1, reason=WorkReason.RETRY))
     if t.reason:
         detail["reason"] = t.reason
-    append_audit(s, row.id, {"event": event, "from": row.state, "to": new.value, "actor": t.actor, "detail": detail})
+    append_audit(s, row.id, {"event": event, "from": row.state, "to": new.value, "actor": actor, "detail": detail})
     row.state = new.value
     row.updated_at = ts
     s.add(row)

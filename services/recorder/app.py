@@ -38,6 +38,7 @@ def create_app():
     app = make_app(
         "recorder",
         lifespan=lifespan,
+        uploads=(("PUT", r"/recordings/[^/]+/chunks/[^/]+"),),  # pushed chunks: max_chunk_bytes
         checks={
             "recordings_volume": writable_dir_check(rec.recordings),
             "pipeline": peer_check(settings.pipeline_url),

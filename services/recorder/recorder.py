@@ -12,6 +12,7 @@ from lucid_assets.clients import PipelineClient, ServiceError
 from lucid_assets.core.states import LIVE, Event, State
 from lucid_assets.models import RegisterChunk, Registration, Session
 from lucid_assets.settings import Settings
+from lucid_assets.trust import RECORDER, own_token
 from services.common.errors import ApiError
 
 from .capture import Capture, CaptureEnded, Segment
@@ -19,7 +20,6 @@ from .sources import SourceError
 
 log = logging.getLogger("lucid.recorder")
 COUNTERS = ("frames_captured", "frames_dropped", "frames_encoded", "segments")
-ACTOR = "recorder"
 REGISTER_TRIES = 10  # a pipeline restart (503) is waited out for ~30 s before a segment fails
 # a capture's segments wait out a pipeline outage this long (they queue on disk, in order) before it fails
 REGISTER_PATIENCE_S = 600
@@ -32,7 +32,7 @@ class Recorder:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.recordings: Path = settings.recordings_path
-        self.pipeline = PipelineClient(settings.pipeline_url)
+        self.pipeline = PipelineClient(settings.pipeline_url, token=own_token(settings, RECORDER))
         self.captures: dict[str, Capture] = {}
         self.lock = threading.Lock()
         self.totals = dict.fromkeys(COUNTERS, 0)  # of captures that have ended
@@ -42,7 +42,7 @@ class Recorder:
 
     # --- the pipeline ------------------------------------------------------------------------
     def transition(self, session_id: str, event: Event, **extra) -> Session:
-        return self.pipeline.transition(session_id, event, actor=ACTOR, **extra)
+        return self.pipeline.transition(session_id, event, **extra)
 
     def register(self, session_id: str, seg: Segment) -> Registration:
         body = RegisterChunk(

@@ -3,7 +3,6 @@ create_app), and the session id a path names."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +16,9 @@ from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
-from services.common.errors import ApiError, not_found
+from lucid_assets.trust import STORAGE, own_token
+from services.common.errors import ApiError
+from services.common.ids import SessionId
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Storage:
             lake=Lake.sql(s.catalog, s.warehouse_uri),
             keyring=Keyring.load(s, with_signing=False),
             public_key=Keyring.public_key(s),
-            pipeline=PipelineClient(s.pipeline_url),
+            pipeline=PipelineClient(s.pipeline_url, token=own_token(s, STORAGE)),
             recordings=s.recordings_path,
         )
 
@@ -54,13 +55,5 @@ def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def session_id(session_id: str) -> str:
-    """The path's session id in canonical form; 404 for anything that is not a UUID."""
-    try:
-        return str(uuid.UUID(session_id))
-    except ValueError:
-        raise not_found(f"session {session_id!r} does not exist (not a session id)") from None
-
-
 Ctx = Annotated[Storage, Depends(get_storage)]
-Sid = Annotated[str, Depends(session_id)]
+Sid = SessionId  # the one id check every service shares (services/common/ids.py)

@@ -43,9 +43,7 @@ def apply_retention(
         if config.dry_run:
             continue
         try:
-            pipeline.client.transition(
-                s.id, Event.DELETE, actor="retention", reason=f"retention of {s.retention_days} days"
-            )
+            pipeline.client.transition(s.id, Event.DELETE, reason=f"retention of {s.retention_days} days")
         except ServiceError as exc:
             if exc.status != 409:
                 raise

@@ -126,9 +126,7 @@ def stored_chunks(
     if config.force:
         pipeline.client.audit_note(
             w.sid,
-            AuditNote(
-                event=Note.REPROCESS, actor="dagster", detail={"run_id": context.run.run_id, "chunks": len(w.chunks)}
-            ),
+            AuditNote(event=Note.REPROCESS, detail={"run_id": context.run.run_id, "chunks": len(w.chunks)}),
         )
         vault.store.supersede_checkpoints(w.sid, context.run.run_id[:8])
     processing.store(pipeline.client, vault.vault, [w])

@@ -17,7 +17,6 @@ from .assets import chunks_check, manifest_check, manifest_metadata, stored_meta
 from .partitions import sessions
 
 BATCH_TAG = "lucid/batch"
-ACTOR = "dagster"
 
 
 class BatchConfig(dg.Config):
@@ -45,7 +44,7 @@ def _report_sealed(context: dg.OpExecutionContext, s: processing.Sealed, vault: 
 def _conclude(client: PipelineClient, sid: str, event: Event, reason: str) -> str | None:
     """Seal or fail a finalized session; None if the pipeline agreed, else why not."""
     try:
-        client.transition(sid, event, actor=ACTOR, reason=reason[:2000])
+        client.transition(sid, event, reason=reason[:2000])
     except ServiceError as exc:
         if exc.status == 409 and exc.state in (State.SEALED, State.FAILED, State.DELETED):
             return None  # someone else concluded it first (a rerun, a delete): nothing to undo

@@ -16,7 +16,6 @@ from .partitions import sessions
 
 SESSION_TAG = "lucid/session"
 REASON_TAG = "lucid/reason"
-ACTOR = "dagster"
 WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
 
 
@@ -103,9 +102,7 @@ def seal_on_success(interval: int) -> dg.SensorDefinition:
         if not sid:
             return dg.SkipReason("run has no session partition")
         try:
-            pipeline.client.transition(
-                sid, Event.SEAL, actor=ACTOR, reason=f"run {context.dagster_run.run_id} succeeded"
-            )
+            pipeline.client.transition(sid, Event.SEAL, reason=f"run {context.dagster_run.run_id} succeeded")
         except ServiceError as exc:
             if exc.status == 409 and exc.state == State.SEALED:
                 return dg.SkipReason(f"{sid} was already sealed (a rerun re-verified it)")
@@ -147,7 +144,7 @@ def fail_on_failure(interval: int) -> dg.SensorDefinition:
             return dg.SkipReason(f"{sid} is {state}: a failed run does not change it")
         reason = f"run {context.dagster_run.run_id} failed: {_failure_reason(context)}"[:2000]
         try:
-            pipeline.client.transition(sid, Event.FAIL, actor=ACTOR, reason=reason)
+            pipeline.client.transition(sid, Event.FAIL, reason=reason)
         except ServiceError as exc:
             if exc.status == 409:
                 return dg.SkipReason(f"{sid} is {exc.state}; failure not applied")

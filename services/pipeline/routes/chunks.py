@@ -7,16 +7,17 @@ from sqlmodel import select
 
 from lucid_assets.models import RegisterChunk, RegisteredChunkList, Registration
 from services.common.errors import ERRORS
+from services.common.ids import SessionId
 
 from .. import registry
-from ..deps import Db
+from ..deps import ANY, RECORDER, Db, allow
 from ..models import ChunkRow
 
-router = APIRouter(prefix="/sessions/{session_id}/chunks", tags=["chunks"], responses=ERRORS)
+router = APIRouter(prefix="/sessions/{session_id}/chunks", tags=["chunks"], responses=ERRORS, dependencies=[ANY])
 
 
-@router.post("", response_model=Registration)
-def register_chunk(session_id: str, body: RegisterChunk, db: Db):
+@router.post("", response_model=Registration, dependencies=[allow(RECORDER)])
+def register_chunk(session_id: SessionId, body: RegisterChunk, db: Db):
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
         chunk, created = registry.register_chunk(s, row, body)
@@ -25,7 +26,7 @@ def register_chunk(session_id: str, body: RegisterChunk, db: Db):
 
 
 @router.get("", response_model=RegisteredChunkList)
-def list_chunks(session_id: str, db: Db):
+def list_chunks(session_id: SessionId, db: Db):
     with db.read() as s:
         registry.get_row(s, session_id)
         rows = s.exec(select(ChunkRow).where(ChunkRow.session_id == session_id).order_by(ChunkRow.seq)).all()

@@ -3,12 +3,13 @@ verification, audit notes)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import func
 from sqlmodel import select
 
 from lucid_assets.core.states import State
 from lucid_assets.models import (
+    LABEL_KEY,
     AuditNote,
     AuditReceipt,
     CreateSession,
@@ -19,17 +20,18 @@ from lucid_assets.models import (
     Transition,
     VerificationSummary,
 )
-from services.common.errors import ERRORS
+from services.common.errors import ERRORS, ApiError
+from services.common.ids import MAX_OFFSET, SessionId
 
 from .. import registry
-from ..deps import Db
+from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may
 from ..models import AuditRow, SessionRow
 
-router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERRORS)
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERRORS, dependencies=[ANY])
 
 
-@router.post("", status_code=201, response_model=Session)
-def create_session(body: CreateSession, db: Db, actor: str = "api"):
+@router.post("", status_code=201, response_model=Session, dependencies=[allow(API)])
+def create_session(body: CreateSession, db: Db, actor: Actor):
     with db.write() as s:
         row = registry.create(s, body, actor)
         return registry.session_dict(s, row)
@@ -41,7 +43,7 @@ def list_sessions(
     state: State | None = None,
     label: list[str] = Query(default=[]),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ):
     with db.read() as s:
         q = select(SessionRow)
@@ -49,6 +51,8 @@ def list_sessions(
             q = q.where(SessionRow.state == state)
         for lab in label:  # label=key or label=key=value, filtered in the database
             k, _, v = lab.partition("=")
+            if not LABEL_KEY.match(k):  # before it becomes a JSON path in SQL
+                raise ApiError(422, "invalid_request", f"label: key {k[:64]!r} must match {LABEL_KEY.pattern}")
             q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
         page = s.exec(q.order_by(SessionRow.created_at.desc()).offset(offset).limit(limit)).all()
@@ -62,22 +66,24 @@ def list_sessions(
 
 
 @router.get("/{session_id}", response_model=Session)
-def get_session(session_id: str, db: Db):
+def get_session(session_id: SessionId, db: Db):
     with db.read() as s:
         return registry.session_dict(s, registry.get_row(s, session_id))
 
 
 @router.post("/{session_id}/transitions", response_model=Session)
-def transition(session_id: str, body: Transition, db: Db):
+def transition(session_id: SessionId, body: Transition, db: Db, request: Request, who: Caller):
+    may(who, body.event)  # may this component do this at all, before whom it says it acts for
+    actor = actor_of(request)
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
-        registry.transition(s, row, body)
+        registry.transition(s, row, body, actor)
         s.flush()
         return registry.session_dict(s, row)
 
 
-@router.put("/{session_id}/manifest", response_model=Session)
-def manifest_recorded(session_id: str, body: ManifestSummary, db: Db):
+@router.put("/{session_id}/manifest", response_model=Session, dependencies=[allow(DAGSTER)])
+def manifest_recorded(session_id: SessionId, body: ManifestSummary, db: Db):
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
         registry.record_manifest(s, row, body)
@@ -85,20 +91,21 @@ def manifest_recorded(session_id: str, body: ManifestSummary, db: Db):
         return registry.session_dict(s, row)
 
 
-@router.post("/{session_id}/audit", status_code=201, response_model=AuditReceipt)
-def audit_note(session_id: str, body: AuditNote, db: Db):
+@router.post("/{session_id}/audit", status_code=201, response_model=AuditReceipt, dependencies=[allow(DAGSTER)])
+def audit_note(session_id: SessionId, body: AuditNote, db: Db, actor: Actor):
     """An audited event that is not a transition (a forced reprocess)."""
     with db.write() as s:
         registry.get_row(s, session_id, lock=True)
         row = registry.append_audit(
-            s, session_id, {"event": body.event, "from": None, "to": None, "actor": body.actor, "detail": body.detail}
+            s, session_id, {"event": body.event, "from": None, "to": None, "actor": actor, "detail": body.detail}
         )
         s.flush()
         return {"entry": row.entry, "hash": row.hash}
 
 
-@router.put("/{session_id}/verification", response_model=VerificationSummary)
-def verification(session_id: str, body: VerificationSummary, db: Db):
+# recorded by the storage service, which computed it; no one else's claim of a status is taken
+@router.put("/{session_id}/verification", response_model=VerificationSummary, dependencies=[allow(STORAGE)])
+def verification(session_id: SessionId, body: VerificationSummary, db: Db):
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
         row.verification = body.model_dump(mode="json")
@@ -107,7 +114,7 @@ def verification(session_id: str, body: VerificationSummary, db: Db):
 
 
 @router.get("/{session_id}/events", response_model=EventList)
-def events(session_id: str, db: Db):
+def events(session_id: SessionId, db: Db):
     with db.read() as s:
         registry.get_row(s, session_id)
         rows = s.exec(select(AuditRow).where(AuditRow.session_id == session_id).order_by(AuditRow.idx)).all()

@@ -8,16 +8,17 @@ from sqlmodel import select
 
 from lucid_assets.models import Marked, PendingPage, StoredMarks, WorkPage
 from services.common.errors import ERRORS
+from services.common.ids import MAX_OFFSET
 
 from .. import registry
-from ..deps import Db
+from ..deps import DAGSTER, Db, allow
 from ..models import WorkItem
 
-router = APIRouter(prefix="/work", tags=["work"], responses=ERRORS)
+router = APIRouter(prefix="/work", tags=["work"], responses=ERRORS, dependencies=[allow(DAGSTER)])
 
 
 @router.get("", response_model=WorkPage)
-def work(db: Db, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)):
+def work(db: Db, after: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=1000)):
     """Work items after `after` (the id of the last item the sensor saw), oldest first."""
     with db.read() as s:
         rows = s.exec(select(WorkItem).where(WorkItem.id > after).order_by(WorkItem.id).limit(limit)).all()

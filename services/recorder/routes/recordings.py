@@ -10,12 +10,15 @@ from fastapi.responses import PlainTextResponse
 
 from lucid_assets.core.states import Event, State
 from lucid_assets.models import CaptureList, Registration, Session
+from lucid_assets.trust import API
 from services.common.errors import ERRORS, ApiError
+from services.common.guard import allow
+from services.common.ids import Seq, SessionId
 
 from .. import push
 from ..recorder import Recorder
 
-router = APIRouter(tags=["recordings"], responses=ERRORS)
+router = APIRouter(tags=["recordings"], responses=ERRORS, dependencies=[allow(API)])
 
 
 def get_recorder(request: Request) -> Recorder:
@@ -26,7 +29,7 @@ Rec = Annotated[Recorder, Depends(get_recorder)]
 
 
 @router.post("/recordings/{session_id}/start", response_model=Session)
-def start(session_id: str, rec: Rec):
+def start(session_id: SessionId, rec: Rec):
     session = rec.pipeline.session(session_id)
     if session.state != State.CREATED:
         raise ApiError(
@@ -40,7 +43,7 @@ def start(session_id: str, rec: Rec):
 def _hold(event: Event):
     """Pause or resume: the pipeline decides (409 when illegal), then this process's capture follows."""
 
-    def route(session_id: str, rec: Rec):
+    def route(session_id: SessionId, rec: Rec):
         result = rec.transition(session_id, event)
         if cap := rec.active(session_id):
             (cap.pause if event == Event.PAUSE else cap.resume)()
@@ -57,7 +60,7 @@ for _event in (Event.PAUSE, Event.RESUME):
 
 
 @router.post("/recordings/{session_id}/stop", response_model=Session)
-def stop(session_id: str, rec: Rec):
+def stop(session_id: SessionId, rec: Rec):
     session = rec.pipeline.session(session_id)
     if not (session.source.get("kind") == "push" and session.state == State.FINALIZING):
         rec.transition(session_id, Event.STOP, reason="stopped by operator")
@@ -66,7 +69,7 @@ def stop(session_id: str, rec: Rec):
 
 
 @router.put("/recordings/{session_id}/chunks/{seq}", response_model=Registration)
-async def push_chunk(session_id: str, seq: int, request: Request, rec: Rec):
+async def push_chunk(session_id: SessionId, seq: Seq, request: Request, rec: Rec):
     seg, placed = await push.receive(rec, session_id, seq, request)
     registered = await run_in_threadpool(rec.register, session_id, seg)
     return {"created": placed and registered.created, "chunk": registered.chunk}

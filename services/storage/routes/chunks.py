@@ -10,12 +10,17 @@ from fastapi.responses import Response
 
 from lucid_assets.core import catalog, envelope, merkle
 from lucid_assets.models import CheckpointList, Proof
-from services.common.errors import ERRORS, ApiError, not_found
+from lucid_assets.trust import API, DAGSTER
+from services.common.errors import ERRORS, RANGE_ERRORS, ApiError, not_found
+from services.common.guard import allow
+from services.common.ids import Seq
 
 from ..deps import Ctx, Sid
 from ..ranges import parse_range
 
-router = APIRouter(prefix="/sessions/{session_id}", tags=["chunks"], responses=ERRORS)
+router = APIRouter(
+    prefix="/sessions/{session_id}", tags=["chunks"], responses=ERRORS, dependencies=[allow(API, DAGSTER)]
+)
 OCTETS = {200: {"content": {"application/octet-stream": {}}}}
 
 
@@ -28,8 +33,12 @@ def chunks(sid: Sid, ctx: Ctx) -> dict:
     return {"items": rows}
 
 
-@router.get("/chunks/{seq}", response_class=Response, responses={200: {"content": {"video/mp2t": {}}}})
-def chunk(sid: Sid, seq: int, request: Request, ctx: Ctx):
+@router.get(
+    "/chunks/{seq}",
+    response_class=Response,
+    responses={**RANGE_ERRORS, 200: {"content": {"video/mp2t": {}}}, 206: {"content": {"video/mp2t": {}}}},
+)
+def chunk(sid: Sid, seq: Seq, request: Request, ctx: Ctx):
     """One chunk decrypted (its tag checked first), Range supported."""
     data = ctx.store.read_envelope(sid, seq)
     if data is None:
@@ -49,7 +58,7 @@ def chunk(sid: Sid, seq: int, request: Request, ctx: Ctx):
 
 
 @router.get("/chunks/{seq}/envelope", response_class=Response, responses=OCTETS)
-def raw_envelope(sid: Sid, seq: int, ctx: Ctx):
+def raw_envelope(sid: Sid, seq: Seq, ctx: Ctx):
     """The stored envelope as it is: what an auditor hashes to check storage without any key."""
     data = ctx.store.read_envelope(sid, seq)
     if data is None:
@@ -58,7 +67,7 @@ def raw_envelope(sid: Sid, seq: int, ctx: Ctx):
 
 
 @router.get("/chunks/{seq}/proof", response_model=Proof)
-def proof(sid: Sid, seq: int, ctx: Ctx):
+def proof(sid: Sid, seq: Seq, ctx: Ctx):
     """Inclusion of chunk `seq` in the sealed manifest's tree or, while recording, in the latest
     signed checkpoint that covers it."""
     found = ctx.store.latest_manifest_doc(sid)

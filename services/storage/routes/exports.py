@@ -13,15 +13,23 @@ from fastapi.responses import Response
 from lucid_assets.core import catalog
 from lucid_assets.models import Playlist
 from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, plain_size
-from services.common.errors import ERRORS, ApiError, not_found
+from lucid_assets.trust import API, DAGSTER
+from services.common.errors import ERRORS, RANGE_ERRORS, ApiError, not_found
+from services.common.guard import allow
 from services.common.streaming import ProducedResponse
 
 from ..deps import Ctx, Sid, Storage
 from ..ranges import parse_range
 
 log = logging.getLogger("lucid.storage")
-router = APIRouter(prefix="/sessions/{session_id}", tags=["exports"], responses=ERRORS)
-MP4 = {200: {"content": {"video/mp4": {}}}, 206: {"description": "the requested range", "content": {"video/mp4": {}}}}
+router = APIRouter(
+    prefix="/sessions/{session_id}", tags=["exports"], responses=ERRORS, dependencies=[allow(API, DAGSTER)]
+)
+MP4 = {
+    200: {"content": {"video/mp4": {}}},
+    206: {"description": "the requested range", "content": {"video/mp4": {}}},
+    **RANGE_ERRORS,
+}
 
 
 def stored_prefix(ctx: Storage, sid: str) -> list[int]:

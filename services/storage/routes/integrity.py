@@ -11,12 +11,14 @@ from fastapi import APIRouter
 from lucid_assets.core import keys
 from lucid_assets.core.states import State, VerifyStatus
 from lucid_assets.models import ShredResult, SigningKey, VerificationSummary, VerifyReport
+from lucid_assets.trust import API, DAGSTER
 from lucid_assets.verification import verify_stored
 from services.common.errors import ERRORS, ApiError
+from services.common.guard import allow
 
 from ..deps import Ctx, Sid
 
-router = APIRouter(tags=["integrity"], responses=ERRORS)
+router = APIRouter(tags=["integrity"], responses=ERRORS, dependencies=[allow(API, DAGSTER)])
 
 
 @router.post("/sessions/{session_id}/verify", response_model=VerifyReport)

@@ -1,0 +1,139 @@
+"""Service-to-service credentials: every internal hop carries `Authorization: Bearer <token>`.
+
+Each calling component has its own random token (`lucid-svc.<caller>.<43 chars>`), held only by
+that component. The services that are called hold the token table: the SHA-256 of each caller's
+token, which authenticates a caller without letting its holder impersonate anyone. So a
+compromised recorder cannot act as the gateway, and the pipeline can refuse the recorder a seal.
+
+Embedded default: `<data>/keys/service/<caller>.token` and `tokens.json`, made once (0600 in a
+0700 directory) by `ensure_tokens`. Compose: the same files from `lucid secrets`, given to each
+container as secrets (`LUCID_SERVICE_TOKEN_FILE`, `LUCID_SERVICE_TOKENS_FILE`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import keys
+from .files import publish
+from .settings import Settings
+
+# who calls an internal service: the gateway, the recorder (to the pipeline), the storage service
+# (to the pipeline) and Dagster's code (sensors, runs: to the pipeline and storage)
+API, RECORDER, STORAGE, DAGSTER = "api", "recorder", "storage", "dagster"
+CALLERS = (API, RECORDER, STORAGE, DAGSTER)
+PREFIX = "lucid-svc"
+_TOKEN = re.compile(rf"^{PREFIX}\.([a-z]+)\.[A-Za-z0-9_-]{{43}}$")
+
+
+class TrustError(Exception):
+    """The credentials a process needs are missing or unreadable."""
+
+
+def new_token(caller: str) -> str:
+    return f"{PREFIX}.{caller}.{base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip('=')}"
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    """A new 0600 file, complete or absent for every reader; an existing one is kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    publish(tmp, path, exclusive=True)  # a concurrent maker's file wins; ours is dropped
+
+
+def make_token_files(directory: Path) -> list[str]:
+    """Every caller's token file and the table of their digests, made if missing. Returns the
+    names of the files created."""
+    created = []
+    for caller in CALLERS:
+        path = directory / f"{caller}.token"
+        if not path.exists():
+            _write_once(path, (new_token(caller) + "\n").encode())
+            created.append(path.name)
+    table = directory / "tokens.json"
+    want = {c: digest(read_token(directory / f"{c}.token")) for c in CALLERS}
+    if not table.exists() or TokenTable.read(table).digests != want:
+        if table.exists():
+            table.unlink()
+        _write_once(table, json.dumps(want, indent=2, sort_keys=True).encode())
+        created.append(table.name)
+    return created
+
+
+def ensure_tokens(settings: Settings) -> list[str]:
+    """The embedded default's token files under the data directory, made once."""
+    return make_token_files(settings.service_keys_path) if settings.generate_keys else []
+
+
+def read_token(path: Path) -> str:
+    try:
+        keys.check_private_file(path)
+        token = path.read_text().strip()
+    except (OSError, keys.KeyMaterialError) as exc:
+        raise TrustError(f"service token {path}: {exc}") from None
+    if not _TOKEN.match(token):
+        raise TrustError(f"service token {path} is not a Lucid service token")
+    return token
+
+
+def token_path(settings: Settings, caller: str) -> Path:
+    return settings.service_token_file or settings.service_keys_path / f"{caller}.token"
+
+
+def own_token(settings: Settings, caller: str) -> str:
+    """The token this process presents when it calls another service as `caller`."""
+    ensure_tokens(settings)
+    return read_token(token_path(settings, caller))
+
+
+def auth_header(settings: Settings, caller: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {own_token(settings, caller)}"}
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    digests: dict[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> TokenTable:
+        try:
+            raw = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise TrustError(f"service token table {path}: {exc}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise TrustError(f"service token table {path} is not a {{caller: sha256}} object")
+        return cls({k: v for k, v in raw.items() if k in CALLERS})
+
+    @classmethod
+    def load(cls, settings: Settings) -> TokenTable:
+        ensure_tokens(settings)
+        return cls.read(settings.service_tokens_path)
+
+    def caller(self, authorization: str | None) -> str | None:
+        """The caller an `Authorization` header authenticates, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        m = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
+        if m is None:
+            return None
+        want = self.digests.get(m.group(1))
+        return m.group(1) if want is not None and hmac.compare_digest(want, digest(token.strip())) else None
