@@ -181,6 +181,47 @@ def test_lucid_up_restarts_what_dies_and_recordings_go_on(lucid_up):
     assert (state, reason) == (State.PROCESSING, SHUTDOWN_REASON)
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+SUPERVISE_ONE = """
+import sys, time
+from pathlib import Path
+from services.launcher import Platform, Supervised
+ports = dict(zip(("pipeline", "recorder", "storage", "api"), map(int, sys.argv[2:])))
+p = Platform(data_dir=Path(sys.argv[1]), ports=ports, run=("pipeline",), daemon=False, webserver=False)
+sup = Supervised(p)
+sup.start(timeout=120)
+print(sup.proc.pid, sup.states()["pipeline"]["pid"], flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_launcher_takes_supervisord_and_the_platform_with_it(tmp_path):
+    """`lucid up` killed with SIGKILL (it cannot stop anything itself): supervisord is told by the
+    kernel (PR_SET_PDEATHSIG) and stops the programs, instead of running on unseen."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISE_ONE, str(tmp_path / "data"), *(str(free_port()) for _ in SERVICES)],
+        cwd=REPO,
+        env=lucid_env({}),
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        pids = [int(x) for x in launcher.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        launcher.kill()
+        launcher.wait()
+        wait_until(lambda: not any(alive(p) for p in pids), "supervisord and the pipeline to stop")
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
 def test_lucid_up_hands_the_operators_settings_to_the_components(tmp_path):
     s = Settings(encoders="libx264", api_key="k", url_file_roots="/media", data_dir=tmp_path, chunk_store=Path("c"))
     env = _operator_settings(s)
