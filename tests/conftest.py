@@ -28,6 +28,7 @@ def platform(tmp_path_factory):
         extra_env={
             "LUCID_API_KEY": "test-admin-key-0123456789abcdef",
             "LUCID_URL_FILE_ROOTS": str(data / "media"),
+            "LUCID_URL_ALLOW_HOSTS": "127.0.0.1",  # the tests' own HTTP stream servers
             "LUCID_MAX_CHUNK_BYTES": str(MAX_CHUNK),
         },
     )

@@ -4,11 +4,15 @@ encodes them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ipaddress
+import socket
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import av
+
+from lucid_assets.settings import get_settings
 
 # FFmpeg protocols a `url` source may use (no concat:, subfile:, data: tricks).
 PROTOCOLS = "file,http,https,tcp,tls,crypto,rtp,rtsp,rtsps,udp,rtmp,rtmps,srt,hls,httpproxy"
@@ -66,7 +70,56 @@ def _open(target: str, what: str, **kwargs):
         raise SourceError(f"{what} did not open: {exc}") from None
 
 
-def check_url(url: str, file_roots: list[Path]) -> str:
+# one answer for every network URL that does not open: refused, timed out, not found or not video
+# must read the same, so the source cannot be used to map which internal ports are open
+UNREADABLE = "did not open as a video stream (unreachable, refused, or not video)"
+
+
+def _allowed(host: str, ips: Iterable[ipaddress._BaseAddress], allow: str) -> bool:
+    """True if LUCID_URL_ALLOW_HOSTS names the host or a network holding every address."""
+    names, nets = set(), []
+    for item in (x.strip() for x in allow.split(",")):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            if item:
+                names.add(item.lower().rstrip("."))
+    if host.lower().rstrip(".") in names:
+        return True
+    ips = list(ips)
+    return bool(ips) and all(any(ip in net for net in nets if ip.version == net.version) for ip in ips)
+
+
+def _internal(ip: ipaddress._BaseAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast  # loopback, link-local, private, shared, reserved, ...
+
+
+def check_host(url: str, allow: str | None = None) -> None:
+    """SourceError unless the URL's host resolves only to public addresses, or the operator allows
+    it (LUCID_URL_ALLOW_HOSTS). Checked before FFmpeg connects anywhere."""
+    allow = get_settings().url_allow_hosts if allow is None else allow
+    parsed = urlparse(url)
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        raise SourceError("url has an invalid port") from None
+    if not host:
+        raise SourceError("url has no host")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        ips = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    except (OSError, UnicodeError, ValueError):
+        raise SourceError(f"url {UNREADABLE}") from None
+    if any(_internal(ip) for ip in ips) and not _allowed(host, ips, allow):
+        raise SourceError(
+            f"url host {host!r} is a loopback, link-local or private address; "
+            "an operator may allow it in LUCID_URL_ALLOW_HOSTS"
+        )
+
+
+def check_url(url: str, file_roots: list[Path], allow_hosts: str | None = None) -> str:
     """The URL FFmpeg may open, or SourceError saying why not."""
     parsed = urlparse(url)
     scheme = parsed.scheme or "file"
@@ -79,6 +132,7 @@ def check_url(url: str, file_roots: list[Path]) -> str:
         if not path.is_file():
             raise SourceError(f"file {path} does not exist")
         return str(path)
+    check_host(url, allow_hosts)
     return url
 
 
@@ -102,9 +156,12 @@ def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = No
         url = check_url(source["url"], file_roots or [])
         us = str(open_timeout_s * 1_000_000)
         options = {"protocol_whitelist": PROTOCOLS, "rw_timeout": us, "timeout": us}
-        container = _open(url, f"url {source['url']}", options=options, timeout=open_timeout_s)
+        try:
+            container = av.open(url, options=options, timeout=open_timeout_s)
+        except (av.FFmpegError, OSError):
+            raise SourceError(f"url {UNREADABLE}") from None  # FFmpeg's reason would tell ports apart
         if not container.streams.video:
             container.close()
-            raise SourceError(f"url {source['url']} has no video stream")
+            raise SourceError(f"url {UNREADABLE}")
         return UrlSource(container, realtime=source.get("realtime", True))
     raise SourceError(f"source kind {kind!r} cannot be captured")

@@ -17,7 +17,7 @@ from ..auth import ApiKeyRow, Principal, Role, admin, create_key, key_dict, view
 from ..deps import Gw
 from .sessions import AUTH
 
-router = APIRouter(prefix="/v1", tags=["keys"], responses={**AUTH, 422: ERRORS[422]})
+router = APIRouter(prefix="/v1", tags=["keys"], responses={**ERRORS, **AUTH})
 
 
 @router.get("/keys/signing", summary="The manifest-signing public key", response_model=SigningKey)

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from lucid_assets.core.states import ENDED
 from lucid_assets.models import Playlist
-from services.common.errors import ERRORS, ApiError
+from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
+from services.common.ids import Seq, SessionId
 from services.common.peers import call, stream
 
 from .. import links
@@ -27,9 +28,10 @@ router = APIRouter(prefix="/v1/sessions", tags=["playback"], responses={**ERRORS
 MP4 = {
     200: {"content": {"video/mp4": {}}},
     206: {"description": "the requested range", "content": {"video/mp4": {}}},
-    416: ERRORS[422] | {"description": "the range is outside the recording"},
+    **RANGE_ERRORS,
 }
 TS = {200: {"content": {"video/mp2t": {}}}}
+RANGED_TS = {**TS, **RANGE_ERRORS, 206: {"description": "the requested range", "content": {"video/mp2t": {}}}}
 
 
 class MediaLinks(BaseModel):
@@ -41,7 +43,7 @@ class MediaLinks(BaseModel):
 
 
 def media_access(
-    session_id: str,
+    session_id: SessionId,
     request: Request,
     token: str | None = Query(None, description="a signed media link's token instead of a key"),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
@@ -66,7 +68,7 @@ def _token(request: Request, session_id: str, who: Principal) -> str:
     summary="Short-lived signed media links (HLS, MP4, TS) for a player",
     response_model=MediaLinks,
 )
-def media_links(session_id: str, gw: Gw, who: Principal = Depends(viewer)):
+def media_links(session_id: SessionId, gw: Gw, who: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)
     token, exp = links.sign(gw.link_secret, session_id, who.key_id)
     base = f"/v1/sessions/{session_id}"
@@ -85,7 +87,7 @@ def media_links(session_id: str, gw: Gw, who: Principal = Depends(viewer)):
     response_class=Response,
     responses={200: {"content": {"application/vnd.apple.mpegurl": {}}}},
 )
-async def playlist(session_id: str, request: Request, gw: Gw, who: Principal = Depends(media_access)):
+async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Principal = Depends(media_access)):
     session = await run_in_threadpool(gw.pipeline.session, session_id)
     items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{session_id}/playlist")).items
     token = _token(request, session_id, who)
@@ -112,9 +114,9 @@ async def playlist(session_id: str, request: Request, gw: Gw, who: Principal = D
     "/{session_id}/media/{seq}.ts",
     summary="One decrypted chunk for players (Range supported)",
     response_class=Response,
-    responses=TS,
+    responses=RANGED_TS,
 )
-async def media_chunk(session_id: str, seq: int, request: Request, gw: Gw, _: Principal = Depends(media_access)):
+async def media_chunk(session_id: SessionId, seq: Seq, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await proxy_chunk(gw, session_id, seq, request)
 
 
@@ -151,7 +153,7 @@ async def _export(gw, session_id: str, ext: str, request: Request) -> Response:
 @router.head(
     "/{session_id}/recording.mp4", summary="The MP4's size and ETag", response_class=StreamingResponse, responses=MP4
 )
-async def recording_mp4(session_id: str, request: Request, gw: Gw, _: Principal = Depends(media_access)):
+async def recording_mp4(session_id: SessionId, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await _export(gw, session_id, "mp4", request)
 
 
@@ -161,5 +163,5 @@ async def recording_mp4(session_id: str, request: Request, gw: Gw, _: Principal 
     response_class=StreamingResponse,
     responses=TS,
 )
-async def recording_ts(session_id: str, request: Request, gw: Gw, _: Principal = Depends(media_access)):
+async def recording_ts(session_id: SessionId, request: Request, gw: Gw, _: Principal = Depends(media_access)):
     return await _export(gw, session_id, "ts", request)

@@ -19,7 +19,8 @@ from lucid_assets.models import (
     SessionPage,
     VerifyReport,
 )
-from services.common.errors import ERRORS, ApiError
+from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
+from services.common.ids import MAX_CHUNK_DURATION_MS, Seq, SessionId
 from services.common.peers import call
 
 from ..auth import Principal, admin, operator, viewer
@@ -53,12 +54,12 @@ def list_sessions(
 
 
 @router.get("/{session_id}", summary="One session", response_model=Session, responses=AUTH)
-def get_session(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+def get_session(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     return gw.pipeline.session(session_id)
 
 
 def _control(event: Event):
-    async def control(session_id: str, gw: Gw, _: Principal = Depends(operator)):
+    async def control(session_id: SessionId, gw: Gw, _: Principal = Depends(operator)):
         return await call("POST", f"{gw.recorder_url}/recordings/{session_id}/{event}")
 
     control.__name__ = f"{event}_session"
@@ -77,7 +78,7 @@ for _event in (Event.START, Event.PAUSE, Event.RESUME, Event.STOP):
 
 
 @router.get("/{session_id}/events", summary="The hash-chained audit log", response_model=EventList, responses=AUTH)
-def events(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+def events(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     return {"items": gw.pipeline.events(session_id)}
 
 
@@ -87,7 +88,7 @@ def events(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
     response_model=ChunkList,
     responses=AUTH,
 )
-def chunks(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+def chunks(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     return {"items": gw.pipeline.chunks(session_id)}  # the response model leaves out staging paths
 
 
@@ -104,13 +105,13 @@ def chunks(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
     },
 )
 async def push_chunk(
-    session_id: str,
-    seq: int,
+    session_id: SessionId,
+    seq: Seq,
     request: Request,
     response: Response,
     gw: Gw,
-    x_content_sha256: str = Header(..., description="SHA-256 of the body, hex"),
-    x_chunk_duration_ms: int = Header(0, ge=0),
+    x_content_sha256: str = Header(..., description="SHA-256 of the body, hex", pattern="^[0-9a-fA-F]{64}$"),
+    x_chunk_duration_ms: int = Header(0, ge=0, le=MAX_CHUNK_DURATION_MS),
     _: Principal = Depends(operator),
 ):
     declared = request.headers.get("content-length")
@@ -131,9 +132,14 @@ async def push_chunk(
     "/{session_id}/chunks/{seq}",
     summary="Decrypted chunk bytes (Range supported)",
     response_class=Response,
-    responses={**AUTH, 200: {"content": {"video/mp2t": {}}}},
+    responses={
+        **AUTH,
+        **RANGE_ERRORS,
+        200: {"content": {"video/mp2t": {}}},
+        206: {"description": "the requested range", "content": {"video/mp2t": {}}},
+    },
 )
-async def chunk_bytes(session_id: str, seq: int, request: Request, gw: Gw, _: Principal = Depends(viewer)):
+async def chunk_bytes(session_id: SessionId, seq: Seq, request: Request, gw: Gw, _: Principal = Depends(viewer)):
     return await proxy_chunk(gw, session_id, seq, request)
 
 
@@ -151,7 +157,7 @@ async def proxy_chunk(gw: Gateway, session_id: str, seq: int, request: Request) 
     response_class=Response,
     responses={**AUTH, 200: {"content": {"application/octet-stream": {}}}},
 )
-async def chunk_envelope(session_id: str, seq: int, gw: Gw, _: Principal = Depends(viewer)):
+async def chunk_envelope(session_id: SessionId, seq: Seq, gw: Gw, _: Principal = Depends(viewer)):
     await run_in_threadpool(gw.pipeline.session, session_id)
     r = await call("GET", f"{gw.storage_url}/sessions/{session_id}/chunks/{seq}/envelope", raw=True)
     return Response(r.content, media_type="application/octet-stream")
@@ -163,7 +169,7 @@ async def chunk_envelope(session_id: str, seq: int, gw: Gw, _: Principal = Depen
     response_model=Proof,
     responses=AUTH,
 )
-def chunk_proof(session_id: str, seq: int, gw: Gw, _: Principal = Depends(viewer)):
+def chunk_proof(session_id: SessionId, seq: Seq, gw: Gw, _: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)
     return gw.storage.proof(session_id, seq)
 
@@ -174,7 +180,7 @@ def chunk_proof(session_id: str, seq: int, gw: Gw, _: Principal = Depends(viewer
     response_model=CheckpointList,
     responses=AUTH,
 )
-def checkpoints(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+def checkpoints(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     gw.pipeline.session(session_id)
     return gw.storage.checkpoints(session_id)
 
@@ -185,7 +191,7 @@ def checkpoints(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
     response_model=DeletedSession,
     responses=AUTH,
 )
-def delete_session(session_id: str, gw: Gw, who: Principal = Depends(admin)):
+def delete_session(session_id: SessionId, gw: Gw, who: Principal = Depends(admin)):
     s = gw.pipeline.session(session_id)
     if s.state != State.DELETED:  # a repeated DELETE finishes an interrupted shred
         s = gw.pipeline.transition(session_id, Event.DELETE, actor=who.actor)
@@ -198,13 +204,13 @@ def delete_session(session_id: str, gw: Gw, who: Principal = Depends(admin)):
     response_class=Response,
     responses={**AUTH, 200: {"content": {"application/json": {}}}},
 )
-async def manifest(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+async def manifest(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     r = await call("GET", f"{gw.storage_url}/sessions/{session_id}/manifest", raw=True)
     return Response(r.content, media_type="application/json")
 
 
 @router.post("/{session_id}/verify", summary="Full verification report", response_model=VerifyReport, responses=AUTH)
-def verify(session_id: str, gw: Gw, _: Principal = Depends(viewer)):
+def verify(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
     """Relays the storage service's report; storage records the outcome with the pipeline itself
     (`pending` for a session not sealed yet, never recorded)."""
     gw.pipeline.session(session_id)  # 404 for unknown sessions
