@@ -347,7 +347,15 @@ def main() -> int:
         numbers["run_containers_seen"] = len(watcher.seen)
         # no secret in any container's log
         names = run([str(COMPOSE), "ps", "-q"], env=env, capture=True).stdout.split()
-        secret_values = [(secrets / f).read_text().strip() for f in ("admin-api-key", "master.key", "db-password")]
+        secret_values = [
+            (secrets / f).read_text().strip()
+            for f in (
+                "admin-api-key",
+                "master.key",
+                "db-password",
+                *(f"service/{p.name}" for p in (secrets / "service").glob("*.token")),
+            )
+        ]
         for cid in names:
             log = run(["docker", "logs", cid], env=env, check=False, capture=True).stdout
             if any(v and v in log for v in secret_values):

@@ -19,6 +19,7 @@ from lucid_assets.core import keys
 from lucid_assets.core.manifest import sign, verify_signature
 from lucid_assets.keyring import Keyring
 from lucid_assets.settings import PORTS, Settings
+from lucid_assets.trust import CALLERS
 from services.cli import SECRET_FILES
 from services.cli import main as lucid
 from tests.conftest import free_port
@@ -173,11 +174,22 @@ def test_names_follow_the_compose_project():
 
 def test_compose_secrets_go_only_where_needed():
     services = COMPOSE["services"]
-    holders = {n: set(s.get("secrets", [])) for n, s in services.items()}
-    assert holders["chunk-processor"] == {"lucid_master_key", "lucid_signing_key"}
-    assert holders["session-storage"] == {"lucid_master_key", "lucid_signing_public_key"}
-    assert holders["session-api"] == {"lucid_link_key", "lucid_admin_api_key"}
-    assert not holders["session-pipeline"] and not holders["session-recorder"]
+    holders = {
+        n: {x if isinstance(x, str) else f"{x['source']}>{x['target']}" for x in s.get("secrets", [])}
+        for n, s in services.items()
+    }
+    own = "{}>lucid_service_token".format  # a component's own service token, mounted under one name
+    assert holders["chunk-processor"] == {"lucid_master_key", "lucid_signing_key", own("lucid_token_dagster")}
+    assert holders["session-storage"] == {
+        "lucid_master_key",
+        "lucid_signing_public_key",
+        "lucid_service_tokens",
+        own("lucid_token_storage"),
+    }
+    assert holders["session-api"] == {"lucid_link_key", "lucid_admin_api_key", own("lucid_token_api")}
+    # the pipeline calls no one: it only checks its callers; the recorder calls the pipeline
+    assert holders["session-pipeline"] == {"lucid_service_tokens"}
+    assert holders["session-recorder"] == {"lucid_service_tokens", own("lucid_token_recorder")}
     assert not holders["dagster-webserver"] and not holders["dagster-daemon"]
     # the setting each secret feeds points at where compose mounts it
     env = COMPOSE["x-lucid-env"]
@@ -187,12 +199,16 @@ def test_compose_secrets_go_only_where_needed():
         ("LUCID_SIGNING_PUBLIC_KEY_FILE", "lucid_signing_public_key"),
         ("LUCID_LINK_SECRET_FILE", "lucid_link_key"),
         ("LUCID_API_KEY_FILE", "lucid_admin_api_key"),
+        ("LUCID_SERVICE_TOKEN_FILE", "lucid_service_token"),
+        ("LUCID_SERVICE_TOKENS_FILE", "lucid_service_tokens"),
     ):
         assert env[var] == f"/run/secrets/{secret}"
-        assert secret in COMPOSE["secrets"]
+        assert secret in COMPOSE["secrets"] or secret == "lucid_service_token"
     # every secret file is one `lucid secrets` makes
-    made = {Path(s["file"].split("}/", 1)[1]).name for s in COMPOSE["secrets"].values()}
-    assert made == set(SECRET_FILES)
+    made = {s["file"].split("}/", 1)[1] for s in COMPOSE["secrets"].values()}
+    assert made == set(SECRET_FILES) | {f"service/{c}.token" for c in CALLERS} | {"service/tokens.json"}
+    # runs present the code location's (dagster) token: the launcher passes its file's setting on
+    assert "LUCID_SERVICE_TOKEN_FILE" in INSTANCE["run_launcher"]["config"]["env_vars"]
 
 
 def test_run_launcher_matches_the_stack():
