@@ -124,8 +124,12 @@ def cmd_up(args) -> int:
     )
     print(f"  logs              {platform.logs}")
     print(f"  supervisor        {sup.conf}  (supervisorctl -c {sup.conf} status)")
-    if key:
+    if key and s.preset_admin_key:
+        print("  admin API key     the one you set (LUCID_API_KEY / LUCID_API_KEY_FILE)")
+    elif key and sys.stdout.isatty():  # not into a log or the journal (systemd): the file has it
         print(f"  admin API key     {key}   (shown once; also in {data_dir / ADMIN_KEY_FILE}, mode 0600)")
+    elif key:
+        print(f"  admin API key     generated: in {data_dir / ADMIN_KEY_FILE} (mode 0600)")
     else:
         print(f"  admin API key     created on the first start (see {data_dir / ADMIN_KEY_FILE} if it was generated)")
     print("  demo              ./scripts/lucid demo      (Ctrl-C stops the platform)", flush=True)

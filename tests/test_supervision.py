@@ -130,6 +130,8 @@ def test_lucid_up_restarts_what_dies_and_recordings_go_on(lucid_up):
     data, ports, proc = lucid_up["data"], lucid_up["ports"], lucid_up["proc"]
     sup = supervisor(data)
     assert set(sup.states()) == {*SERVICES, "dagster-daemon", "dagster-webserver"}
+    assert API_KEY not in lucid_up["out"].read_text()  # a secret the operator set is never echoed
+    assert API_KEY not in (data / "supervisord.conf").read_text()  # the environment is supervisord's own
     url = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
     encoders = httpx.get(f"{url['recorder']}/ready").json()["checks"]["encoders"]
     assert "libx264" in str(encoders) and "h264_nvenc" not in str(encoders), encoders
