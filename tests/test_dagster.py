@@ -637,3 +637,12 @@ def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp
     assert t["state"] == "failed" and "chunk 1" in t["failure_reason"] and "SHA-256" in t["failure_reason"], t
     g = api.get(f"/sessions/{gone}").json()
     assert g["state"] == "recording" and g["chunks_stored"] == 0  # live: left for the next batch to retry
+
+
+def test_every_processing_run_is_bounded_by_run_monitoring():
+    """A hung run would hold the one batch slot (or its session's): every processing job carries a
+    max runtime that the daemon's run monitoring (enabled in both instances) enforces."""
+    from lucid_assets.defs.sessions import batch, jobs
+
+    for job in (batch.process_sessions, jobs.seal_session, jobs.store_chunks):
+        assert int(job.tags["dagster/max_runtime"]) == batch.BATCH_MAX_RUNTIME_S, job.name

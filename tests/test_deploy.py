@@ -251,6 +251,9 @@ def test_run_launcher_matches_the_stack():
     # runs share the embedded default's queue limits
     embedded = yaml.safe_load((REPO / "dagster_home/dagster.yaml").read_text())
     assert INSTANCE["run_coordinator"] == embedded["run_coordinator"]
+    # and the same run monitoring: a hung run is ended past its max runtime, a slow start is not
+    assert INSTANCE["run_monitoring"] == embedded["run_monitoring"] and embedded["run_monitoring"]["enabled"]
+    assert embedded["run_monitoring"]["start_timeout_seconds"] >= 600
     # the workspace loads the code server by its compose service name (its DNS name in any project)
     ws = yaml.safe_load((REPO / "build/dagster/workspace.yaml").read_text())["load_from"][0]["grpc_server"]
     assert ws["host"] == "chunk-processor" and ws["host"] in config["services"] and ws["port"] == 8085

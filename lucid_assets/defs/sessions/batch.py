@@ -17,6 +17,10 @@ from .assets import chunks_check, manifest_check, manifest_metadata, stored_meta
 from .partitions import sessions
 
 BATCH_TAG = "lucid/batch"
+# a batch normally takes seconds; after a long outage its 200 sessions' backlog can take many
+# minutes on a Pi. Past this the daemon's run monitoring ends it (a hung run would otherwise hold
+# the one batch slot) and the next batch picks up what it left: every step is idempotent.
+MAX_RUNTIME_TAG, BATCH_MAX_RUNTIME_S = "dagster/max_runtime", 1800
 
 
 class BatchConfig(dg.Config):
@@ -119,7 +123,7 @@ def process_pending(
 
 
 @dg.job(
-    tags={BATCH_TAG: "live"},
+    tags={BATCH_TAG: "live", MAX_RUNTIME_TAG: str(BATCH_MAX_RUNTIME_S)},
     description="Live processing: one run for every session with work (see "
     "process_pending). Launched by the work-queue sensor; at most one runs at a time, one more waits and "
     "absorbs whatever arrives meanwhile.",
