@@ -227,3 +227,19 @@ def test_url_source_does_not_tell_open_ports_from_closed(platform, admin):
         assert wait_state(admin, sid, {State.CREATED})["state"] == State.CREATED
     assert len(details) == 1, details
     assert api_port not in details.pop()
+
+
+def test_openapi_documents_our_error_body(platform):
+    """Every operation's error answers are our ErrorBody (FastAPI's own 422 shape is nowhere), and
+    every /v1 operation documents 401 and 403."""
+    with client_for(platform, None) as c:
+        spec = c.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(spec)
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            errors = {s: r for s, r in op["responses"].items() if s.startswith("4")}
+            for status, r in errors.items():
+                schema = next(iter(r.get("content", {}).values()), {}).get("schema", {})
+                assert schema.get("$ref", "").endswith("/ErrorBody"), (method, path, status, r)
+            if path.startswith("/v1/"):
+                assert {"401", "403", "422"} <= set(errors), (method, path, sorted(errors))

@@ -7,7 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Header, Path
+from pydantic import StringConstraints
+
+from lucid_assets.models import LABEL_KEY
 
 from .errors import ApiError
 
@@ -38,3 +41,21 @@ def session_id(
 
 SessionId = Annotated[str, Depends(session_id)]
 Seq = Annotated[int, Path(ge=0, le=MAX_SEQ, description="the chunk's sequence number, dense from 0")]
+
+# a label filter: `key` (has the label) or `key=value`; the key as labels allow it, checked before it
+# becomes a JSON path in SQL
+LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_KEY.pattern[:-1] + r"(=[\s\S]{0,256})?$")]
+
+# a pushed chunk's headers (gateway and recorder alike), and its body as the OpenAPI document shows it
+ChunkSha256 = Annotated[
+    str, Header(alias="x-content-sha256", description="SHA-256 of the body, hex", pattern="^[0-9a-fA-F]{64}$")
+]
+ChunkDurationMs = Annotated[
+    int, Header(alias="x-chunk-duration-ms", description="the chunk's duration", ge=0, le=MAX_CHUNK_DURATION_MS)
+]
+CHUNK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -20,7 +20,7 @@ from lucid_assets.models import (
     VerifyReport,
 )
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
-from services.common.ids import MAX_CHUNK_DURATION_MS, Seq, SessionId
+from services.common.ids import CHUNK_BODY, ChunkDurationMs, ChunkSha256, Seq, SessionId
 from services.common.peers import call
 
 from ..auth import Principal, admin, operator, viewer
@@ -100,9 +100,10 @@ def chunks(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
         **AUTH,
         201: {"description": "stored under this seq"},
         200: {"description": "identical bytes were already there"},
-        409: {"description": "other bytes under this seq, or not a push session"},
-        413: {"description": "larger than LUCID_MAX_CHUNK_BYTES"},
+        409: ERRORS[409] | {"description": "other bytes under this seq, or not a push session"},
+        413: ERRORS[413] | {"description": "larger than LUCID_MAX_CHUNK_BYTES"},
     },
+    openapi_extra=CHUNK_BODY,
 )
 async def push_chunk(
     session_id: SessionId,
@@ -110,8 +111,8 @@ async def push_chunk(
     request: Request,
     response: Response,
     gw: Gw,
-    x_content_sha256: str = Header(..., description="SHA-256 of the body, hex", pattern="^[0-9a-fA-F]{64}$"),
-    x_chunk_duration_ms: int = Header(0, ge=0, le=MAX_CHUNK_DURATION_MS),
+    x_content_sha256: ChunkSha256,
+    x_chunk_duration_ms: ChunkDurationMs = 0,
     _: Principal = Depends(operator),
 ):
     declared = request.headers.get("content-length")

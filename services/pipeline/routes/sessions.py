@@ -9,7 +9,6 @@ from sqlmodel import select
 
 from lucid_assets.core.states import State
 from lucid_assets.models import (
-    LABEL_KEY,
     AuditNote,
     AuditReceipt,
     CreateSession,
@@ -20,8 +19,8 @@ from lucid_assets.models import (
     Transition,
     VerificationSummary,
 )
-from services.common.errors import ERRORS, ApiError
-from services.common.ids import MAX_OFFSET, SessionId
+from services.common.errors import ERRORS
+from services.common.ids import MAX_OFFSET, LabelFilter, SessionId
 
 from .. import registry
 from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may
@@ -41,7 +40,7 @@ def create_session(body: CreateSession, db: Db, actor: Actor):
 def list_sessions(
     db: Db,
     state: State | None = None,
-    label: list[str] = Query(default=[]),
+    label: list[LabelFilter] = Query(default=[], description="key (has the label) or key=value"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ):
@@ -51,8 +50,6 @@ def list_sessions(
             q = q.where(SessionRow.state == state)
         for lab in label:  # label=key or label=key=value, filtered in the database
             k, _, v = lab.partition("=")
-            if not LABEL_KEY.match(k):  # before it becomes a JSON path in SQL
-                raise ApiError(422, "invalid_request", f"label: key {k[:64]!r} must match {LABEL_KEY.pattern}")
             q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
         page = s.exec(q.order_by(SessionRow.created_at.desc()).offset(offset).limit(limit)).all()

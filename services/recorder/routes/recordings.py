@@ -13,7 +13,7 @@ from lucid_assets.models import CaptureList, Registration, Session
 from lucid_assets.trust import API
 from services.common.errors import ERRORS, ApiError
 from services.common.guard import allow
-from services.common.ids import Seq, SessionId
+from services.common.ids import CHUNK_BODY, ChunkDurationMs, ChunkSha256, Seq, SessionId
 
 from .. import push
 from ..recorder import Recorder
@@ -68,8 +68,15 @@ def stop(session_id: SessionId, rec: Rec):
     return failed if failed is not None else rec.finalize(session_id)
 
 
-@router.put("/recordings/{session_id}/chunks/{seq}", response_model=Registration)
-async def push_chunk(session_id: SessionId, seq: Seq, request: Request, rec: Rec):
+@router.put("/recordings/{session_id}/chunks/{seq}", response_model=Registration, openapi_extra=CHUNK_BODY)
+async def push_chunk(
+    session_id: SessionId,
+    seq: Seq,
+    request: Request,
+    rec: Rec,
+    _sha256: ChunkSha256,  # declared and checked here; push.declared reads them again with the body
+    _duration_ms: ChunkDurationMs = 0,
+):
     seg, placed = await push.receive(rec, session_id, seq, request)
     registered = await run_in_threadpool(rec.register, session_id, seg)
     return {"created": placed and registered.created, "chunk": registered.chunk}
