@@ -5,7 +5,9 @@ embedded platform."""
 import base64
 import hashlib
 import hmac
+import http.server
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +19,7 @@ from lucid_assets.settings import Settings
 from services.common.ids import MAX_CHUNK_DURATION_MS
 from services.recorder.sources import SourceError, check_url
 from tests.conftest import client_for
-from tests.helpers import create, wait_state
+from tests.helpers import create, record_segments, wait_state
 from tests.test_fuzz import service_headers
 
 pytestmark = pytest.mark.e2e
@@ -243,3 +245,37 @@ def test_openapi_documents_our_error_body(platform):
                 assert schema.get("$ref", "").endswith("/ErrorBody"), (method, path, status, r)
             if path.startswith("/v1/"):
                 assert {"401", "403", "422"} <= set(errors), (method, path, sorted(errors))
+
+
+def test_url_source_follows_no_redirect(admin, tmp_path):
+    """A URL that passed the host check must not lead FFmpeg elsewhere: the same stream plays when
+    asked for directly and is refused behind a redirect."""
+    segs = record_segments(tmp_path, seconds=2, chunk_seconds=2)
+    video = b"".join(Path(s.path).read_bytes() for s in segs)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved.ts":
+                self.send_response(302)
+                self.send_header("Location", "/video.ts")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            self.wfile.write(video)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        direct = create(admin, "direct", source={"kind": "url", "url": f"{base}/video.ts", "realtime": False})
+        assert admin.post(f"/v1/sessions/{direct}/start").status_code == 200
+        moved = create(admin, "moved", source={"kind": "url", "url": f"{base}/moved.ts", "realtime": False})
+        r = admin.post(f"/v1/sessions/{moved}/start")
+        assert r.status_code == 422 and r.json()["error"] == "source_unavailable", r.text
+    finally:
+        server.shutdown()

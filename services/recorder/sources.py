@@ -155,7 +155,8 @@ def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = No
     if kind == "url":
         url = check_url(source["url"], file_roots or [])
         us = str(open_timeout_s * 1_000_000)
-        options = {"protocol_whitelist": PROTOCOLS, "rw_timeout": us, "timeout": us}
+        # no redirects: a public URL could send FFmpeg on to an internal address it was refused
+        options = {"protocol_whitelist": PROTOCOLS, "rw_timeout": us, "timeout": us, "max_redirects": "0"}
         try:
             container = av.open(url, options=options, timeout=open_timeout_s)
         except (av.FFmpegError, OSError):
