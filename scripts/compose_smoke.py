@@ -257,7 +257,8 @@ def main() -> int:
         sizes = run(
             ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"], env=env, capture=True
         ).stdout.split("\n")
-        numbers["images"] = [s for s in sizes if f":latest-{args.arch} " in s and "/lucid-" in s]
+        ours = f"{env['REGISTRY']}/lucid-"
+        numbers["images"] = [s for s in sizes if f":latest-{args.arch} " in s and s.startswith(ours)]
 
         run([str(COMPOSE), "secrets"], env=env)  # made before the clock starts: up_to_healthy is up -d to healthy
         t0 = time.monotonic()
