@@ -264,7 +264,17 @@ def test_viewer_page_plays_and_seeks_in_chromium(platform, sealed, artifacts):
         browser.js("sessionStorage.setItem('lucid-key', 'test-admin-key-0123456789abcdef'); location.reload()")
         browser.wait_for("document.readyState === 'complete'")
         sid = sealed["id"]
-        browser.wait_for(f"!!document.querySelector('tr[data-session-id=\"{sid}\"]')")
+        # the list pages (other tests made hundreds of sessions): page Older until the row shows,
+        # one click per page shown
+        browser.wait_for(
+            f"""(() => {{
+                if (document.querySelector('tr[data-session-id="{sid}"]')) return true;
+                const info = document.querySelector('#page-info').textContent, older = document.querySelector('#older');
+                if (info && window.__paged !== info && !older.disabled) {{ window.__paged = info; older.click(); }}
+                return false;
+            }})()""",
+            timeout=120,
+        )
         row = browser.js(f"document.querySelector('tr[data-session-id=\"{sid}\"]').innerText")
         assert "viewer demo" in row and "sealed" in row
         browser.js(f"document.querySelector('tr[data-session-id=\"{sid}\"]').click()")
