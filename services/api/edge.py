@@ -25,6 +25,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),  # media links carry a token in their query string
 ]
 
+# FastAPI's interactive docs load Swagger UI / ReDoc from a CDN with inline scripts: they keep the
+# other headers but not the viewer's policy (they hold no session data; a key is typed in by hand)
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -100,6 +104,8 @@ class Edge:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 names = {k.lower() for k, _ in message.get("headers", [])}
+                if scope["path"] in DOCS_PATHS:
+                    names.add(b"content-security-policy")
                 extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
