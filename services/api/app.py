@@ -57,8 +57,10 @@ def create_app():
     for module in (sessions, media, keys, metrics):
         app.include_router(module.router)
     app.state.metrics = Metrics()
-    # outermost: hardening headers on every answer (413s of the body limit too), and the metrics
-    app.add_middleware(Edge, metrics=app.state.metrics, fastapi_app=app)
+    # outermost, outside even Starlette's own 500 answer: hardening headers on every answer (413s of
+    # the body limit too), and the metrics
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Edge(build(), metrics=app.state.metrics, fastapi_app=app)
     app.mount("/viewer", StaticFiles(directory=STATIC, html=True), name="viewer")
 
     @app.get("/", include_in_schema=False)
