@@ -201,6 +201,38 @@ def lake_is_clean(env: dict) -> str | None:
     return None
 
 
+INSIDER = """
+import json, urllib.error, urllib.request
+out = {}
+for name, url in (("pipeline", "http://session-pipeline:8083/sessions"),
+                  ("storage", "http://session-storage:8086/keys/signing"),
+                  ("recorder", "http://session-recorder:8084/recordings")):
+    try:
+        out[name] = urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        out[name] = exc.code
+print(json.dumps(out))
+"""
+
+
+def insiders_refused(env: dict) -> str | None:
+    """None, or what is wrong: a process on the compose network without a service token (here:
+    one started in the Dagster webserver's container, which holds no token) must get 401 from every
+    internal service."""
+    out = run(
+        [str(COMPOSE), "exec", "-T", "dagster-webserver", "/opt/venv/bin/python", "-c", INSIDER],
+        env=env,
+        check=False,
+        capture=True,
+    ).stdout
+    try:
+        got = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return f"could not call the internal services from inside the network: {out[-500:]}"
+    wrong = {k: v for k, v in got.items() if v != 401}
+    return f"internal services answered a caller without a token: {wrong}" if wrong else None
+
+
 def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -290,9 +322,17 @@ def main() -> int:
         # a crash while recording: compose restarts the storage service and nothing else notices
         numbers["storage_sigkill_to_healthy_s"] = crash_and_recover(env, "session-storage", timeout)
         say(f"session-storage killed (SIGKILL) and healthy again after {numbers['storage_sigkill_to_healthy_s']} s")
+        # the database crashes too (SIGKILL: its crash recovery runs on restart); the recorder waits
+        # for the pipeline and registers what it recorded meanwhile
+        numbers["postgres_sigkill_to_healthy_s"] = crash_and_recover(env, "postgres", timeout)
+        say(f"postgres killed (SIGKILL) and healthy again after {numbers['postgres_sigkill_to_healthy_s']} s")
         time.sleep(max(0.0, args.seconds - (time.monotonic() - recording)))
         if api.call("GET", f"/v1/sessions/{sid}")["state"] != "recording":
-            say("the session stopped recording when storage was killed")
+            say("the session stopped recording when storage or the database was killed")
+            return 1
+        refused = insiders_refused(env)
+        if refused:
+            say(refused)
             return 1
         api.call("POST", f"/v1/sessions/{sid}/stop")
         t0 = time.monotonic()
