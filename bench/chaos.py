@@ -2,8 +2,7 @@
 """Chaos on the embedded default (#14), with the real platform (the four services and Dagster's
 daemon, SQLite): kill a component with SIGKILL at random moments and measure what is lost.
 
-Scenarios (one for now; the issue's others — pipeline, storage, gateway, daemon, run worker,
-webserver, disk full, a PostgreSQL restart — fit the same shape):
+Scenarios:
 
   recorder-kill   --sessions N sessions record (the test pattern); at a random moment the recorder
                   process is killed with SIGKILL and restarted; its crash recovery finalizes every
@@ -13,9 +12,30 @@ webserver, disk full, a PostgreSQL restart — fit the same shape):
                   after the session's started_at). Target: <= ~1 s. Also: sessions sealed and
                   verified / total, salvaged chunks that decode fully, time from the kill to the
                   recorder answering again and to every session sealed.
+  components      the platform as `lucid up` runs it (supervisord, webserver included), --sessions
+                  (20) recording; every component in COMPONENTS killed --kills (3) times, in random
+                  order at random moments (--gap-min/--gap-max s apart): the main process of the
+                  recorder, pipeline, storage, gateway, Dagster daemon or webserver (supervisord
+                  restarts it), or a run worker (see run_workers). A recorder kill ends the sessions
+                  it had (measured as in recorder-kill) and as many new ones start. After each kill:
+                  back (restarted and healthy) and caught up (every chunk registered before the kill
+                  stored). At the end every session is stopped and sealed; the JSON report has
+                  sealed+verified/total, video lost per recorder kill, chunks lost (registered seqs
+                  with gaps, finalized-but-unregistered, or registered but not in the Iceberg
+                  catalog), duplicate (session_id, seq) catalog rows, CPU-seconds. Target: all
+                  sealed and verified, <= 1 s per recorder kill, 0 chunks lost, 0 duplicates.
+  disk-full       the recordings directory on its own small tmpfs (--volume-mb, never the machine's
+                  disk): sessions record, the volume is filled to the last byte and held full
+                  (--full-seconds), then freed and new sessions record; reports what each did.
+  load            --sessions (8) at 1280x720@30 for --minutes (10): dropped frames, chunks
+                  registered vs catalogued, sealed+verified, busy cores (machine and platform).
 
 Usage: python bench/chaos.py recorder-kill [--kills 5] [--sessions 4] [--size 640x360] [--fps 15]
        [--chunk-seconds 10] [--seed 14]
+       python bench/chaos.py components [--sessions 20] [--kills 3] [--components recorder,api,...]
+       [--gap-min 5] [--gap-max 30] [--catch-up-timeout 300]
+       python bench/chaos.py disk-full [--sessions 4] [--volume-mb 8] [--full-seconds 20]
+       python bench/chaos.py load [--sessions 8] [--minutes 10]
 """
 
 from __future__ import annotations
@@ -219,21 +239,37 @@ class CpuMeter(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
-            tree, todo = children(), [self.root]
+            tree = children()
+            todo = [(pid, label(pid)) for pid in tree.get(self.root, [])]  # supervisord's programs
             while todo:
-                pid = todo.pop()
-                todo += tree.get(pid, [])
+                pid, name = todo.pop()
+                todo += [(child, name) for child in tree.get(pid, [])]
                 try:
                     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     start = f[19]  # with the pid, tells a process from a later one given the same pid
-                    self.seen[(pid, start)] = (int(f[11]) + int(f[12])) / self.tick  # utime + stime
+                    self.seen[(pid, start)] = (name, (int(f[11]) + int(f[12])) / self.tick)  # utime + stime
                 except (OSError, IndexError, ValueError):
                     pass
 
     def total(self) -> float:
         self.stop_event.set()
         self.join()
-        return sum(self.seen.values())
+        return sum(cpu for _, cpu in self.seen.values())
+
+    def by_program(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, cpu in self.seen.values():
+            out[name] = round(out.get(name, 0) + cpu, 1)
+        return out
+
+
+def label(pid: int) -> str:
+    """Which program of the platform a child of supervisord is (its command line)."""
+    argv = cmdline(pid)
+    for name in (*SERVICES, "dagster-daemon", "dagster-webserver"):
+        if f"services.{name}.app" in argv or f"bin/{name} " in argv:
+            return name
+    return "other"
 
 
 @dataclass
@@ -466,6 +502,7 @@ def run_components(
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "busy_cores": round(cpu / wall, 2),
+        "cpu_s_by_program": meter.by_program(),  # a run worker counts under the daemon
     }
     report["ok"] = (
         len(ok_sessions) == len(outcomes) and other_lost == 0 and duplicates == 0 and (not lost_s or lost_s[-1] <= 1.0)
@@ -596,6 +633,8 @@ def run_disk_full(
         "failed_while_full": len(failed),
         "sessions_recording_when_filled": before,
         "sessions_after_freeing": after,
+        # segments the failed sessions had registered and that were never stored (plaintext staging)
+        "chunks_registered_not_stored": sum(s["registered"] - s["catalogued"] for s in before + after),
         "all_ended_after_freeing_s": round(settled_s, 1),
         "files_left_on_the_volume": left,
     }
@@ -676,6 +715,7 @@ def run_load(
         "busy_cores_machine": round(os.cpu_count() * (busy1 - busy0) / max(1, total1 - total0), 2),
         "platform_cpu_s": round(cpu, 1),
         "platform_busy_cores": round(cpu / (recorded_s + sealed_s), 2),
+        "cpu_s_by_program": meter.by_program(),  # a run worker counts under the daemon
         "failures": [s["reason"] for s in per if s["state"] != State.SEALED],
     }
 
