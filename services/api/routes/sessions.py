@@ -20,7 +20,7 @@ from lucid_assets.models import (
     VerifyReport,
 )
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
-from services.common.ids import CHUNK_BODY, ChunkDurationMs, ChunkSha256, Seq, SessionId
+from services.common.ids import CHUNK_BODY, ChunkDurationMs, ChunkSha256, LabelFilter, Seq, SessionId
 from services.common.peers import call
 
 from ..auth import Principal, admin, operator, viewer
@@ -45,7 +45,7 @@ def create_session(body: CreateSession, gw: Gw, who: Principal = Depends(operato
 def list_sessions(
     gw: Gw,
     state: State | None = None,
-    label: list[str] = Query(default=[]),
+    label: list[LabelFilter] = Query(default=[], description="key (has the label) or key=value"),
     limit: int = Query(50, ge=1, le=500, description="page size"),
     offset: int = Query(0, ge=0, le=MAX_OFFSET, description="sessions to skip (newest first); `total` says how many"),
     _: Principal = Depends(viewer),
