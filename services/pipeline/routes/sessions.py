@@ -12,6 +12,7 @@ from lucid_assets.models import (
     AuditNote,
     AuditReceipt,
     CreateSession,
+    ErrorBody,
     EventList,
     ManifestSummary,
     Session,
@@ -26,10 +27,12 @@ from .. import registry
 from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may
 from ..models import AuditRow, SessionRow
 
+# the gateway's calls must name the API key they act for (X-Lucid-Actor)
+NO_ACTOR = {400: {"model": ErrorBody, "description": "the gateway named no API key to act for (`no_actor`)"}}
 router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERRORS, dependencies=[ANY])
 
 
-@router.post("", status_code=201, response_model=Session, dependencies=[allow(API)])
+@router.post("", status_code=201, response_model=Session, dependencies=[allow(API)], responses=NO_ACTOR)
 def create_session(body: CreateSession, db: Db, actor: Actor):
     with db.write() as s:
         row = registry.create(s, body, actor)
@@ -68,7 +71,7 @@ def get_session(session_id: SessionId, db: Db):
         return registry.session_dict(s, registry.get_row(s, session_id))
 
 
-@router.post("/{session_id}/transitions", response_model=Session)
+@router.post("/{session_id}/transitions", response_model=Session, responses=NO_ACTOR)
 def transition(session_id: SessionId, body: Transition, db: Db, request: Request, who: Caller):
     may(who, body.event)  # may this component do this at all, before whom it says it acts for
     actor = actor_of(request)
