@@ -269,8 +269,12 @@ def test_viewer_page_plays_and_seeks_in_chromium(platform, sealed, artifacts):
         browser.wait_for(
             f"""(() => {{
                 if (document.querySelector('tr[data-session-id="{sid}"]')) return true;
-                const info = document.querySelector('#page-info').textContent, older = document.querySelector('#older');
-                if (info && window.__paged !== info && !older.disabled) {{ window.__paged = info; older.click(); }}
+                const info = document.querySelector('#page-info'), older = document.querySelector('#older');
+                if (!info || !older || !info.textContent) return false;  // (re)loading
+                if (window.__paged !== info.textContent && !older.disabled) {{
+                    window.__paged = info.textContent;
+                    older.click();
+                }}
                 return false;
             }})()""",
             timeout=120,
