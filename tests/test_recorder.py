@@ -296,7 +296,10 @@ def test_metrics_count_frames_and_segment_writes(platform):
     assert "lucid_recorder_frames_dropped_total" in values
 
 
-def test_disk_full_fails_the_session_and_keeps_earlier_segments(tmp_path):
+def test_disk_full_ends_the_session_and_finalizes_what_was_recorded(tmp_path):
+    """A full disk ends the capture; the segments completed before it are registered, intact, and
+    the session is finalized from them (then sealed like any other), its end reason saying why.
+    (Before: the session failed and its recorded segments were never stored.)"""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True).returncode:
@@ -327,9 +330,11 @@ def test_disk_full_fails_the_session_and_keeps_earlier_segments(tmp_path):
         while (s := pipe.get(f"/sessions/{sid}").json())["state"] == "recording":
             assert time.monotonic() < deadline, "the disk never filled"
             time.sleep(0.5)
-        assert s["state"] == "failed" and "disk full" in s["failure_reason"], s
         chunks = pipe.get(f"/sessions/{sid}/chunks").json()["items"]
         assert chunks, "segments completed before the disk filled are registered"
+        assert s["state"] == "processing", s  # finalized: the processing batch seals it (no daemon here)
+        assert "disk full" in s["end_reason"] and f"finalized from the {len(chunks)} segments" in s["end_reason"], s
+        assert s["expected_chunks"] == len(chunks)
         for c in chunks:
             assert hashlib.sha256(Path(c["path"]).read_bytes()).hexdigest() == c["sha256"]  # intact
         assert not list(mnt.glob(f"{sid}/.*partial*"))

@@ -152,15 +152,21 @@ class Recorder:
 
     def _on_end(self, session_id: str):
         def ended(why: CaptureEnded) -> None:
+            # what was recorded and registered is sealed whatever ended the capture (the source, a
+            # full disk, an encoder error): the end reason says what; only a capture that recorded
+            # nothing fails
             cap = self.retire(session_id)
             try:
-                if why.kind == "source_ended" and cap is not None and not cap.registered:
-                    self.transition(session_id, Event.FAIL, reason=f"{why.reason} before any frame was recorded")
-                elif why.kind == "source_ended":
-                    self.transition(session_id, Event.STOP, reason=why.reason)
-                    self.finalize(session_id, reason=why.reason)
-                else:
-                    self.transition(session_id, Event.FAIL, reason=why.reason)
+                recorded = len(cap.registered) if cap is not None else len(self.pipeline.chunks(session_id))
+                if not recorded:
+                    suffix = " before any frame was recorded" if why.kind == "source_ended" else ""
+                    self.transition(session_id, Event.FAIL, reason=why.reason + suffix)
+                    return
+                reason = why.reason
+                if why.kind != "source_ended":
+                    reason += f": finalized from the {recorded} segments recorded before it"
+                self.transition(session_id, Event.STOP, reason=reason)
+                self.finalize(session_id, reason=reason)
             except (ServiceError, ApiError) as exc:
                 log.error("could not end %s (%s): %s", session_id, why.reason, exc)
 
