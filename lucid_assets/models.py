@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from .core.states import ChunkState, Event, Note, State, VerifyStatus, WorkReason
 
@@ -42,7 +42,7 @@ class UrlSource(Strict):
 
     kind: Literal["url"]
     url: str = Field(..., min_length=1, max_length=4096)
-    realtime: bool = Field(True, description="read files at their own speed (like ffmpeg -re)")
+    realtime: StrictBool = Field(True, description="read files at their own speed (like ffmpeg -re)")
 
 
 class PushSource(Strict):

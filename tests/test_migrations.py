@@ -319,3 +319,35 @@ def test_chunks_registered_before_0003_read_as_not_dropped_nor_salvaged(url):
     eng.dispose()
     assert len(found) == len(ROWS["chunks"]) > 0
     assert {(d, bool(s)) for d, s in found} == {(0, False)}
+
+
+def test_list_pages_are_stable_when_sessions_share_a_creation_time(url, tmp_path, monkeypatch, request):
+    """Sessions made in the same instant (a batch import, a coarse clock) page by id after time:
+    every offset page holds different sessions and together they are all of them (PostgreSQL's
+    top-N sort is not stable: without the tie-breaker pages repeat and skip sessions)."""
+    from sqlmodel import Session as DbSession
+
+    from lucid_assets.settings import get_settings
+    from lucid_assets.trust import make_token_files, read_token
+    from services.common.db import Database
+    from services.pipeline.app import create_app
+    from services.pipeline.models import SessionRow
+
+    make_token_files(tmp_path / "service")
+    monkeypatch.setenv("LUCID_SERVICE_KEYS_DIR", str(tmp_path / "service"))
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
+    app = create_app(url)
+    same = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [str(uuid.uuid4()) for _ in range(60)]
+    db = Database(url)
+    with DbSession(db.engine) as s:
+        s.add_all(SessionRow(id=i, name="same instant", state="created", created_at=same) for i in ids)
+        s.commit()
+    db.engine.dispose()
+    token = read_token(tmp_path / "service" / "api.token")
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
+        seen = []
+        for offset in range(0, 60, 7):
+            seen += [x["id"] for x in c.get("/sessions", params={"limit": 7, "offset": offset}).json()["items"]]
+    assert len(seen) == 60 and sorted(seen) == sorted(ids), f"{len(set(seen))} distinct of {len(seen)} listed"

@@ -55,7 +55,8 @@ def list_sessions(
             k, _, v = lab.partition("=")
             q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
-        page = s.exec(q.order_by(SessionRow.created_at.desc()).offset(offset).limit(limit)).all()
+        # newest first; the id breaks ties so offset pages neither repeat nor skip a session
+        page = s.exec(q.order_by(SessionRow.created_at.desc(), SessionRow.id.desc()).offset(offset).limit(limit)).all()
         t = registry.totals(s, [r.id for r in page])
         return {
             "items": [registry.to_dict(r, t.get(r.id)) for r in page],
