@@ -327,8 +327,13 @@ def main() -> int:
         numbers["postgres_sigkill_to_healthy_s"] = crash_and_recover(env, "postgres", timeout)
         say(f"postgres killed (SIGKILL) and healthy again after {numbers['postgres_sigkill_to_healthy_s']} s")
         time.sleep(max(0.0, args.seconds - (time.monotonic() - recording)))
-        if api.call("GET", f"/v1/sessions/{sid}")["state"] != "recording":
-            say("the session stopped recording when storage or the database was killed")
+        now = api.call("GET", f"/v1/sessions/{sid}")
+        if now["state"] != "recording":
+            say("the session stopped recording when storage or the database was killed: " + json.dumps(now))
+            for svc in ("session-recorder", "session-pipeline"):
+                tail = [str(COMPOSE), "logs", "--no-color", "--tail", "30", svc]
+                logs = run(tail, env=env, check=False, capture=True)
+                say(f"{svc} log (last 30 lines):\n{logs.stdout}")
             return 1
         refused = insiders_refused(env)
         if refused:

@@ -351,3 +351,39 @@ def test_list_pages_are_stable_when_sessions_share_a_creation_time(url, tmp_path
         for offset in range(0, 60, 7):
             seen += [x["id"] for x in c.get("/sessions", params={"limit": 7, "offset": offset}).json()["items"]]
     assert len(seen) == 60 and sorted(seen) == sorted(ids), f"{len(set(seen))} distinct of {len(seen)} listed"
+
+
+def test_a_database_outage_is_a_503_callers_wait_out(url, tmp_path, monkeypatch, request):
+    """The pipeline's database going away (PostgreSQL restarting or crashed) answers 503
+    `database_unavailable`, which the recorder waits out, never a 500 that would end a recording;
+    when the database is back the next request is served (stale pooled connections replaced)."""
+    if not url.startswith("postgresql"):
+        pytest.skip("an outage is staged on the PostgreSQL server")
+    from lucid_assets.settings import get_settings
+    from lucid_assets.trust import make_token_files, read_token
+    from services.pipeline.app import create_app
+
+    make_token_files(tmp_path / "service")
+    monkeypatch.setenv("LUCID_SERVICE_KEYS_DIR", str(tmp_path / "service"))
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
+    name = make_url(url).database
+    server = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+    def outage(rename_to: str, rename_from: str) -> None:  # no database by that name: as if it were down
+        with server.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{rename_from}'"))
+            c.execute(text(f'ALTER DATABASE "{rename_from}" RENAME TO "{rename_to}"'))
+
+    token = read_token(tmp_path / "service" / "api.token")
+    with TestClient(create_app(url), headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.get("/sessions").status_code == 200
+        outage(f"{name}_away", name)
+        try:
+            r = c.get("/sessions")
+            assert r.status_code == 503 and r.json()["error"] == "database_unavailable", r.text
+            assert "password" not in r.text and name not in r.text  # nothing of the connection leaks
+        finally:
+            outage(name, f"{name}_away")
+        assert c.get("/sessions").status_code == 200
+    server.dispose()

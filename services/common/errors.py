@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
@@ -94,6 +95,19 @@ def install(app: FastAPI) -> None:
             )
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(status, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=status, headers=headers or None)
+
+    async def _database_down(_: Request, exc: DBAPIError):
+        # the database restarting, crashed or unreachable (or SQLite's lock timeout): a 503 that
+        # callers wait out (the recorder queues its segments), not a 500 that ends a recording
+        log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
+        return JSONResponse(
+            {"error": "database_unavailable", "detail": "the service's database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(InterfaceError, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
