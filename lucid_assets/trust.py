@@ -17,12 +17,11 @@ import hmac
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from .core import keys
-from .files import publish
+from .files import atomic_write
 from .settings import Settings
 
 # who calls an internal service: the gateway, the recorder (to the pipeline), the storage service
@@ -45,35 +44,22 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _write_once(path: Path, data: bytes) -> None:
-    """A new 0600 file, complete or absent for every reader; an existing one is kept."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    publish(tmp, path, exclusive=True)  # a concurrent maker's file wins; ours is dropped
-
-
 def make_token_files(directory: Path) -> list[str]:
     """Every caller's token file and the table of their digests, made if missing. Returns the
     names of the files created."""
+    # every file 0600, complete or absent for any reader (files.atomic_write), in a 0700 directory
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     created = []
     for caller in CALLERS:
         path = directory / f"{caller}.token"
-        if not path.exists():
-            _write_once(path, (new_token(caller) + "\n").encode())
+        # exclusive: a concurrent maker's token wins and ours is dropped
+        if not path.exists() and atomic_write(path, (new_token(caller) + "\n").encode(), exclusive=True):
             created.append(path.name)
     table = directory / "tokens.json"
     want = {c: digest(read_token(directory / f"{c}.token")) for c in CALLERS}
     if not table.exists() or TokenTable.read(table).digests != want:
-        if table.exists():
-            table.unlink()
-        _write_once(table, json.dumps(want, indent=2, sort_keys=True).encode())
+        atomic_write(table, json.dumps(want, indent=2, sort_keys=True).encode())  # replaced in one rename
         created.append(table.name)
     return created
 
