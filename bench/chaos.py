@@ -65,7 +65,7 @@ from lucid_assets.core import catalog as catalog_schema
 from lucid_assets.core.states import ChunkState, State
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
-from services.launcher import SERVICES, Platform, Supervised
+from services.launcher import SERVICES, Platform, Supervised, answers
 from tests.conftest import free_port
 
 KEY = "bench-admin-key-0123456789abcdef"
@@ -329,12 +329,8 @@ class Chaos:
             # a service is back when its new process answers its health check; the daemon (no
             # health URL) when supervisord counts it as started (up for startsecs)
             wanted = ("STARTING", "RUNNING") if health else ("RUNNING",)
-            if info["statename"] in wanted and info["pid"] not in (0, old):
-                try:
-                    if health is None or httpx.get(health, timeout=2).status_code == 200:
-                        return time.time() - start
-                except httpx.HTTPError:
-                    pass
+            if info["statename"] in wanted and info["pid"] not in (0, old) and answers(health):
+                return time.time() - start
             if info["statename"] == "FATAL":
                 raise RuntimeError(f"{component} gave up after the kill: {info}")
             time.sleep(0.2)

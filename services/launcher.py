@@ -56,6 +56,16 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def answers(url: str | None) -> bool:
+    """A component's health check passes: its URL answers 200 (None: it has no URL to ask)."""
+    if url is None:
+        return True
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class Platform:
     data_dir: Path
@@ -180,11 +190,8 @@ class Platform:
         self._spawn(self.program(name), self.env())
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                if httpx.get(f"{self.url(name)}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if answers(f"{self.url(name)}/health"):
+                return
             if time.monotonic() > deadline or self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} did not come back; see {self.logs / (name + '.log')}")
             time.sleep(0.3)
@@ -207,11 +214,8 @@ class Platform:
                 proc = self.procs[name]
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        del pending[name]
-                except httpx.HTTPError:
-                    pass
+                if answers(url):
+                    del pending[name]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not healthy after {timeout:.0f}s: {', '.join(pending)}")
             if pending:
@@ -374,12 +378,8 @@ class Supervised:
                     raise RuntimeError(f"{name} keeps exiting; see {self.platform.logs / (name + '.log')}")
                 if not info or info["statename"] != "RUNNING":
                     continue
-                url = progs[name].health
-                try:
-                    if url is None or httpx.get(url, timeout=2).status_code == 200:
-                        pending.discard(name)
-                except httpx.HTTPError:
-                    pass
+                if answers(progs[name].health):
+                    pending.discard(name)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not healthy after {timeout:.0f}s: {', '.join(sorted(pending))}")
             if pending:

@@ -19,7 +19,7 @@ import pytest
 from lucid_assets.core.states import State
 from lucid_assets.settings import Settings
 from services.cli import _operator_settings
-from services.launcher import REPO, SERVICES, Platform, Supervised
+from services.launcher import REPO, SERVICES, Platform, Supervised, answers
 from services.recorder.recorder import SHUTDOWN_REASON
 from tests.conftest import free_port
 from tests.helpers import create, wait_state
@@ -83,12 +83,8 @@ def kill_and_wait_back(sup: Supervised, name: str, health: str | None, timeout: 
     deadline = time.monotonic() + timeout
     while True:
         info = sup.states()[name]
-        if info["statename"] == "RUNNING" and info["pid"] not in (0, old):
-            try:
-                if health is None or httpx.get(health, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        if info["statename"] == "RUNNING" and info["pid"] not in (0, old) and answers(health):
+            return
         assert info["statename"] != "FATAL", f"{name} gave up: {info}"
         assert time.monotonic() < deadline, f"{name} not back: {info}"
         time.sleep(0.3)
