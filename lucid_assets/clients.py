@@ -162,8 +162,11 @@ class PipelineClient(ServiceClient):
     def record_verification(self, session_id: str, summary: VerificationSummary) -> VerificationSummary:
         return VerificationSummary.model_validate(self.send("PUT", f"/sessions/{session_id}/verification", summary))
 
-    def audit_note(self, session_id: str, note: AuditNote) -> AuditReceipt:
-        return AuditReceipt.model_validate(self.send("POST", f"/sessions/{session_id}/audit", note))
+    def audit_note(self, session_id: str, note: AuditNote, *, actor: str | None = None) -> AuditReceipt:
+        """`actor`: from the gateway, the key or share it authenticated (`key:<id>`, `share:<id>`)."""
+        return AuditReceipt.model_validate(
+            self.send("POST", f"/sessions/{session_id}/audit", note, headers=_on_behalf(actor))
+        )
 
     def events(self, session_id: str) -> list[AuditEntry]:
         return EventList.model_validate(self.request("GET", f"/sessions/{session_id}/events")).items

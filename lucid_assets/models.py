@@ -132,7 +132,7 @@ class VerificationSummary(Strict):
 
 
 class AuditNote(Strict):
-    event: Literal[Note.REPROCESS]
+    event: Literal[Note.REPROCESS, Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE]
     detail: dict = Field(default_factory=dict)
 
 

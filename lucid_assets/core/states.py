@@ -78,6 +78,10 @@ class Note(StrEnum):
     MANIFEST = "manifest"  # a (new version of the) signed manifest was recorded
     CHUNK_RESTORED = "chunk_restored"  # a stored chunk was re-enveloped (forced reprocess)
     REPROCESS = "reprocess"  # an operator forced a reprocess
+    SHARE_CREATED = "share_created"  # an operator made a share link for the session
+    SHARE_REVOKED = "share_revoked"  # a share link was revoked (by an operator, or with its creator's key)
+    SHARE_USED = "share_used"  # a share link was used: what it fetched (view, play, download, evidence)
+    EVIDENCE = "evidence"  # an evidence bundle was exported (by an API key or a share)
 
 
 class VerifyStatus(StrEnum):

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from lucid_assets.clients import ACTOR_HEADER
-from lucid_assets.core.states import Event
+from lucid_assets.core.states import Event, Note
 from lucid_assets.trust import API, DAGSTER, RECORDER, STORAGE
 from services.common.db import Database
 from services.common.errors import ApiError
 from services.common.guard import allow, caller
 
-_KEY_ACTOR = re.compile(r"key:[A-Za-z0-9_-]{1,64}")
+_KEY_ACTOR = re.compile(r"(key|share):[A-Za-z0-9_-]{1,64}")
 ANY = allow(API, RECORDER, STORAGE, DAGSTER)
 
 
@@ -27,13 +27,18 @@ Db = Annotated[Database, Depends(get_db)]
 
 def actor_of(request: Request) -> str:
     """Who the audit log names: the authenticated caller service, or, for the gateway alone, the
-    API key it authenticated (`X-Lucid-Actor: key:<id>`). Nothing in a request body is an actor."""
+    API key or share link it authenticated (`X-Lucid-Actor: key:<id>` or `share:<id>`). Nothing in
+    a request body is an actor."""
     who = caller(request)
     if who != API:
         return who
     claimed = request.headers.get(ACTOR_HEADER)
     if claimed is None or not _KEY_ACTOR.fullmatch(claimed):
-        raise ApiError(400, "no_actor", f"the gateway must name the API key it acts for in {ACTOR_HEADER}: key:<id>")
+        raise ApiError(
+            400,
+            "no_actor",
+            f"the gateway must name the API key or share it acts for in {ACTOR_HEADER}: key:<id> or share:<id>",
+        )
     return claimed
 
 
@@ -48,6 +53,19 @@ EVENTS_BY_CALLER: dict[str, frozenset[Event]] = {
     RECORDER: frozenset({Event.START, Event.PAUSE, Event.RESUME, Event.STOP, Event.FINALIZE, Event.FAIL}),
     DAGSTER: frozenset({Event.SEAL, Event.FAIL, Event.RETRY, Event.DELETE}),
 }
+
+
+# which service may write which audit note: the gateway the share and evidence notes (it
+# authenticated the key or share that acted), Dagster a forced reprocess
+NOTES_BY_CALLER: dict[str, frozenset[Note]] = {
+    API: frozenset({Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE}),
+    DAGSTER: frozenset({Note.REPROCESS}),
+}
+
+
+def may_note(who: str, note: Note) -> None:
+    if note not in NOTES_BY_CALLER.get(who, frozenset()):
+        raise ApiError(403, "forbidden", f"the {who} service may not write a {note.value} audit note")
 
 
 def may(who: str, event: Event) -> None:

@@ -24,7 +24,7 @@ from services.common.errors import ERRORS
 from services.common.ids import MAX_OFFSET, LabelFilter, SessionId
 
 from .. import registry
-from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may
+from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may, may_note
 from ..models import AuditRow, SessionRow
 
 # the gateway's calls must name the API key they act for (X-Lucid-Actor)
@@ -92,9 +92,17 @@ def manifest_recorded(session_id: SessionId, body: ManifestSummary, db: Db):
         return registry.session_dict(s, row)
 
 
-@router.post("/{session_id}/audit", status_code=201, response_model=AuditReceipt, dependencies=[allow(DAGSTER)])
-def audit_note(session_id: SessionId, body: AuditNote, db: Db, actor: Actor):
-    """An audited event that is not a transition (a forced reprocess)."""
+@router.post(
+    "/{session_id}/audit",
+    status_code=201,
+    response_model=AuditReceipt,
+    dependencies=[allow(API, DAGSTER)],
+    responses=NO_ACTOR,
+)
+def audit_note(session_id: SessionId, body: AuditNote, db: Db, actor: Actor, who: Caller):
+    """An audited event that is not a transition: a forced reprocess (Dagster), a share link made,
+    revoked or used, an evidence bundle exported (the gateway, naming the key or share)."""
+    may_note(who, body.event)
     with db.write() as s:
         registry.get_row(s, session_id, lock=True)
         row = registry.append_audit(
