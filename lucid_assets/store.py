@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from .core import keys as corekeys
-from .files import atomic_write, fsync_dir, is_uuid
+from .files import atomic_write, fsync_dir, is_atomic_tmp, is_uuid
 from .keyring import Keyring
 
 _MANIFEST = re.compile(r"manifest\.v(\d+)\.json$")
@@ -222,6 +222,14 @@ class ChunkStore:
         d.rename(target)
         fsync_dir(d.parent)
         return target
+
+    def checkpoint_files(self, session_id: str) -> dict[str, bytes]:
+        """Every file of the live checkpoint directory by name (superseded chains are a record, not
+        part of it), except atomic_write's temporary files, which nothing reads."""
+        d = self.checkpoint_path(session_id, 0).parent
+        if not d.is_dir():
+            return {}
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and not is_atomic_tmp(p.name)}
 
     def checkpoints(self, session_id: str) -> list[dict]:
         """Every checkpoint, oldest first; an unreadable file is returned as an error entry."""

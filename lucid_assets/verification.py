@@ -7,18 +7,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .core import keys
 from .core.states import State
 from .core.verify import VERIFIABLE, Report, pending_report, verify_session
-from .files import is_atomic_tmp
 from .keyring import Keyring
 from .store import ChunkStore
-
-
-def _checkpoint_files(store: ChunkStore, session_id: str) -> dict[str, bytes]:
-    """Every file of the live checkpoint directory (superseded chains are a record, not part of
-    it), except atomic_write's temporary files, which nothing reads."""
-    d = store.checkpoint_path(session_id, 0).parent
-    if not d.is_dir():
-        return {}
-    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not is_atomic_tmp(p.name)}
 
 
 def verify_stored(
@@ -50,7 +40,7 @@ def verify_stored(
         dek=dek,
         dek_error=dek_error,
         audit_rows=audit_rows,
-        checkpoints=_checkpoint_files(store, session_id),
+        checkpoints=store.checkpoint_files(session_id),
         registry_manifest_sha256=registry_manifest_sha256,
         manifest_version=latest,
         older_manifests={v: store.manifest_path(session_id, v).read_bytes() for v in versions[:-1]},

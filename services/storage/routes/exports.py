@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from lucid_assets.core import catalog
+from lucid_assets.core.states import State
+from lucid_assets.evidence.bundle import EvidenceBundle, NotSealed, OutOfScope
 from lucid_assets.models import Playlist
 from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, plain_size
 from lucid_assets.trust import API, DAGSTER
@@ -30,6 +34,37 @@ MP4 = {
     206: {"description": "the requested range", "content": {"video/mp4": {}}},
     **RANGE_ERRORS,
 }
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A contiguous run of chunks (a share's window, chosen by the gateway); none = all of them."""
+
+    first: int | None
+    last: int | None
+
+    def of(self, seqs: list[int]) -> list[int]:
+        if self.first is None and self.last is None:
+            return seqs
+        first = 0 if self.first is None else self.first
+        last = seqs[-1] if self.last is None else self.last
+        if not (seqs and first <= last and first in seqs and last in seqs):
+            raise ApiError(
+                422,
+                "invalid_range",
+                f"chunks {first}..{last} are not within the playable chunks 0..{seqs[-1] if seqs else -1}",
+            )
+        return [q for q in seqs if first <= q <= last]
+
+
+def scope(
+    first: Annotated[int | None, Query(ge=0, description="the first chunk (seq) to include")] = None,
+    last: Annotated[int | None, Query(ge=0, description="the last chunk (seq) to include")] = None,
+) -> Scope:
+    return Scope(first, last)
+
+
+Scoped = Annotated[Scope, Depends(scope)]
 
 
 def stored_prefix(ctx: Storage, sid: str) -> list[int]:
@@ -88,8 +123,8 @@ def playlist(sid: Sid, ctx: Ctx):
 
 
 @router.get("/recording.ts", response_class=ProducedResponse, responses={200: {"content": {"video/mp2t": {}}}})
-def recording_ts(sid: Sid, ctx: Ctx):
-    seqs, _ = playable(ctx, sid)
+def recording_ts(sid: Sid, ctx: Ctx, only: Scoped):
+    seqs = only.of(playable(ctx, sid)[0])
     try:
         size = plain_size(ctx.store, sid, seqs)
     except DamagedChunk as exc:
@@ -107,10 +142,12 @@ def recording_ts(sid: Sid, ctx: Ctx):
 
 @router.get("/recording.mp4", response_class=ProducedResponse, responses=MP4)
 @router.head("/recording.mp4", response_class=ProducedResponse, responses=MP4)
-def recording_mp4(sid: Sid, request: Request, ctx: Ctx):
+def recording_mp4(sid: Sid, request: Request, ctx: Ctx, only: Scoped):
     """Fragmented MP4 with a size, an ETag and Range: a browser seeks anywhere in it by
     fetching only the fragments (chunks) it needs."""
     seqs, key = playable(ctx, sid)
+    if only != Scope(None, None):
+        seqs, key = only.of(seqs), None
     try:
         export = Mp4Export(ctx.store, ctx.keyring, sid, seqs, cache_key=key)
     except DamagedChunk as exc:
@@ -137,4 +174,47 @@ def recording_mp4(sid: Sid, request: Request, ctx: Ctx):
         status_code=status,
         media_type="video/mp4",
         headers=headers,
+    )
+
+
+@router.get(
+    "/evidence",
+    response_class=ProducedResponse,
+    responses={200: {"content": {"application/x-tar": {}}}, 409: {"description": "not sealed, or a chunk is damaged"}},
+)
+def evidence(
+    sid: Sid,
+    ctx: Ctx,
+    only: Scoped,
+    from_ms: Annotated[int | None, Query(ge=0, description="the share window these chunks were chosen for")] = None,
+    to_ms: Annotated[int | None, Query(ge=0)] = None,
+):
+    """The evidence bundle (docs/FORMAT.md §10) of a sealed session, or of a run of its chunks:
+    a deterministic tar with the chunks, the MP4, the signed manifest and checkpoints, the proofs,
+    the signed audit log, the public key and a standalone verifier."""
+    session = ctx.pipeline.session(sid)
+    if session.state != State.SEALED:
+        raise ApiError(409, "not_sealed", f"session {sid} is {session.state}: only a sealed session has evidence")
+    rows = [e.model_dump() for e in ctx.pipeline.events(sid)]
+    window = (from_ms, to_ms) if from_ms is not None and to_ms is not None else None
+    try:
+        bundle = EvidenceBundle(
+            ctx.store, ctx.keyring, ctx.public_key, sid, rows, first=only.first, last=only.last, window_ms=window
+        )
+    except NotSealed as exc:
+        raise ApiError(409, "not_sealed", str(exc)) from None
+    except OutOfScope as exc:
+        raise ApiError(422, "invalid_range", str(exc)) from None
+    except DamagedChunk as exc:
+        raise ApiError(409, "chunk_damaged", f"not served: {exc}") from None
+    except NotExportable as exc:
+        raise ApiError(422, "not_exportable", f"no evidence for session {sid}: {exc}") from None
+    return ProducedResponse(
+        checked(sid, bundle.stream()),
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="{bundle.name}"',
+            "Content-Length": str(bundle.size),
+            "Cache-Control": "no-store",
+        },
     )
