@@ -69,3 +69,34 @@ class ProducedResponse(StreamingResponse):
                 await loop.run_in_executor(None, close)
             if gone.is_set():
                 log.info("client went away: stream stopped")
+
+
+class RelayResponse(StreamingResponse):
+    """A peer's streamed response (peers.Download) passed on as it arrives, each part as it is:
+    the gateway's downloads. A client that goes away closes the peer's connection at once."""
+
+    def __init__(self, download, *, status_code: int, headers: dict, media_type: str | None, head: bool = False):
+        super().__init__(iter(()), status_code=status_code, headers=headers, media_type=media_type)
+        self.download, self.head = download, head
+
+    async def __call__(self, scope, receive, send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if not self.head:
+                async for part in self.download.parts():
+                    if gone.is_set():
+                        log.info("client went away: relay stopped")
+                        return
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.download.close()
