@@ -2,7 +2,8 @@
 // Lucid viewer: plain JavaScript over the public API. The API key lives in sessionStorage; media
 // is fetched through short-lived signed links so <video> and hls.js never hold the key.
 const $ = (sel) => document.querySelector(sel);
-const state = { key: sessionStorage.getItem("lucid-key"), hls: null, current: null, offset: 0 };
+const state = { key: sessionStorage.getItem("lucid-key"), hls: null, current: null, offset: 0,
+  share: null, mediaToken: null, refresh: null, replayed: false };
 const PAGE = 50; // sessions per page of the list (newest first; the API pages by limit/offset)
 
 function show(id) {
@@ -19,7 +20,7 @@ async function api(path, opts = {}) {
   const r = await fetch(path, { ...opts, headers: { Authorization: `Bearer ${state.key}`, ...(opts.headers || {}) } });
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
   if (r.status === 401) { signOut(); throw new Error("The API key was refused: sign in again."); }
-  if (!r.ok) throw new Error(`${body.error || r.status}: ${body.detail || body}`);
+  if (!r.ok) throw Object.assign(new Error(`${body.error || r.status}: ${body.detail || body}`), { status: r.status });
   return body;
 }
 
@@ -69,14 +70,25 @@ async function loadList() {
   show("#list");
 }
 
-function play(url) {
-  const video = $("#video");
+// Media links in share mode are refreshed before they expire: every playlist and segment request
+// then carries the newest token (state.mediaToken), whatever token the playlist was loaded with.
+const freshLink = (u) => (state.mediaToken ? u.replace(/([?&]token=)[^&#]*/, `$1${state.mediaToken}`) : u);
+
+function stopPlayer(video) {
+  if (state.hls) { state.hls.destroy(); state.hls = null; }
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+}
+
+function play(url, { video = $("#video"), onFatal = (d) => fail(new Error(`playback: ${d.details}`)), start = -1 } = {}) {
   if (state.hls) { state.hls.destroy(); state.hls = null; }
   if (window.Hls && Hls.isSupported()) {
-    state.hls = new Hls({ liveDurationInfinity: false });
+    const xhrSetup = state.share ? (xhr, u) => xhr.open("GET", freshLink(u), true) : undefined;
+    state.hls = new Hls({ liveDurationInfinity: false, startPosition: start, xhrSetup });
     state.hls.loadSource(url);
     state.hls.attachMedia(video);
-    state.hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) fail(new Error(`playback: ${d.details}`)); });
+    state.hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) onFatal(d); });
   } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
     video.src = url;
   } else {
@@ -88,6 +100,7 @@ async function openSession(id) {
   $("#error").hidden = true;
   const s = await api(`/v1/sessions/${id}`);
   state.current = s;
+  closeSharePanel();
   $("#title").textContent = s.name;
   $("#state").textContent = s.state;
   const facts = { id: s.id, state: s.state, encoder: s.encoder, source: s.source.kind,
@@ -139,6 +152,169 @@ async function verify() {
   }));
 }
 
+// ---- Sharing (operators): POST/GET/DELETE /v1/sessions/{id}/shares. A new link is shown once.
+const windowText = (w) => (w ? `${secs(w.from_ms)}–${secs(w.to_ms)}` : "whole recording");
+
+function closeSharePanel() {
+  $("#share-panel").hidden = true;
+  $("#share-toggle").setAttribute("aria-expanded", "false");
+  $("#share-made").hidden = true;
+  $("#share-url").value = "";
+}
+
+async function loadShares() {
+  let list;
+  try {
+    list = await api(`/v1/sessions/${state.current.id}/shares`);
+  } catch (err) {
+    if (err.status !== 403) throw err;
+    list = null; // a viewer key: no sharing
+  }
+  $("#share-denied").hidden = list !== null;
+  $("#share-form").hidden = $("#shares").hidden = list === null;
+  const tbody = $("#shares tbody");
+  tbody.replaceChildren();
+  for (const sh of list?.items || []) {
+    const tr = tbody.insertRow();
+    tr.dataset.shareId = sh.id;
+    cell(tr, when(sh.created_at)); cell(tr, when(sh.expires_at)); cell(tr, windowText(sh.window));
+    cell(tr, sh.may_download ? "yes" : "no"); cell(tr, sh.note || ""); cell(tr, sh.status, sh.status === "active" ? "ok" : "");
+    const td = tr.insertCell();
+    if (sh.status === "active") {
+      const b = document.createElement("button");
+      b.textContent = "Revoke";
+      b.addEventListener("click", () => revokeShare(sh.id).catch(fail));
+      td.append(b);
+    }
+  }
+}
+
+async function createShare() {
+  $("#error").hidden = true;
+  const from = $("#share-from").value, to = $("#share-to").value;
+  if ((from === "") !== (to === "")) throw new Error("a window needs both its start and its end (seconds)");
+  const body = {
+    expires_in: Math.round(Number($("#share-days").value) * 86400),
+    window: from === "" ? null : { from_ms: Math.round(Number(from) * 1000), to_ms: Math.round(Number(to) * 1000) },
+    may_download: $("#share-download").checked,
+    note: $("#share-note").value.trim() || null,
+  };
+  const sh = await api(`/v1/sessions/${state.current.id}/shares`,
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  $("#share-url").value = new URL(sh.url, location.origin).href;
+  $("#share-made").hidden = false;
+  $("#share-form").reset();
+  await loadShares();
+}
+
+async function revokeShare(shareId) {
+  await api(`/v1/sessions/${state.current.id}/shares/${shareId}`, { method: "DELETE" });
+  await loadShares();
+}
+
+async function copyShareLink() {
+  const input = $("#share-url");
+  try { await navigator.clipboard.writeText(input.value); } catch { input.select(); document.execCommand("copy"); }
+  $("#share-copy").textContent = "Copied";
+  setTimeout(() => { $("#share-copy").textContent = "Copy"; }, 1500);
+}
+
+// ---- Share mode: /viewer/#share=<token>. The token stays in the URL fragment (never in a server
+// log or a Referer) and is the only credential: sent to /v1/share* alone; media go through the
+// short-lived links POST /v1/share/links returns, refreshed before they expire.
+const SHARE = "#share=";
+const shareToken = () => (location.hash.startsWith(SHARE) ? decodeURIComponent(location.hash.slice(SHARE.length)) : null);
+
+class ShareInvalid extends Error {}
+
+async function shareApi(path, opts = {}) {
+  const r = await fetch(path, { ...opts, cache: "no-store", headers: { Authorization: `Bearer ${state.share}` } });
+  const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
+  if (r.status === 401) throw new ShareInvalid("this share link is invalid, expired or revoked");
+  if (!r.ok) throw Object.assign(new Error(`${body.error || r.status}: ${body.detail || body}`), { status: r.status });
+  return body;
+}
+
+function shareDead() {
+  clearTimeout(state.refresh);
+  stopPlayer($("#shared-video"));
+  $("#shared").hidden = $("#error").hidden = true;
+  $("#shared-invalid").hidden = false;
+}
+
+const shareFail = (err) => (err instanceof ShareInvalid ? shareDead() : fail(err));
+
+function facts(dl, entries) {
+  dl.replaceChildren(...Object.entries(entries).flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v ?? "–"; return [dt, dd];
+  }));
+}
+
+function setLink(sel, href) {
+  $(sel).hidden = !href;
+  if (href) $(sel).href = href; else $(sel).removeAttribute("href");
+}
+
+async function refreshShareLinks() {
+  clearTimeout(state.refresh);
+  const links = await shareApi("/v1/share/links", { method: "POST" });
+  state.mediaToken = links.token;
+  setLink("#shared-evidence", links.evidence);
+  setLink("#shared-mp4", links.mp4);
+  const wait = Math.max(10_000, links.expires_at * 1000 - Date.now() - 60_000); // a minute before expiry
+  state.refresh = setTimeout(() => refreshShareLinks().catch(shareFail), wait);
+  return links;
+}
+
+// A fatal player error: the share may be gone (401 on the media) or a media link expired while the
+// tab slept; new links tell which. An expired link restarts the player where it was, once.
+async function shareFatal(d) {
+  const video = $("#shared-video"), at = video.currentTime;
+  let links;
+  try { links = await refreshShareLinks(); } catch (err) { return shareFail(err); }
+  if (d.response?.code === 401 && !state.replayed) {
+    state.replayed = true;
+    play(links.hls, { video, onFatal: shareFatal, start: at });
+  } else {
+    fail(new Error(`playback: ${d.details}`));
+  }
+}
+
+async function openShare() {
+  state.share = shareToken();
+  for (const id of ["#signin", "#list", "#session"]) $(id).hidden = true;
+  $("#signout").hidden = true;
+  $("#who").textContent = "shared recording · read-only";
+  const { share, session: s, chunks } = await shareApi("/v1/share");
+  $("#shared-title").textContent = s.name;
+  $("#shared-state").textContent = s.state;
+  $("#shared-expiry").textContent = `This link expires ${when(share.expires_at)}.`;
+  facts($("#shared-facts"), { session: s.id, state: s.state, started: when(s.started_at), stopped: when(s.stopped_at),
+    "shared until": when(share.expires_at), window: windowText(share.window),
+    chunks: chunks ? `${chunks.first_seq}–${chunks.last_seq}` : "none yet", note: share.note || "–",
+    downloads: share.may_download ? "allowed" : "not allowed" });
+  const v = listedVerification(s);
+  $("#shared-verification").textContent = v.text;
+  $("#shared-verification").className = v.cls;
+  $("#shared-verification").dataset.status = s.verification?.status || "none";
+  $("#shared").hidden = false;
+  $("#shared-empty").hidden = chunks !== null;
+  const links = await refreshShareLinks();
+  if (chunks) play(links.hls, { video: $("#shared-video"), onFatal: (d) => shareFatal(d).catch(shareFail) });
+  const checkpoints = await shareApi("/v1/share/checkpoints");
+  const cp = $("#shared-checkpoints tbody");
+  cp.replaceChildren();
+  for (const c of checkpoints.items) {
+    const tr = cp.insertRow(); cell(tr, c.body.tree_size); cell(tr, c.body.root); cell(tr, when(c.body.time));
+  }
+  let m = null;
+  try { m = await shareApi("/v1/share/manifest"); } catch (err) { if (err instanceof ShareInvalid) throw err; }
+  facts($("#shared-manifest"), m ? { format: m.body.format, chunks: m.body.chunk_count, duration: secs(m.body.duration_ms),
+    "merkle root": m.body.merkle.root, "signing key": m.signature.key_id, sealed: when(m.body.sealed_at) }
+    : { manifest: "not sealed yet" });
+}
+
 function signOut() {
   sessionStorage.removeItem("lucid-key");
   state.key = null;
@@ -159,7 +335,20 @@ $("#newer").addEventListener("click", () => { state.offset = Math.max(0, state.o
 $("#older").addEventListener("click", () => { state.offset += PAGE; loadList().catch(fail); });
 $("#back").addEventListener("click", () => { if (state.hls) state.hls.destroy(); $("#video").removeAttribute("src"); loadList().catch(fail); });
 $("#verify").addEventListener("click", () => verify().catch(fail));
-// /viewer/#<session id> opens that session (the Dagster UI links here)
+$("#share-toggle").addEventListener("click", () => {
+  if (!$("#share-panel").hidden) return closeSharePanel();
+  $("#share-panel").hidden = false;
+  $("#share-toggle").setAttribute("aria-expanded", "true");
+  loadShares().catch(fail);
+});
+$("#share-form").addEventListener("submit", (e) => { e.preventDefault(); createShare().catch(fail); });
+$("#share-copy").addEventListener("click", () => copyShareLink().catch(fail));
+// /viewer/#<session id> opens that session (the Dagster UI links here); /viewer/#share=<token> is share mode
 const start = () => (location.hash.length > 1 ? openSession(location.hash.slice(1)) : loadList());
-window.addEventListener("hashchange", () => { if (state.key && location.hash.length > 1) openSession(location.hash.slice(1)).catch(fail); });
-if (state.key) start().catch(fail); else show("#signin");
+window.addEventListener("hashchange", () => {
+  if (state.share || shareToken()) location.reload(); // into or out of share mode: a clean page
+  else if (state.key && location.hash.length > 1) openSession(location.hash.slice(1)).catch(fail);
+});
+if (shareToken()) openShare().catch(shareFail);
+else if (state.key) start().catch(fail);
+else show("#signin");
