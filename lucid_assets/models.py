@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from .core.states import ChunkState, Event, Note, State, VerifyStatus, WorkReason
+from .core.states import ChunkState, Event, Note, ShareStatus, State, VerifyStatus, WorkReason
 
 LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
 
@@ -339,3 +339,89 @@ class CaptureInfo(BaseModel):
 
 class CaptureList(BaseModel):
     items: list[CaptureInfo]
+
+
+# --- share links (issue 16) -------------------------------------------------------------------
+class ShareWindow(Strict):
+    """A stretch of the recording, in ms from its start: the chunks overlapping [from_ms, to_ms)."""
+
+    from_ms: int = Field(..., ge=0)
+    to_ms: int = Field(..., gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShareWindow:
+        if self.to_ms <= self.from_ms:
+            raise ValueError("window.to_ms must be greater than window.from_ms")
+        return self
+
+
+class CreateShare(Strict):
+    expires_in: int = Field(
+        7 * 24 * 3600, ge=1, description="seconds the link lives; at most LUCID_SHARE_MAX_SECONDS (default 30 days)"
+    )
+    window: ShareWindow | None = Field(None, description="only this part of the recording (default: all of it)")
+    may_download: StrictBool = Field(False, description="the MP4, MPEG-TS and evidence bundle may be downloaded")
+    note: str | None = Field(None, max_length=500, description="e.g. who the link is for")
+
+
+class Share(BaseModel):
+    id: str
+    session_id: str
+    expires_at: Iso
+    window: ShareWindow | None
+    may_download: bool
+    note: str | None
+    created_by: str = Field(..., description="key:<id> of the API key that made it")
+    created_at: Iso
+    status: ShareStatus
+
+
+class NewShare(Share):
+    token: str = Field(..., description="the share credential: shown this once, stored only as a hash")
+    url: str = Field(..., description="the viewer's address for it: /viewer/#share=<token>")
+
+
+class ShareList(BaseModel):
+    items: list[Share]
+
+
+class ShareInfo(BaseModel):
+    id: str
+    expires_at: Iso
+    window: ShareWindow | None
+    may_download: bool
+    note: str | None
+
+
+class SharedSession(BaseModel):
+    """What a share shows of its session: no source, no labels."""
+
+    id: str
+    name: str
+    state: State
+    created_at: Iso
+    started_at: Iso | None
+    stopped_at: Iso | None
+    sealed_at: Iso | None
+    chunk_count: int
+    verification: VerificationSummary | None
+
+
+class ShareChunks(BaseModel):
+    first_seq: int
+    last_seq: int
+
+
+class ShareView(BaseModel):
+    share: ShareInfo
+    session: SharedSession
+    chunks: ShareChunks | None = Field(..., description="the window's chunks; null: none yet")
+
+
+class ShareLinks(BaseModel):
+    expires_at: int = Field(..., description="unix time: 15 minutes, or the share's expiry if sooner")
+    token: str
+    hls: str
+    mp4: str | None
+    ts: str | None
+    evidence: str | None

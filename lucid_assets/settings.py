@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # ports live there) unless listed here: comma-separated host names, IP addresses or networks
     url_allow_hosts: str = ""
     max_chunk_bytes: int = 512 * 1024 * 1024
+    share_max_seconds: int = 30 * 24 * 3600  # the longest a share link may live (default 30 days)
     # any other request body (JSON): refused with 413 before authentication and before it is read
     max_request_bytes: int = 4 * 1024 * 1024
     process_workers: int = 2

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "released_v0_1"
 ROWS = json.loads((FIXTURE / "rows.json").read_text())
 OWN_TABLES = {"pipeline": ["sessions", "chunks", "audit_log", "work_queue"], "api": ["api_keys"]}
+LATER_TABLES = ["shares"]  # made by revisions after 0.1 (no rows in the 0.1 fixture)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -158,7 +159,13 @@ def test_empty_database_upgrades_to_exactly_the_models(url):
     for db, line in zip(["pipeline", "api"], lines):
         n = len(list(migrate.script(db).walk_revisions()))
         assert line == f"{db} database: at {head(db)} ({n} migration{'' if n == 1 else 's'} applied)"
-    assert tables(url) == {"alembic_version_pipeline", "alembic_version_api", *OWN_TABLES["pipeline"], "api_keys"}
+    assert tables(url) == {
+        "alembic_version_pipeline",
+        "alembic_version_api",
+        *OWN_TABLES["pipeline"],
+        "api_keys",
+        *LATER_TABLES,
+    }
     # No dialect noise to excuse: the baseline spells SQLModel's AutoString as sa.String() and its
     # UTCDateTime as sa.DateTime(timezone=True), which Alembic compares by their impl (VARCHAR,
     # TIMESTAMP WITH TIME ZONE / DATETIME); the SERIAL defaults of PostgreSQL are server defaults, not
@@ -185,7 +192,13 @@ def test_both_environments_in_one_database(url):
     load_released(url, "api")  # the compose database: 0.1's api_keys beside a migrated registry
     pipeline_rows = raw_rows(url, "pipeline")
     assert migrate.upgrade(url, "api").adopted
-    assert tables(url) == {"alembic_version_pipeline", "alembic_version_api", *OWN_TABLES["pipeline"], "api_keys"}
+    assert tables(url) == {
+        "alembic_version_pipeline",
+        "alembic_version_api",
+        *OWN_TABLES["pipeline"],
+        "api_keys",
+        *LATER_TABLES,
+    }
     assert versions(url, "pipeline") == [head("pipeline")] and versions(url, "api") == [head("api")]
     assert raw_rows(url, "pipeline") == pipeline_rows
     assert typed_rows(url, "api") == {"api_keys": ROWS["api_keys"]}

@@ -91,6 +91,32 @@ class VerifyStatus(StrEnum):
     PENDING = "pending"  # not sealed yet: nothing final to verify (never stored as a failure)
 
 
+class ShareStatus(StrEnum):
+    """A share link's status (gateway, issue 16)."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class ShareUse(StrEnum):
+    """What a share link fetched (the `what` of a share_used audit note)."""
+
+    VIEW = "view"  # GET /v1/share
+    PLAY = "play"  # POST /v1/share/links
+    MP4 = "mp4"
+    TS = "ts"
+    EVIDENCE = "evidence"
+
+
+class ShareRevocation(StrEnum):
+    """Why a share link was revoked (the `reason` of a share_revoked audit note)."""
+
+    OPERATOR = "operator"  # DELETE /v1/sessions/{id}/shares/{share_id}
+    API_KEY_REVOKED = "api_key_revoked"  # the API key that made it was revoked
+    SESSION_DELETED = "session_deleted"  # its session was crypto-shredded
+
+
 class IllegalTransition(Exception):
     def __init__(self, state: State, event: Event):
         self.state, self.event = State(state), Event(event)

@@ -20,7 +20,7 @@ from . import links
 from .auth import ensure_admin_key
 from .deps import Gateway
 from .edge import Edge, Metrics
-from .routes import keys, media, metrics, sessions
+from .routes import keys, media, metrics, sessions, shares
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -54,8 +54,9 @@ def create_app():
         pipeline=PipelineClient(s.pipeline_url, token=token),
         storage=StorageClient(s.storage_url, token=token),
     )
-    for module in (sessions, media, keys, metrics):
+    for module in (sessions, media, keys, metrics, shares):
         app.include_router(module.router)
+    app.include_router(shares.shared)
     app.state.metrics = Metrics()
     # outermost, outside even Starlette's own 500 answer: hardening headers on every answer (413s of
     # the body limit too), and the metrics

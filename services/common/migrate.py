@@ -2,7 +2,7 @@
 
 Two migration environments, each a directory beside the code it serves:
   pipeline  services/pipeline/migrations  sessions, chunks, audit_log, work_queue
-  api       services/api/migrations       api_keys
+  api       services/api/migrations       api_keys, shares
 Each keeps its revision in its own version table (alembic_version_pipeline, alembic_version_api),
 so both can live in one PostgreSQL database, as they do in the compose stack.
 
@@ -55,8 +55,9 @@ def _pipeline_tables() -> list[Table]:
 
 def _api_tables() -> list[Table]:
     from services.api.auth import ApiKeyRow
+    from services.api.shares import ShareRow
 
-    return [ApiKeyRow.__table__]
+    return [ApiKeyRow.__table__, ShareRow.__table__]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Alembic environment of the gateway's API keys (api_keys).
+"""Alembic environment of the gateway's API keys and share links (api_keys, shares).
 The logic is shared: services/common/migrate.py (run it through upgrade(), not the alembic CLI)."""
 
 from services.common.migrate import run_env

@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
+from lucid_assets.core.states import ShareRevocation
 from lucid_assets.models import SigningKey
 from services.common.errors import ERRORS, not_found
 from services.common.peers import call
 
+from .. import shares
 from ..auth import ApiKeyRow, Principal, Role, admin, create_key, key_dict, viewer
 from ..deps import Gw
 from .sessions import AUTH
@@ -61,8 +63,8 @@ def list_api_keys(gw: Gw, _: Principal = Depends(admin)):
         return {"items": [key_dict(r) for r in s.exec(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()]}
 
 
-@router.delete("/api-keys/{key_id}", summary="Revoke an API key", response_model=ApiKey)
-def revoke_api_key(key_id: str, gw: Gw, _: Principal = Depends(admin)):
+@router.delete("/api-keys/{key_id}", summary="Revoke an API key (and the share links it made)", response_model=ApiKey)
+def revoke_api_key(key_id: str, gw: Gw, who: Principal = Depends(admin)):
     with gw.keys_db.write() as s:
         row = s.get(ApiKeyRow, key_id)
         if row is None:
@@ -71,4 +73,7 @@ def revoke_api_key(key_id: str, gw: Gw, _: Principal = Depends(admin)):
             row.revoked_at = datetime.now(UTC)
             s.add(row)
         s.flush()
-        return key_dict(row)
+        answer = key_dict(row)
+    revoked = shares.revoke_where(gw.keys_db, shares.ShareRow.created_by == key_id)
+    shares.note_revoked(gw, revoked, who.actor, ShareRevocation.API_KEY_REVOKED)
+    return answer

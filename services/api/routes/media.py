@@ -11,13 +11,13 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from lucid_assets.core.states import ENDED
+from lucid_assets.core.states import ENDED, Note, ShareUse
 from lucid_assets.models import Playlist
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
 from services.common.ids import Seq, SessionId
 from services.common.peers import call, stream
 
-from .. import links
+from .. import links, shares
 from ..auth import Principal, authenticate, bearer, principal_by_key_id, viewer
 from ..deps import Gw
 from .sessions import AUTH, proxy_chunk
@@ -40,6 +40,7 @@ class MediaLinks(BaseModel):
     hls: str
     mp4: str
     ts: str
+    evidence: str
 
 
 def media_access(
@@ -47,20 +48,36 @@ def media_access(
     request: Request,
     token: str | None = Query(None, description="a signed media link's token instead of a key"),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
-) -> Principal:
+) -> Principal | shares.Grant:
+    """An API key, a media link made with one, or a media link made through a share (its share is
+    re-checked here on every request: revoked, expired or its session deleted is a 401)."""
     if token:
-        who = principal_by_key_id(request, links.check(request.app.state.gateway.link_secret, token, session_id))
+        gw = request.app.state.gateway
+        link = links.check(gw.link_secret, token, session_id)
+        if link.share_id is not None:
+            return shares.by_id(gw, link.share_id, session_id)
+        who = principal_by_key_id(request, link.key_id)
         if who is None:
             raise ApiError(401, "unauthorized", "the API key that made this media link was revoked")
         return who
     return authenticate(request, creds)
 
 
-def _token(request: Request, session_id: str, who: Principal) -> str:
+Access = Principal | shares.Grant
+
+
+def _token(request: Request, session_id: str, who: Access) -> str:
+    if isinstance(who, shares.Grant):
+        return request.query_params["token"]  # a share reaches media routes through its link alone
     return (
         request.query_params.get("token")
         or links.sign(request.app.state.gateway.link_secret, session_id, who.key_id)[0]
     )
+
+
+async def _window_seqs(gw, session_id: str, grant: shares.Grant) -> list[int]:
+    items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{session_id}/playlist")).items
+    return shares.window_seqs(items, grant.window)
 
 
 @router.post(
@@ -78,6 +95,7 @@ def media_links(session_id: SessionId, gw: Gw, who: Principal = Depends(viewer))
         "hls": f"{base}/live.m3u8?token={token}",
         "mp4": f"{base}/recording.mp4?token={token}",
         "ts": f"{base}/recording.ts?token={token}",
+        "evidence": f"{base}/evidence?token={token}",
     }
 
 
@@ -87,9 +105,13 @@ def media_links(session_id: SessionId, gw: Gw, who: Principal = Depends(viewer))
     response_class=Response,
     responses={200: {"content": {"application/vnd.apple.mpegurl": {}}}},
 )
-async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Principal = Depends(media_access)):
-    session = await run_in_threadpool(gw.pipeline.session, session_id)
+async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Access = Depends(media_access)):
+    grant = who if isinstance(who, shares.Grant) else None
+    session = grant.session if grant else await run_in_threadpool(gw.pipeline.session, session_id)
     items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{session_id}/playlist")).items
+    if grant:  # only the share's window
+        keep = set(shares.window_seqs(items, grant.window))
+        items = [i for i in items if i.seq in keep]
     token = _token(request, session_id, who)
     ended = session.state in ENDED
     longest = max([i.duration_ms for i in items] + [session.chunk_seconds * 1000])
@@ -97,7 +119,7 @@ async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Princip
         "#EXTM3U",
         "#EXT-X-VERSION:3",
         f"#EXT-X-TARGETDURATION:{math.ceil(longest / 1000)}",
-        "#EXT-X-MEDIA-SEQUENCE:0",
+        f"#EXT-X-MEDIA-SEQUENCE:{items[0].seq if items else 0}",
         f"#EXT-X-PLAYLIST-TYPE:{'VOD' if ended else 'EVENT'}",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
@@ -116,21 +138,61 @@ async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Princip
     response_class=Response,
     responses=RANGED_TS,
 )
-async def media_chunk(session_id: SessionId, seq: Seq, request: Request, gw: Gw, _: Principal = Depends(media_access)):
+async def media_chunk(session_id: SessionId, seq: Seq, request: Request, gw: Gw, who: Access = Depends(media_access)):
+    if isinstance(who, shares.Grant) and who.window is not None and seq not in await _window_seqs(gw, session_id, who):
+        raise ApiError(403, "outside_share_window", f"chunk {seq} is outside the share's window")
     return await proxy_chunk(gw, session_id, seq, request)
 
 
 PASSED_BACK = ("content-disposition", "cache-control", "content-length", "content-range", "accept-ranges", "etag")
 
 
-async def _export(gw, session_id: str, ext: str, request: Request) -> Response:
-    await run_in_threadpool(gw.pipeline.session, session_id)  # 404 for unknown sessions
+EXPORTS = {ShareUse.MP4: "recording.mp4", ShareUse.TS: "recording.ts", ShareUse.EVIDENCE: "evidence"}
+
+
+def _from_start(request: Request) -> bool:
+    """A download, not one of a player's later range requests: no Range, or one from byte 0."""
+    rng = request.headers.get("range")
+    return rng is None or rng.replace(" ", "").lower().startswith("bytes=0-")
+
+
+def _download_params(grant: shares.Grant, seqs: list[int] | None) -> dict:
+    if not grant.row.may_download:
+        raise ApiError(403, "download_not_allowed", "this share link does not allow downloads")
+    if seqs is None:
+        return {}
+    if not seqs:
+        raise ApiError(403, "outside_share_window", "the share's window holds no chunks (yet)")
+    return {"first": seqs[0], "last": seqs[-1]}
+
+
+def _audit_download(gw, session_id: str, what: ShareUse, who: Access, params: dict) -> None:
+    if isinstance(who, shares.Grant):
+        shares.note(gw, session_id, Note.SHARE_USED, {"what": what, **params}, who.actor)
+    elif what == ShareUse.EVIDENCE:
+        shares.note(gw, session_id, Note.EVIDENCE, dict(params), who.actor)
+
+
+async def _export(gw, session_id: str, what: ShareUse, request: Request, who: Access) -> Response:
+    params: dict = {}
+    if isinstance(who, shares.Grant):  # the share and its session were checked by media_access
+        windowed = who.window is not None and who.row.may_download
+        params = _download_params(who, await _window_seqs(gw, session_id, who) if windowed else None)
+    else:
+        await run_in_threadpool(gw.pipeline.session, session_id)  # 404 for unknown sessions
     forward = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range")}
-    r = await stream(request.method, f"{gw.storage_url}/sessions/{session_id}/recording.{ext}", headers=forward)
+    url = f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}"
+    r = await stream(request.method, url, headers=forward, params=params)
     headers = {k: v for k, v in r.headers.items() if k.lower() in PASSED_BACK}
     if request.method == "HEAD":
         await r.aclose()
         return Response(status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
+    if _from_start(request):
+        try:
+            await run_in_threadpool(_audit_download, gw, session_id, what, who, params)
+        except BaseException:
+            await r.aclose()
+            raise
 
     async def body():
         try:
@@ -153,8 +215,8 @@ async def _export(gw, session_id: str, ext: str, request: Request) -> Response:
 @router.head(
     "/{session_id}/recording.mp4", summary="The MP4's size and ETag", response_class=StreamingResponse, responses=MP4
 )
-async def recording_mp4(session_id: SessionId, request: Request, gw: Gw, _: Principal = Depends(media_access)):
-    return await _export(gw, session_id, "mp4", request)
+async def recording_mp4(session_id: SessionId, request: Request, gw: Gw, who: Access = Depends(media_access)):
+    return await _export(gw, session_id, ShareUse.MP4, request, who)
 
 
 @router.get(
@@ -163,5 +225,22 @@ async def recording_mp4(session_id: SessionId, request: Request, gw: Gw, _: Prin
     response_class=StreamingResponse,
     responses=TS,
 )
-async def recording_ts(session_id: SessionId, request: Request, gw: Gw, _: Principal = Depends(media_access)):
-    return await _export(gw, session_id, "ts", request)
+async def recording_ts(session_id: SessionId, request: Request, gw: Gw, who: Access = Depends(media_access)):
+    return await _export(gw, session_id, ShareUse.TS, request, who)
+
+
+EVIDENCE = {
+    200: {"content": {"application/x-tar": {}}},
+    206: {"description": "the requested range", "content": {"application/x-tar": {}}},
+    **RANGE_ERRORS,
+}
+
+
+@router.get(
+    "/{session_id}/evidence",
+    summary="The evidence bundle (tar): recording, signed manifest, checkpoints, proofs, audit log, verifier",
+    response_class=StreamingResponse,
+    responses=EVIDENCE,
+)
+async def evidence(session_id: SessionId, request: Request, gw: Gw, who: Access = Depends(media_access)):
+    return await _export(gw, session_id, ShareUse.EVIDENCE, request, who)

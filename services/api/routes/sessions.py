@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from lucid_assets.core.states import Event, State
+from lucid_assets.core.states import Event, ShareRevocation, State
 from lucid_assets.models import (
     CheckpointList,
     ChunkList,
@@ -23,6 +23,7 @@ from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
 from services.common.ids import CHUNK_BODY, ChunkDurationMs, ChunkSha256, LabelFilter, Seq, SessionId
 from services.common.peers import call
 
+from .. import shares
 from ..auth import Principal, admin, operator, viewer
 from ..deps import Gateway, Gw
 
@@ -196,6 +197,9 @@ def delete_session(session_id: SessionId, gw: Gw, who: Principal = Depends(admin
     s = gw.pipeline.session(session_id)
     if s.state != State.DELETED:  # a repeated DELETE finishes an interrupted shred
         s = gw.pipeline.transition(session_id, Event.DELETE, actor=who.actor)
+    # every use of a share checks its session is not deleted; its rows say so too
+    revoked = shares.revoke_where(gw.keys_db, shares.ShareRow.session_id == session_id)
+    shares.note_revoked(gw, revoked, who.actor, ShareRevocation.SESSION_DELETED)
     return {**s.model_dump(), "shredded": gw.storage.shred(session_id).model_dump()}
 
 
