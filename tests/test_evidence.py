@@ -1,0 +1,324 @@
+"""The standalone evidence verifier (lucid_assets/evidence/verify.py) on real bundles of a real
+sealed session, run as an auditor would: the copy shipped inside the bundle, in a clean virtualenv
+that has only `cryptography`. Tampering is done by rewriting the tar (members kept in order); each
+kind must be named by the verifier. The bundle's production is tested in test_evidence_bundle.py."""
+
+import ast
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lucid_assets.core import audit
+from lucid_assets.core.manifest import canonical_json, sign
+from tests.helpers import record
+
+VERIFY_PY = Path(__file__).resolve().parent.parent / "lucid_assets" / "evidence" / "verify.py"
+CRYPTOGRAPHY = "cryptography==50.0.2"
+
+
+@pytest.fixture(scope="module")
+def clean_python(tmp_path_factory) -> Path:
+    """A virtualenv of the system's python3 with `cryptography` and nothing of Lucid."""
+    d = tmp_path_factory.mktemp("auditor") / "venv"
+    python3 = shutil.which("python3") or sys.executable
+    subprocess.run([python3, "-m", "venv", str(d)], check=True, capture_output=True)
+    pip = [str(d / "bin" / "python"), "-m", "pip", "install", "-q", "--only-binary=:all:", CRYPTOGRAPHY]
+    done = subprocess.run(pip, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return d / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def sealed(admin):
+    return record(admin, seconds=6, name="evidence verifier", width=320, height=240, fps=10, chunk_seconds=2)
+
+
+@pytest.fixture(scope="module")
+def bundle(admin, sealed, tmp_path_factory) -> Path:
+    """The whole session's bundle, downloaded through the gateway as an admin would."""
+    r = admin.get(f"/v1/sessions/{sealed['id']}/evidence")
+    assert r.status_code == 200, r.text
+    path = tmp_path_factory.mktemp("evidence") / "bundle.tar"
+    path.write_bytes(r.content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def verifier(bundle, tmp_path_factory) -> Path:
+    """verify.py as shipped in the bundle, out of reach of the repository (no `lucid_assets` beside it)."""
+    out = tmp_path_factory.mktemp("shipped") / "verify.py"
+    out.write_bytes(files(bundle)["verify.py"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def platform_fingerprint(admin) -> str:
+    raw = base64.b64decode(admin.get("/v1/keys/signing").json()["public_key"])
+    return hashlib.sha256(raw).hexdigest()
+
+
+def members(path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def files(path: Path) -> dict[str, bytes]:
+    """The bundle's files by their name below its top directory."""
+    return {m.name.split("/", 1)[1]: data for m, data in members(path)}
+
+
+def rewrite(src: Path, dst: Path, change: dict, add: dict | None = None) -> Path:
+    """A copy of the bundle with members changed ({name: new bytes, or None to drop}), in order,
+    and `add`ed members at the end."""
+    top = members(src)[0][0].name.split("/", 1)[0]
+    with tarfile.open(dst, "w", format=tarfile.USTAR_FORMAT) as out:
+        for info, data in members(src):
+            name = info.name.split("/", 1)[1]
+            if name in change:
+                if change[name] is None:
+                    continue
+                data = change[name]
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+        for name, data in (add or {}).items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return dst
+
+
+def run(python: Path, verifier: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    # cwd: a directory with no Lucid in it, as on an auditor's machine
+    return subprocess.run(
+        [str(python), str(verifier), str(bundle), *args], capture_output=True, text=True, cwd=bundle.parent
+    )
+
+
+def boxes(data: bytes, at: int = 0, end: int | None = None) -> list[tuple[bytes, int, int]]:
+    """Top-level MP4 boxes: (kind, offset, size)."""
+    out, end = [], len(data) if end is None else end
+    while at < end:
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        out.append((kind, at, size))
+        at += size
+    return out
+
+
+def test_the_verifier_needs_only_the_standard_library_and_cryptography():
+    tree = ast.parse(VERIFY_PY.read_text(), feature_version=(3, 9))  # also: Python 3.9 syntax
+    found = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            found |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            assert n.level == 0, "a relative import"
+            found.add(n.module.split(".")[0])
+    assert "cryptography" in found and "lucid_assets" not in found
+    assert found - {"cryptography"} <= sys.stdlib_module_names, found - sys.stdlib_module_names
+
+
+def test_a_real_bundle_verifies_in_a_clean_virtualenv(clean_python, verifier, bundle, sealed, platform_fingerprint):
+    nothing_of_lucid = subprocess.run(
+        [str(clean_python), "-c", "import lucid_assets"], capture_output=True, text=True, cwd=bundle.parent
+    )
+    assert nothing_of_lucid.returncode != 0 and "No module named 'lucid_assets'" in nothing_of_lucid.stderr
+
+    done = run(clean_python, verifier, bundle)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert f"session      {sealed['id']}" in out
+    assert f"whole session: chunks 0..{sealed['chunk_count'] - 1}" in out
+    assert f"fingerprint  {platform_fingerprint}" in out and "NOT pinned" in out
+    for check in ("bundle", "key", "manifest", "merkle", "proofs", "checkpoints", "audit", "chunks", "mp4"):
+        assert f"OK       {check} " in out, out
+    assert out.rstrip().endswith("VERIFIED: every check passed")
+
+    pinned = run(clean_python, verifier, bundle, "--key-fingerprint", platform_fingerprint.upper(), "--json")
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    report = json.loads(pinned.stdout)
+    assert report["verdict"] == "VERIFIED" and report["problems"] == []
+    assert report["key"] == {"key_id": platform_fingerprint[:16], "fingerprint": platform_fingerprint, "pinned": True}
+    assert report["scope"]["partial"] is False and report["session_id"] == sealed["id"]
+    assert all(c["ok"] and not c["skipped"] for c in report["checks"])
+
+
+def test_two_downloads_are_byte_identical(admin, sealed, bundle):
+    again = admin.get(f"/v1/sessions/{sealed['id']}/evidence")
+    assert again.status_code == 200
+    assert hashlib.sha256(again.content).hexdigest() == hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+
+def test_a_partial_bundle_verifies_and_says_partial(platform, sealed, clean_python, verifier, tmp_path):
+    assert sealed["chunk_count"] >= 4
+    with httpx.Client(base_url=platform.url("storage"), timeout=120, headers=platform.service_headers("api")) as st:
+        r = st.get(f"/sessions/{sealed['id']}/evidence", params={"first": 1, "last": 2})
+    assert r.status_code == 200, r.text
+    part = tmp_path / "part.tar"
+    part.write_bytes(r.content)
+    done = run(clean_python, verifier, part)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"partial: chunks 1..2 of {sealed['chunk_count']}" in done.stdout
+    assert "OK       mp4 " in done.stdout
+
+    # a chunk of the session that the scope does not include is an extra file, not silently accepted
+    whole = rewrite(part, tmp_path / "extra.tar", {}, add={"chunks/00000003.ts": b"\x47" + bytes(187)})
+    done = run(clean_python, verifier, whole)
+    assert done.returncode == 1
+    assert "chunks/00000003.ts is extra: not a chunk of the bundle's scope 1..2" in done.stdout
+
+
+def _tamper_cases(f: dict[str, bytes]) -> dict:
+    """name -> (members changed, phrases the report must contain)."""
+    mp4 = f["recording.mp4"]
+    top = boxes(mp4)
+    mdats = [(at, size) for kind, at, size in top if kind == b"mdat"]
+    data_byte = mdats[1][0] + 8 + 20  # inside fragment 2's first sample (chunk 1)
+    moov = next((at, size) for kind, at, size in top if kind == b"moov")
+    tkhd = mp4.index(b"tkhd", moov[0])
+    width_byte = tkhd + 4 + 76  # the width field's integer part (fixed-point 16.16)
+    rows = f["audit.jsonl"].decode().splitlines()
+    edited = json.loads(rows[1])
+    edited["entry"]["actor"] = "key:someone-else"
+    flip = lambda data, at: data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    audit_text = lambda rs: ("\n".join(rs) + "\n").encode()
+    return {
+        "chunk dropped": ({"chunks/00000001.ts": None}, ["chunk 1 is missing", "whole session"]),
+        "chunks swapped": (
+            {"chunks/00000001.ts": f["chunks/00000002.ts"], "chunks/00000002.ts": f["chunks/00000001.ts"]},
+            ["chunk file 1 holds chunk 2 (swapped or moved)", "chunk file 2 holds chunk 1 (swapped or moved)"],
+        ),
+        "mp4 sample data": (
+            {"recording.mp4": flip(mp4, data_byte)},
+            ["recording.mp4 fragment for chunk 1 differs from the chunk (sample 0 data)"],
+        ),
+        "mp4 header": (
+            {"recording.mp4": flip(mp4, width_byte)},
+            ["recording.mp4 header differs", "moov/trak/tkhd"],
+        ),
+        "mp4 extra bytes": ({"recording.mp4": mp4 + b"\x00" * 10}, ["recording.mp4 has 10 extra bytes"]),
+        "mp4 cut short": ({"recording.mp4": mp4[:-100]}, ["recording.mp4 is shorter than the chunks make it"]),
+        "audit entry edited": (
+            {"audit.jsonl": audit_text([rows[0], json.dumps(edited), *rows[2:]])},
+            ["audit entry 1 was altered"],
+        ),
+        "audit entry removed": (
+            {"audit.jsonl": audit_text([rows[0], *rows[2:]])},
+            ["audit entry 1 does not follow entry 0 (entries removed or reordered)", "the manifest signs"],
+        ),
+        "key swapped": (
+            {
+                "signing-key.pem": Ed25519PrivateKey.generate()
+                .public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            },
+            ["key replaced: the manifest names key "],
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "chunk dropped",
+        "chunks swapped",
+        "mp4 sample data",
+        "mp4 header",
+        "mp4 extra bytes",
+        "mp4 cut short",
+        "audit entry edited",
+        "audit entry removed",
+        "key swapped",
+    ],
+)
+def test_tampering_is_named(case, bundle, clean_python, verifier, tmp_path):
+    change, phrases = _tamper_cases(files(bundle))[case]
+    bad = rewrite(bundle, tmp_path / "bad.tar", change)
+    done = run(clean_python, verifier, bad)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for phrase in phrases:
+        assert phrase in done.stdout, done.stdout
+    assert "FAILED: " in done.stdout.splitlines()[-1]
+
+
+def test_a_re_signed_bundle_is_caught_only_by_the_pinned_fingerprint(
+    bundle, clean_python, verifier, platform_fingerprint, tmp_path
+):
+    """A forger with their own key re-signs everything consistently: the bundle verifies against
+    the key it carries, and only the fingerprint (printed in full, and pinned) tells it apart."""
+    f = files(bundle)
+    forged_key = Ed25519PrivateKey.generate()
+    public = forged_key.public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    forged_fp = hashlib.sha256(raw).hexdigest()
+    change = {
+        "signing-key.pem": public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "manifest.json": canonical_json(sign(json.loads(f["manifest.json"])["body"], forged_key)),
+    }
+    for name in f:
+        if name.startswith(("checkpoints/", "manifests/")):
+            change[name] = canonical_json(sign(json.loads(f[name])["body"], forged_key))
+    table = json.loads(f["bundle.json"])
+    table["key_id"], table["key_fingerprint"] = forged_fp[:16], forged_fp
+    change["bundle.json"] = canonical_json(table)
+    forged = rewrite(bundle, tmp_path / "forged.tar", change)
+
+    unpinned = run(clean_python, verifier, forged)
+    assert unpinned.returncode == 0, unpinned.stdout
+    assert f"fingerprint  {forged_fp}  (NOT pinned" in unpinned.stdout
+    assert forged_fp != platform_fingerprint
+
+    pinned = run(clean_python, verifier, forged, "--key-fingerprint", platform_fingerprint)
+    assert pinned.returncode == 1
+    assert f"the bundle's key (fingerprint {forged_fp}) is not the key you gave with --key-fingerprint" in pinned.stdout
+
+
+def test_a_wrong_fingerprint_fails_an_untouched_bundle(bundle, clean_python, verifier, platform_fingerprint):
+    other = hashlib.sha256(b"another key").hexdigest()
+    done = run(clean_python, verifier, bundle, "--key-fingerprint", other)
+    assert done.returncode == 1
+    assert f"is not the key you gave with --key-fingerprint ({other})" in done.stdout
+    assert f"fingerprint  {platform_fingerprint}" in done.stdout
+    assert run(clean_python, verifier, bundle, "--key-fingerprint", "abc123").returncode == 2
+
+
+def test_an_audit_chain_rebuilt_after_an_edit_still_fails_at_the_signed_head(bundle, clean_python, verifier, tmp_path):
+    """Editing an entry and recomputing every hash after it makes a consistent chain, but not the
+    one whose head the manifest signs."""
+    rows = [json.loads(x) for x in files(bundle)["audit.jsonl"].decode().splitlines()]
+    rows[0]["entry"]["actor"] = "key:someone-else"
+    prev = audit.GENESIS
+    for row in rows:
+        row["prev_hash"], row["hash"] = prev, audit.entry_hash(prev, row["entry"])
+        prev = row["hash"]
+    text = b"".join(canonical_json(r) + b"\n" for r in rows)
+    done = run(clean_python, verifier, rewrite(bundle, tmp_path / "rechained.tar", {"audit.jsonl": text}))
+    assert done.returncode == 1
+    assert "the last audit entry's hash is not the head" in done.stdout
+
+
+def test_unusable_input_exits_2(clean_python, verifier, bundle, tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    done = run(clean_python, verifier, junk)
+    assert done.returncode == 2 and "not a readable tar file" in done.stderr
+    headless = rewrite(bundle, tmp_path / "headless.tar", {"manifest.json": None})
+    done = run(clean_python, verifier, headless, "--json")
+    assert done.returncode == 2
+    assert json.loads(done.stdout) == {
+        "format": "lucid-verify/1",
+        "verdict": "UNUSABLE",
+        "error": "manifest.json is missing",
+    }
