@@ -322,3 +322,79 @@ def test_unusable_input_exits_2(clean_python, verifier, bundle, tmp_path):
         "verdict": "UNUSABLE",
         "error": "manifest.json is missing",
     }
+
+
+def _forge(f: dict[str, bytes], key: Ed25519PrivateKey, body: dict, checkpoints: dict[str, dict], older: dict) -> tuple:
+    """Members of a bundle re-signed with `key`: the manifest `body`, these checkpoint bodies (by
+    file name) instead of the bundle's, these earlier manifest bodies ({version: body})."""
+    pub = key.public_key()
+    fp = hashlib.sha256(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()
+    table = json.loads(f["bundle.json"])
+    table["key_id"], table["key_fingerprint"] = fp[:16], fp
+    change = {name: None for name in f if name.startswith(("checkpoints/", "manifests/"))}
+    change |= {
+        "bundle.json": canonical_json(table),
+        "signing-key.pem": pub.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "manifest.json": canonical_json(sign(body, key)),
+    }
+    add = {f"checkpoints/{name}": canonical_json(sign(b, key)) for name, b in checkpoints.items()}
+    add |= {f"manifests/v{v}.json": canonical_json(sign(b, key)) for v, b in older.items()}
+    return change, add, fp
+
+
+def test_checkpoint_chains_and_manifest_versions(bundle, clean_python, verifier, tmp_path):
+    """A chain of three checkpoints (1, 3 and 4 chunks) and a second manifest version, signed with a
+    key of the test's own (pinned), then each link broken in turn."""
+    from lucid_assets.core import checkpoint
+
+    f = files(bundle)
+    body = json.loads(f["manifest.json"])["body"]
+    sid, leaves = body["session"]["id"], [bytes.fromhex(c["envelope_sha256"]) for c in body["chunks"]]
+    assert len(leaves) >= 4
+    key = Ed25519PrivateKey.generate()
+    cp1 = checkpoint.build(sid, leaves[:1], "2026-01-01T00:00:01+00:00", None)
+    cp3 = checkpoint.build(sid, leaves[:3], "2026-01-01T00:00:03+00:00", cp1)
+    cp4 = checkpoint.build(sid, leaves[:4], "2026-01-01T00:00:04+00:00", cp3)
+    top = cp4 if len(leaves) == 4 else checkpoint.build(sid, leaves, "2026-01-01T00:00:05+00:00", cp4)
+    chain = {checkpoint.file_name(c["tree_size"]): c for c in (cp1, cp3, cp4, top)}
+    v2 = {**body, "version": 2, "checkpoint": checkpoint.link(top, leaves)}
+    v1 = {**body, "version": 1, "checkpoint": None}
+
+    def verify(name: str, body: dict, cps: dict, older: dict) -> subprocess.CompletedProcess:
+        change, add, fp = _forge(f, key, body, cps, older)
+        return run(
+            clean_python, verifier, rewrite(bundle, tmp_path / f"{name}.tar", change, add), "--key-fingerprint", fp
+        )
+
+    done = verify("good", v2, chain, {1: v1})
+    assert done.returncode == 0, done.stdout
+    assert f"{len(chain)} checkpoints chained from the manifest back to the first" in done.stdout
+    assert "versions 1..1 present and signed" in done.stdout
+
+    done = verify("no-v1", v2, chain, {})
+    assert done.returncode == 1 and "manifest version 1 is missing" in done.stdout
+
+    done = verify("v1-as-v2", v2, chain, {1: {**v1, "version": 2}})
+    assert done.returncode == 1 and "manifests/v1.json is not version 1 of this session's manifest" in done.stdout
+
+    done = verify("gap", v2, {k: v for k, v in chain.items() if v is not cp3}, {1: v1})
+    assert done.returncode == 1 and "checkpoint 3, which checkpoint 4 links, is missing" in done.stdout
+
+    bad3 = {**cp3, "previous": {**cp3["previous"], "consistency": [bytes(32).hex()]}}
+    done = verify("bad-proof", v2, {**chain, checkpoint.file_name(3): bad3}, {1: v1})
+    assert done.returncode == 1 and "checkpoint 3's consistency proof from checkpoint 1 does not verify" in done.stdout
+
+    stray = checkpoint.build(sid, leaves[:2], "2026-01-01T00:00:02+00:00", cp1)
+    done = verify("stray", v2, {**chain, checkpoint.file_name(2): stray}, {1: v1})
+    assert (
+        done.returncode == 1 and "checkpoints/00000002.json is not part of the chain the manifest signs" in done.stdout
+    )
+
+    rewritten = [leaves[0], hashlib.sha256(b"another chunk").digest(), *leaves[2:]]
+    other1 = checkpoint.build(sid, rewritten[:1], "2026-01-01T00:00:01+00:00", None)
+    other3 = checkpoint.build(sid, rewritten[:3], "2026-01-01T00:00:03+00:00", other1)
+    forked = {**chain, checkpoint.file_name(3): other3}
+    done = verify("fork", v2, forked, {1: v1})
+    assert done.returncode == 1 and "checkpoint 3 is not the one checkpoint 4 links (its root differs)" in done.stdout
