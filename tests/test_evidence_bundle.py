@@ -120,10 +120,31 @@ def test_partial_bundle_and_scoped_exports(storage, admin, sealed):
     assert storage.get(f"/sessions/{sid}/evidence", params={"first": -1}).status_code == 422
 
 
+def test_gateway_relays_downloads_whole_and_in_ranges(admin, sealed):
+    """The gateway's plain-socket relay (peers.download): status, headers and bytes pass through."""
+    sid = sealed["id"]
+    whole = admin.get(f"/v1/sessions/{sid}/recording.mp4")
+    assert whole.status_code == 200 and int(whole.headers["content-length"]) == len(whole.content)
+    head = admin.head(f"/v1/sessions/{sid}/recording.mp4")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == whole.headers["content-length"] and head.headers["etag"]
+    part = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": "bytes=100-4195"})
+    assert part.status_code == 206 and part.content == whole.content[100:4196]
+    assert part.headers["content-range"] == f"bytes 100-4195/{len(whole.content)}"
+    bad = admin.get(f"/v1/sessions/{sid}/recording.mp4", headers={"Range": f"bytes={len(whole.content) + 5}-"})
+    assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(whole.content)}"
+    with admin.stream("GET", f"/v1/sessions/{sid}/evidence") as r:  # a client that leaves early
+        assert r.status_code == 200
+        next(r.iter_raw(1024))
+    assert admin.get(f"/v1/sessions/{sid}/evidence").content == admin.get(f"/v1/sessions/{sid}/evidence").content
+
+
 def test_only_a_sealed_session_has_evidence(storage, admin):
     sid = create(admin, "not sealed")
     r = storage.get(f"/sessions/{sid}/evidence")
     assert r.status_code == 409 and r.json()["error"] == "not_sealed", r.text
+    relayed = admin.get(f"/v1/sessions/{sid}/evidence")  # the peer's JSON error, through the relay
+    assert relayed.status_code == 409 and relayed.json()["error"] == "not_sealed", relayed.text
     assert storage.get(f"/sessions/{os.urandom(16).hex()[:8]}-0000-4000-8000-000000000000/evidence").status_code in (
         404,
         422,

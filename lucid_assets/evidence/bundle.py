@@ -98,6 +98,7 @@ class EvidenceBundle:
     in. `first`/`last` limit the chunks (and the MP4) to a contiguous run of seqs; `window_ms` is
     the share window they were chosen for (recorded in bundle.json, not checked here)."""
 
+    # long: the bundle's members in FORMAT.md §10's order, each sized before the first byte goes out
     def __init__(
         self,
         store: ChunkStore,

@@ -54,21 +54,6 @@ def _result(r: httpx.Response, raw: bool):
     return r.json() if r.content else None
 
 
-async def stream(method: str, url: str, **kwargs):
-    """Open a streamed response from a peer; errors are raised like call()'s. The caller iterates
-    `aiter_raw()` and must `aclose()` it."""
-    req = client().build_request(method, url, **kwargs)
-    try:
-        r = await client().send(req, stream=True)
-    except httpx.HTTPError as exc:
-        raise _unreachable(url, exc) from None
-    if r.status_code >= 400:
-        await r.aread()
-        await r.aclose()
-        _result(r, True)
-    return r
-
-
 class Download:
     """A peer's response head, and its body still on the connection (see `download`)."""
 

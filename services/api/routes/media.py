@@ -4,6 +4,7 @@ let a <video> element use them without the API key."""
 from __future__ import annotations
 
 import math
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,7 +16,8 @@ from lucid_assets.core.states import ENDED, Note, ShareUse
 from lucid_assets.models import Playlist
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError
 from services.common.ids import Seq, SessionId
-from services.common.peers import call, stream
+from services.common.peers import call, download
+from services.common.streaming import RelayResponse
 
 from .. import links, shares
 from ..auth import Principal, authenticate, bearer, principal_by_key_id, viewer
@@ -181,28 +183,23 @@ async def _export(gw, session_id: str, what: ShareUse, request: Request, who: Ac
     else:
         await run_in_threadpool(gw.pipeline.session, session_id)  # 404 for unknown sessions
     forward = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range")}
-    url = f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}"
-    r = await stream(request.method, url, headers=forward, params=params)
-    headers = {k: v for k, v in r.headers.items() if k.lower() in PASSED_BACK}
-    if request.method == "HEAD":
-        await r.aclose()
-        return Response(status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
-    if _from_start(request):
+    query_params = dict(params)
+    if what == ShareUse.EVIDENCE and isinstance(who, shares.Grant) and who.window is not None:
+        query_params.update(from_ms=who.window.from_ms, to_ms=who.window.to_ms)  # stated in bundle.json
+    query = f"?{urlencode(query_params)}" if query_params else ""
+    r = await download(request.method, f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}{query}", forward)
+    if _from_start(request) and request.method != "HEAD":
         try:
             await run_in_threadpool(_audit_download, gw, session_id, what, who, params)
         except BaseException:
-            await r.aclose()
+            r.close()
             raise
-
-    async def body():
-        try:
-            async for part in r.aiter_raw():
-                yield part
-        finally:
-            await r.aclose()
-
-    return StreamingResponse(
-        body(), status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers
+    return RelayResponse(
+        r,
+        status_code=r.status_code,
+        media_type=r.headers.get("content-type"),
+        headers={k: v for k, v in r.headers.items() if k.lower() in PASSED_BACK},
+        head=request.method == "HEAD",
     )
 
 
