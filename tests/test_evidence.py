@@ -6,6 +6,7 @@ kind must be named by the verifier. The bundle's production is tested in test_ev
 import ast
 import base64
 import hashlib
+import importlib.util
 import io
 import json
 import shutil
@@ -398,3 +399,49 @@ def test_checkpoint_chains_and_manifest_versions(bundle, clean_python, verifier,
     forked = {**chain, checkpoint.file_name(3): other3}
     done = verify("fork", v2, forked, {1: v1})
     assert done.returncode == 1 and "checkpoint 3 is not the one checkpoint 4 links (its root differs)" in done.stdout
+
+
+def test_a_share_windows_bundle_verifies_as_partial(platform, admin, sealed, clean_python, verifier, tmp_path):
+    """The flow of an outside recipient: a share link with a window that may download, its media
+    link to the evidence, no API key; the bundle proves the window's chunks only, and says so."""
+    sid = sealed["id"]
+    made = admin.post(
+        f"/v1/sessions/{sid}/shares", json={"window": {"from_ms": 2500, "to_ms": 4500}, "may_download": True}
+    )
+    assert made.status_code == 201, made.text
+    with httpx.Client(base_url=platform.url("api"), timeout=60) as anyone:
+        links = anyone.post("/v1/share/links", headers={"Authorization": f"Bearer {made.json()['token']}"})
+        assert links.status_code == 200, links.text
+        r = anyone.get(links.json()["evidence"])
+    assert r.status_code == 200, r.text
+    path = tmp_path / "shared.tar"
+    path.write_bytes(r.content)
+    done = run(clean_python, verifier, path, "--json")
+    assert done.returncode == 0, done.stdout
+    scope = json.loads(done.stdout)["scope"]
+    assert (scope["partial"], scope["first_seq"], scope["last_seq"]) == (True, 1, 2)
+    assert f"partial: chunks 1..2 of {sealed['chunk_count']}" in run(clean_python, verifier, path).stdout
+
+
+def test_any_damaged_signed_member_is_a_problem_never_a_crash(bundle, tmp_path, capsys):
+    """One bit flipped at spread-out places of every signed or checked document: each is reported
+    (exit 1, or 2 for a manifest that no longer parses), and nothing ends in a traceback."""
+    spec = importlib.util.spec_from_file_location("shipped_verify", VERIFY_PY)
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    f = files(bundle)
+    checked = [n for n in f if n.endswith((".json", ".jsonl", ".pem"))]
+    assert {"manifest.json", "audit.jsonl", "signing-key.pem", "bundle.json", "proofs/00000000.json"} <= set(checked)
+    runs = 0
+    for name in checked:
+        data = f[name]
+        for at in range(0, len(data), max(1, len(data) // 9)):
+            bad = rewrite(
+                bundle, tmp_path / "flipped.tar", {name: data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]}
+            )
+            code = verify.main([str(bad), "--json"])
+            out = capsys.readouterr()
+            assert "Traceback" not in out.err, (name, at, out.err)
+            assert code in (1, 2), (name, at, out.out)
+            runs += 1
+    assert runs >= 9 * len(checked)

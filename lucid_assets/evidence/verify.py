@@ -20,10 +20,11 @@ import re
 import struct
 import sys
 import tarfile
+import traceback
 from collections import Counter
 
 try:
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 except ImportError:  # pragma: no cover - the one dependency
@@ -33,6 +34,9 @@ BUNDLE_FORMAT = "lucid-evidence/1"
 MANIFEST_FORMAT = "lucid-manifest/1"
 CHECKPOINT_FORMAT = "lucid-checkpoint/1"
 GENESIS = "0" * 64
+HEX64 = re.compile("[0-9a-f]{64}")
+TABLE_KEYS = {"format", "session_id", "scope", "key_id", "audit", "mp4_size"}
+SCOPE_KEYS = {"first_seq", "last_seq", "chunk_count", "window_ms"}
 CHECKS = ("bundle", "key", "manifest", "merkle", "proofs", "checkpoints", "audit", "chunks", "mp4")
 
 
@@ -125,9 +129,9 @@ def consistent(size1: int, size2: int, proof: list, root1: bytes, root2: bytes) 
 
 
 def hexes(values) -> list:
-    """A list of hex strings as bytes (ValueError when it is not one)."""
-    if not isinstance(values, list):
-        raise ValueError("not a list")
+    """A list of SHA-256 digests in lowercase hex as bytes (ValueError when it is not one)."""
+    if not isinstance(values, list) or not all(isinstance(v, str) and HEX64.fullmatch(v) for v in values):
+        raise ValueError("not a list of SHA-256 digests in lowercase hex")
     return [bytes.fromhex(v) for v in values]
 
 
@@ -219,7 +223,10 @@ def signature_problem(doc, key, key_id: str):
     if key is None:
         return "cannot be checked: the bundle has no usable public key"
     try:
-        key.verify(base64.b64decode(sig["value"], validate=True), canonical_json(doc["body"]))
+        value = base64.b64decode(sig["value"], validate=True)
+        if base64.b64encode(value).decode() != sig["value"]:  # bits base64 ignores: still an edit
+            return "has a signature value that is not in canonical base64 (edited)"
+        key.verify(value, canonical_json(doc["body"]))
     except InvalidSignature:
         return "has a signature that does not match its body (altered, or signed by another key)"
     except (KeyError, TypeError, ValueError) as exc:
@@ -751,7 +758,7 @@ class Verifier:
             return
         try:
             key = serialization.load_pem_public_key(pem)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             c.problem(f"signing-key.pem is not a public key ({exc})")
             return
         if not isinstance(key, Ed25519PublicKey):
@@ -809,7 +816,18 @@ class Verifier:
         for name in sorted(self.b.members):
             if not KNOWN.fullmatch(name):
                 c.problem(f"{name} is not a file a {BUNDLE_FORMAT} bundle has")
+        self._table_form(c, t, scope)
         c.detail = f"{len(self.b.members)} files, table of contents consistent with the manifest"
+
+    def _table_form(self, c: Check, t: dict, scope: dict) -> None:
+        """bundle.json is unsigned: it must at least be exactly the table the format defines."""
+        if self.b.read("bundle.json") != canonical_json(t):
+            c.problem("bundle.json is not in canonical JSON form (edited)")
+        if not TABLE_KEYS <= set(t) <= TABLE_KEYS | {"key_fingerprint"} or set(scope) != SCOPE_KEYS:
+            c.problem("bundle.json does not have the fields of a lucid-evidence/1 table of contents (edited)")
+        w = scope.get("window_ms")
+        if w is not None and not (isinstance(w, list) and len(w) == 2 and all(map(is_int, w)) and 0 <= w[0] < w[1]):
+            c.problem(f"bundle.json's window_ms {w!r} is not a [from, to) range of milliseconds")
 
     def check_manifest(self) -> None:
         c, body = self.checks["manifest"], self.body
@@ -843,7 +861,8 @@ class Verifier:
                 c.problem(f"{name} {why}" if not why.startswith(name) else why)
                 continue
             b = doc["body"]
-            if (b.get("session") or {}).get("id") != self.sid or b.get("version") != v:
+            named = b["session"].get("id") if isinstance(b.get("session"), dict) else None
+            if named != self.sid or b.get("version") != v:
                 c.problem(f"{name} is not version {v} of this session's manifest (moved or replaced)")
         c.detail = (
             f"{MANIFEST_FORMAT} version {version} for session {self.sid}, signed"
@@ -971,13 +990,16 @@ class Verifier:
             c.problem("audit.jsonl is missing")
             return
         rows = []
-        for k, line in enumerate(data.decode("utf-8", "replace").splitlines()):
+        lines = data.split(b"\n")  # one row per line, each ending in a newline (no other line breaks)
+        if lines[-1]:
+            c.problem("audit.jsonl does not end with a newline (cut short or appended to)")
+        for k, line in enumerate(lines[:-1]):
             try:
-                row = json.loads(line)
+                row = json.loads(line.decode("utf-8"))
                 if not isinstance(row, dict) or not isinstance(row.get("entry"), dict):
                     raise ValueError
                 rows.append(row)
-            except ValueError:
+            except ValueError:  # also UnicodeDecodeError
                 c.problem(f"line {k + 1} of audit.jsonl is not an audit row (damaged)")
                 return
         prev = GENESIS
@@ -1000,7 +1022,7 @@ class Verifier:
             c.problem("the manifest signs no audit summary")
         elif count != len(rows):
             c.problem(f"audit.jsonl has {len(rows)} entries, the manifest signs {count}")
-        elif (rows[-1]["hash"] if rows else GENESIS) != head and count:
+        elif (rows[-1].get("hash") if rows else GENESIS) != head and count:
             c.problem(f"the last audit entry's hash is not the head {head} the manifest signs")
         c.detail = f"{len(rows)} entries chained from the first to the head the manifest signs"
 
@@ -1039,7 +1061,7 @@ class Verifier:
             if mp4 is not None and stopped is None:
                 try:
                     mp4.add(seq, Chunk(data))
-                except ChunkError as exc:
+                except (ChunkError, IndexError, ValueError, struct.error) as exc:
                     m.problem(f"chunk {seq} does not give MP4 samples: {exc}")
                     stopped = f"chunk {seq} is not H.264 in MPEG-TS"
         want = {f"chunks/{seq:08d}.ts" for seq in self.scope}
@@ -1135,7 +1157,10 @@ def main(argv=None) -> int:
     try:
         v = Verifier(Bundle(args.bundle), pinned)
         v.run()
-    except Unusable as exc:
+    except Exception as exc:  # whatever the input: a verdict and exit 2 (with the traceback for a bug report)
+        if not isinstance(exc, Unusable):
+            traceback.print_exc()
+            exc = Unusable(f"the bundle could not be read ({type(exc).__name__}: {exc})")
         if args.json:
             print(json.dumps({"format": "lucid-verify/1", "verdict": "UNUSABLE", "error": str(exc)}))
         else:
