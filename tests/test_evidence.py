@@ -426,9 +426,7 @@ def test_a_share_windows_bundle_verifies_as_partial(platform, admin, sealed, cle
 def test_any_damaged_signed_member_is_a_problem_never_a_crash(bundle, tmp_path, capsys):
     """One bit flipped at spread-out places of every signed or checked document: each is reported
     (exit 1, or 2 for a manifest that no longer parses), and nothing ends in a traceback."""
-    spec = importlib.util.spec_from_file_location("shipped_verify", VERIFY_PY)
-    verify = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(verify)
+    verify = _load_verify()
     f = files(bundle)
     checked = [n for n in f if n.endswith((".json", ".jsonl", ".pem"))]
     assert {"manifest.json", "audit.jsonl", "signing-key.pem", "bundle.json", "proofs/00000000.json"} <= set(checked)
@@ -445,3 +443,83 @@ def test_any_damaged_signed_member_is_a_problem_never_a_crash(bundle, tmp_path, 
             assert code in (1, 2), (name, at, out.out)
             runs += 1
     assert runs >= 9 * len(checked)
+
+
+def _load_verify():
+    spec = importlib.util.spec_from_file_location("verify_under_test", VERIFY_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bframe_chunk(path: Path, size: tuple[int, int]) -> bytes:
+    """One MPEG-TS chunk of libx264 with B-frames (presentation order differs from decode order),
+    which the recorder's zero-latency encoder never makes."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as out:
+        st = out.add_stream("libx264", rate=10)
+        st.width, st.height, st.pix_fmt = size[0], size[1], "yuv420p"
+        st.options = {"preset": "veryfast", "bframes": "2", "g": "30"}
+        src = av.open(f"testsrc2=size={size[0]}x{size[1]}:rate=10", format="lavfi")
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == 25:
+                break
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+        src.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("size", [(176, 144), (642, 362), (1920, 1080), "bframes"])
+def test_the_mp4_it_derives_is_the_platforms_own(size, tmp_path):
+    """The verifier's pure-Python MP4 (TS demux, SPS picture size with cropping, fragments) is the
+    one the platform builds with PyAV and NumPy (playback.chunk_plan, build_fragment, fmp4.Layout),
+    byte for byte, for picture sizes that need cropping and for a stream with B-frames."""
+    from lucid_assets import playback
+    from lucid_assets.core import fmp4
+    from tests.helpers import record_segments
+
+    if size == "bframes":
+        chunks = [_bframe_chunk(tmp_path / "b.ts", (320, 240))]
+    else:
+        segs = record_segments(tmp_path / "segs", fps=5, seconds=3, chunk_seconds=1, size=size, pattern="testsrc2")
+        chunks = [Path(s.path).read_bytes() for s in segs]
+    plans = [playback.chunk_plan(c, b"\x00" * 16) for c in chunks]
+    first = plans[0]
+    layout = fmp4.Layout.build([p.index for p in plans], first.sps, first.pps, first.width, first.height)
+    mp4 = tmp_path / "recording.mp4"
+    with mp4.open("wb") as f:
+        f.write(layout.header(first.sps, first.pps, first.width, first.height))
+        for i, (p, c) in enumerate(zip(plans, chunks)):
+            f.write(playback.build_fragment(p, c, i + 1, p.index.dts0 - layout.t0, layout.next_dts(i)))
+    if size == "bframes":
+        assert any(s.pts != s.dts for s in first.samples)
+
+    verify = _load_verify()
+    derived = [verify.Chunk(c) for c in chunks]
+    assert verify.sps_size(derived[0].sps) == (first.width, first.height)
+    with mp4.open("rb") as f:
+        comparison = verify.Mp4Comparison(f, mp4.stat().st_size, len(chunks))
+        for seq, d in enumerate(derived):
+            comparison.add(seq, d)
+        comparison.finish()
+    assert comparison.problem() is None
+    assert comparison.offset == mp4.stat().st_size
+
+    # and the comparison does see a change in the time of one sample
+    data = bytearray(mp4.read_bytes())
+    at = layout.offsets()[-1] + 88 + 16 * 1 + 12  # the last fragment, sample 1's composition offset
+    data[at + 3] ^= 0x01
+    mp4.write_bytes(bytes(data))
+    with mp4.open("rb") as f:
+        comparison = verify.Mp4Comparison(f, len(data), len(chunks))
+        for seq, d in enumerate(derived):
+            comparison.add(seq, d)
+        comparison.finish()
+    assert (
+        comparison.problem()
+        == f"recording.mp4 fragment for chunk {len(chunks) - 1} differs from the chunk (sample 1 time)"
+    )
