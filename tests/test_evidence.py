@@ -145,6 +145,8 @@ def test_a_real_bundle_verifies_in_a_clean_virtualenv(clean_python, verifier, bu
         assert f"OK       {check} " in out, out
     assert out.rstrip().endswith("VERIFIED: every check passed")
 
+    shown = run(clean_python, verifier, bundle, "--key-fingerprint", platform_fingerprint)
+    assert f"fingerprint  {platform_fingerprint}  (matches --key-fingerprint)" in shown.stdout
     pinned = run(clean_python, verifier, bundle, "--key-fingerprint", platform_fingerprint.upper(), "--json")
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
     report = json.loads(pinned.stdout)
@@ -283,6 +285,7 @@ def test_a_re_signed_bundle_is_caught_only_by_the_pinned_fingerprint(
 
     pinned = run(clean_python, verifier, forged, "--key-fingerprint", platform_fingerprint)
     assert pinned.returncode == 1
+    assert f"fingerprint  {forged_fp}  (does NOT match --key-fingerprint)" in pinned.stdout
     assert f"the bundle's key (fingerprint {forged_fp}) is not the key you gave with --key-fingerprint" in pinned.stdout
 
 

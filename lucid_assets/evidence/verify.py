@@ -1117,11 +1117,12 @@ def render(v: Verifier) -> str:
             scope += f" (a share window, ms {s['window_ms'][0]}..{s['window_ms'][1]} of the recording)"
     else:
         scope = f"whole session: chunks 0..{s['chunk_count'] - 1} ({s['chunk_count']} chunks)"
-    pin = (
-        "pinned with --key-fingerprint"
-        if v.pinned
-        else "NOT pinned: compare this fingerprint with the one the operator publishes"
-    )
+    if not v.pinned:
+        pin = "NOT pinned: compare this fingerprint with the one the operator publishes"
+    elif v.pinned == v.fingerprint:
+        pin = "matches --key-fingerprint"
+    else:
+        pin = "does NOT match --key-fingerprint"
     lines = [
         f"Lucid evidence bundle {d['bundle']}",
         f"session      {d['session_id']}" + (f"  ({d['session_name']})" if d["session_name"] else ""),
