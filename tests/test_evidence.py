@@ -219,6 +219,10 @@ def _tamper_cases(f: dict[str, bytes]) -> dict:
             {"audit.jsonl": audit_text([rows[0], *rows[2:]])},
             ["audit entry 1 does not follow entry 0 (entries removed or reordered)", "the manifest signs"],
         ),
+        "audit entries reordered": (
+            {"audit.jsonl": audit_text([rows[0], rows[2], rows[1], *rows[3:]])},
+            ["audit line 2 holds entry 2 (entries removed or reordered)", "audit entry 1 does not follow entry 0"],
+        ),
         "key swapped": (
             {
                 "signing-key.pem": Ed25519PrivateKey.generate()
@@ -241,6 +245,7 @@ def _tamper_cases(f: dict[str, bytes]) -> dict:
         "mp4 cut short",
         "audit entry edited",
         "audit entry removed",
+        "audit entries reordered",
         "key swapped",
     ],
 )
