@@ -722,7 +722,8 @@ class Verifier:
         first, last = scope.get("first_seq"), scope.get("last_seq")
         self.scope_ok = is_int(first) and is_int(last) and 0 <= first <= last < self.n
         self.first, self.last = (first, last) if self.scope_ok else (0, self.n - 1)
-        self.window = scope.get("window_ms")
+        w = scope.get("window_ms")  # shown only when it is a range (the bundle check names anything else)
+        self.window = w if isinstance(w, list) and len(w) == 2 and all(map(is_int, w)) else None
         self.partial = self.scope_ok and (self.first, self.last) != (0, self.n - 1)
         self.key = None
         self.key_id = self.fingerprint = "?"
