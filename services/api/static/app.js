@@ -153,7 +153,8 @@ async function verify() {
 }
 
 // ---- Sharing (operators): POST/GET/DELETE /v1/sessions/{id}/shares. A new link is shown once.
-const windowText = (w) => (w ? `${secs(w.from_ms)}–${secs(w.to_ms)}` : "whole recording");
+const clock = (ms) => `${Math.floor(ms / 60000)}:${((ms % 60000) / 1000).toFixed(1).padStart(4, "0")}`;
+const windowText = (w) => (w ? `${clock(w.from_ms)}–${clock(w.to_ms)}` : "whole recording");
 
 function closeSharePanel() {
   $("#share-panel").hidden = true;
