@@ -427,8 +427,9 @@ def test_a_share_windows_bundle_verifies_as_partial(platform, admin, sealed, cle
     done = run(clean_python, verifier, path, "--json")
     assert done.returncode == 0, done.stdout
     scope = json.loads(done.stdout)["scope"]
-    assert (scope["partial"], scope["first_seq"], scope["last_seq"]) == (True, 1, 2)
-    assert f"partial: chunks 1..2 of {sealed['chunk_count']}" in run(clean_python, verifier, path).stdout
+    assert (scope["partial"], scope["first_seq"], scope["last_seq"], scope["window_ms"]) == (True, 1, 2, [2500, 4500])
+    shown = f"partial: chunks 1..2 of {sealed['chunk_count']} (a share window, ms 2500..4500 of the recording)"
+    assert shown in run(clean_python, verifier, path).stdout
 
 
 def test_any_damaged_signed_member_is_a_problem_never_a_crash(bundle, tmp_path, capsys):
