@@ -137,6 +137,13 @@ def test_windowed_share_plays_only_its_window(platform, admin, recorded, browser
     # may_download is false: no evidence bundle, no MP4
     assert not visible(browser, "#shared-evidence") and not visible(browser, "#shared-mp4")
     assert browser.js("window.__problems") == []
+    # revoked while open: the player's next media request is refused, a fatal hls.js error, and the
+    # page stops the player with the same message
+    assert admin.delete(f"/v1/sessions/{sid}/shares/{share['id']}").status_code == 200
+    browser.js("state.hls.loadSource(state.hls.url)")
+    browser.wait_for(VISIBLE.format(sel="#shared-invalid"))
+    assert not visible(browser, "#shared") and not visible(browser, "#error")
+    assert browser.js(f"{VIDEO}.paused && {VIDEO}.readyState === 0")
 
 
 def test_operator_makes_and_revokes_a_share_in_the_viewer(platform, admin, keys_by_role, recorded, browser, artifacts):
