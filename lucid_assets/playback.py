@@ -419,10 +419,15 @@ class Mp4Export:
 
 def coalesce(parts: Iterable[bytes | memoryview], at_least: int = 1 << 20) -> Iterator[bytes | memoryview]:
     """Join small pieces into writes of at least `at_least` bytes: each piece a streamed response
-    sends costs a hop to a worker thread and a socket write, which dominates for small chunks."""
+    sends costs a hop to a worker thread and a socket write, which dominates for small chunks.
+    A large piece is never copied into a batch: the small ones before it go out first (an evidence
+    bundle's 512-byte tar header before each chunk cost a copy of the whole chunk)."""
     batch, size = [], 0
     for part in parts:
-        if not batch and len(part) >= at_least:
+        if len(part) >= at_least:
+            if batch:
+                yield b"".join(batch) if len(batch) > 1 else batch[0]
+                batch, size = [], 0
             yield part
             continue
         batch.append(part)

@@ -261,6 +261,9 @@ def test_coalesce_joins_small_pieces_and_passes_large_ones():
     assert out == [b"a" * 10 + b"b" * 10 + b"c" * 10, big, b"d" * 5]
     assert out[1] is big  # no copy for a piece that is large enough alone
     assert b"".join(coalesce([b"q"] * 1000, at_least=64)) == b"q" * 1000
+    header, body = b"h" * 5, memoryview(b"y" * 100)  # a tar header before a chunk: the chunk is not copied
+    out = list(coalesce([header, body, b"p" * 3], at_least=25))
+    assert out == [header, body, b"p" * 3] and out[1] is body
 
 
 def test_layout_facts_are_cached_per_manifest_and_a_replaced_envelope_is_still_caught(mp4_session):
