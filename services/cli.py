@@ -1,12 +1,16 @@
-"""`lucid`: run the embedded platform, run the demo, verify a session."""
+"""`lucid`: run the embedded platform, run the demo, verify a session, export its evidence."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import xmlrpc.client
 from pathlib import Path
@@ -246,6 +250,34 @@ def cmd_verify(args) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_evidence(args) -> int:
+    """Download a sealed session's evidence bundle (streamed to FILE.part, then renamed), print its
+    SHA-256 (quotable: the bundle is deterministic) and, with --check, run the verifier it carries."""
+    api = _api(args)
+    out = Path(args.output or f"lucid-evidence-{args.session}.tar")
+    part, digest = out.with_name(out.name + ".part"), hashlib.sha256()
+    try:
+        with api.http.stream("GET", f"/v1/sessions/{args.session}/evidence") as r:
+            if r.status_code >= 400:
+                r.read()
+                raise SystemExit(f"lucid: evidence of {args.session} -> {r.status_code} {r.text}")
+            with part.open("wb") as f:
+                for piece in r.iter_raw(1 << 20):
+                    f.write(piece)
+                    digest.update(piece)
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise SystemExit(f"lucid: the download stopped ({type(exc).__name__}); nothing was kept") from None
+    part.replace(out)
+    print(f"{out}: {out.stat().st_size} bytes, sha256 {digest.hexdigest()}")
+    if not args.check:
+        return 0
+    with tarfile.open(out) as tar, tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "verify.py"
+        script.write_bytes(tar.extractfile(f"lucid-evidence-{args.session}/verify.py").read())
+        return subprocess.run([sys.executable, str(script), str(out)]).returncode
+
+
 def cmd_keys(args) -> int:
     from lucid_assets.keyring import Keyring, prune_retired, rotate_kek
     from lucid_assets.store import ChunkStore
@@ -355,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--dagster-port", type=int, default=PORTS["dagster-webserver"], help="the Dagster UI's port")
     up.set_defaults(fn=cmd_up)
-    for name, fn in (("demo", cmd_demo), ("verify", cmd_verify)):
+    for name, fn in (("demo", cmd_demo), ("verify", cmd_verify), ("evidence", cmd_evidence)):
         c = sub.add_parser(name)
         c.add_argument("--api", default=settings.api_url)
         c.add_argument("--key", default=None)
@@ -367,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--chunk-seconds", type=int, default=10)
     demo.add_argument("--timeout", type=float, default=300)
     sub.choices["verify"].add_argument("session")
+    ev = sub.choices["evidence"]
+    ev.add_argument("session")
+    ev.add_argument("-o", "--output", help="where to write the bundle (default lucid-evidence-<session>.tar)")
+    ev.add_argument("--check", action="store_true", help="then run the verifier the bundle carries")
     mig = sub.add_parser("migrate", help="bring the pipeline and API-key databases to this release's schema")
     mig.set_defaults(fn=cmd_migrate)
     keys_p = sub.add_parser("keys", help="rotate the key-encryption key, rewrap data keys, prune retired keys")

@@ -159,3 +159,17 @@ def test_merkle_tree_paths_match_rfc6962_paths():
         assert [tree.path(m) for m in range(n)] == [merkle.inclusion_proof(m, leaves) for m in range(n)]
     with pytest.raises(IndexError):
         merkle.Tree([b"x" * 32]).path(1)
+
+
+def test_cli_downloads_and_checks_a_bundle(platform, admin, sealed, tmp_path, capfd):
+    from services import cli
+
+    sid, out = sealed["id"], tmp_path / "bundle.tar"
+    common = ["evidence", "--api", platform.url("api"), "--key", "test-admin-key-0123456789abcdef"]
+    assert cli.main([*common, sid, "-o", str(out), "--check"]) == 0
+    printed = capfd.readouterr().out  # the verifier runs as a child process
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}" in printed and "VERIFIED" in printed
+    unsealed = create(admin, "cli not sealed")
+    with pytest.raises(SystemExit, match="409"):
+        cli.main([*common, unsealed, "-o", str(tmp_path / "none.tar")])
+    assert not list(tmp_path.glob("none.tar*"))  # nothing kept of a refused download
