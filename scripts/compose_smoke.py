@@ -18,6 +18,8 @@ shared/tools/container-env (stand-in base images). Prints the numbers the closin
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -233,6 +236,39 @@ def insiders_refused(env: dict) -> str | None:
     return f"internal services answered a caller without a token: {wrong}" if wrong else None
 
 
+def evidence_through_a_share(api: Api, sid: str, numbers: dict) -> str | None:
+    """A share link (no API key) downloads the session's evidence bundle, and the verifier the
+    bundle carries passes it with the key's fingerprint pinned from the API."""
+    share = api.call("POST", f"/v1/sessions/{sid}/shares", {"expires_in": 600, "may_download": True})
+    holder = Api(api.base, share["token"])
+    links = holder.call("POST", "/v1/share/links")
+    if not links.get("evidence"):
+        return f"a share that may download got no evidence link: {links}"
+    bundle = holder.call("GET", links["evidence"], raw=True)
+    key = api.call("GET", "/v1/keys/signing")
+    fingerprint = hashlib.sha256(base64.b64decode(key["public_key"])).hexdigest()
+    python = ROOT / ".venv" / "bin" / "python"  # the verifier needs `cryptography` (the tests' venv has it)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bundle.tar"
+        path.write_bytes(bundle)
+        with tarfile.open(path) as tar:
+            (Path(tmp) / "verify.py").write_bytes(tar.extractfile(f"lucid-evidence-{sid}/verify.py").read())
+        out = subprocess.run(
+            [str(python if python.exists() else sys.executable), str(Path(tmp) / "verify.py"), str(path)]
+            + ["--key-fingerprint", fingerprint],
+            capture_output=True,
+            text=True,
+        )
+    if out.returncode != 0 or "VERIFIED" not in out.stdout:
+        return f"the evidence bundle did not verify (exit {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+    events = api.call("GET", f"/v1/sessions/{sid}/events")["items"]
+    uses = [(e["entry"].get("detail") or {}).get("what") for e in events]
+    if "evidence" not in uses:
+        return f"the share's evidence download is not in the audit log: {uses}"
+    numbers["evidence_bytes"] = len(bundle)
+    return None
+
+
 def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -357,6 +393,10 @@ def main() -> int:
             say(f"expected at least 2 chunks and an MP4, got {len(chunks)} chunks, {mp4[:8]!r}")
             return 1
         numbers.update(chunks=len(chunks), mp4_bytes=len(mp4), verify=report["status"])
+        problem = evidence_through_a_share(api, sid, numbers)
+        if problem:
+            say(problem)
+            return 1
         wrong = lake_is_clean(env)
         if wrong:
             say(f"the Iceberg catalog: {wrong}")
