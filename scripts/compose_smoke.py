@@ -260,7 +260,7 @@ def evidence_through_a_share(api: Api, sid: str, numbers: dict) -> str | None:
             text=True,
         )
     if out.returncode != 0 or "VERIFIED" not in out.stdout:
-        return f"the evidence bundle did not verify (exit {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+        return f"the evidence bundle did not verify (exit {out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-2000:]}"
     events = api.call("GET", f"/v1/sessions/{sid}/events")["items"]
     uses = [(e["entry"].get("detail") or {}).get("what") for e in events]
     if "evidence" not in uses:
