@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import queue
+import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -165,6 +168,7 @@ def bare_server(data: Path, sid: str, runs: int, decrypt: bool) -> float:
             producer.join()
 
     best = 0.0
+    cpu0, curl0 = time.process_time(), children_cpu_s()
     with srv:
         for _ in range(runs):
             t = threading.Thread(target=serve)
@@ -172,7 +176,15 @@ def bare_server(data: Path, sid: str, runs: int, decrypt: bool) -> float:
             _, secs, n = export(f"http://127.0.0.1:{srv.getsockname()[1]}/")
             t.join()
             best = max(best, n / secs)
+    mb = size * runs / 1e6
+    BARE_CPU[decrypt] = {
+        "server": (time.process_time() - cpu0) * 1000 / mb,
+        "curl": (children_cpu_s() - curl0) * 1000 / mb,
+    }
     return best
+
+
+BARE_CPU: dict[bool, dict[str, float]] = {}  # CPU ms per MB of the last bare_server run, by `decrypt`
 
 
 def mp4_build_rate(data: Path, sid: str) -> float:
@@ -187,15 +199,52 @@ def mp4_build_rate(data: Path, sid: str) -> float:
 TARGETS = {"ts": 0.8, "mp4": 0.6, "evidence": 0.8}  # x bare socket decrypting (issue 16)
 
 
-def measure(url: str, headers: dict[str, str], pid: int, runs: int) -> tuple[float, float, float, int]:
-    """(bytes/s best of runs, median first byte, peak memory growth MB of `pid`, bytes)."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+@dataclass
+class Measured:
+    rate: float  # bytes/s, best of the runs
+    ttfb: float  # median first byte, s
+    growth: float  # peak memory growth of the first serving process, MB
+    size: int  # bytes per download
+    cpu: dict[str, float]  # CPU ms per MB downloaded: each serving process and curl
+
+    @property
+    def ceiling(self) -> float:
+        """bytes/s if every CPU cycle of this machine went to this download: its cores / its CPU cost."""
+        return CORES / (sum(self.cpu.values()) / 1000) * 1e6
+
+
+CORES = os.cpu_count() or 1
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    return " + ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f" = {sum(cpu.values()):.2f}"
+
+
+def measure(url: str, headers: dict[str, str], pids: dict[str, int], runs: int) -> Measured:
+    """A download `runs` times with curl: rate, first byte, the first process's memory growth and
+    the CPU each serving process and curl spent per MB."""
     export(url, headers)  # warm caches
-    base = reset_peak(pid)
+    base = reset_peak(next(iter(pids.values())))
+    before = {name: cpu_s(pid) for name, pid in pids.items()} | {"curl": children_cpu_s()}
     done = [export(url, headers) for _ in range(runs)]
-    growth = hwm_mb(pid) - base
+    after = {name: cpu_s(pid) for name, pid in pids.items()} | {"curl": children_cpu_s()}
+    growth = hwm_mb(next(iter(pids.values()))) - base
+    mb = done[0][2] * runs / 1e6
+    cpu = {name: (after[name] - before[name]) * 1000 / mb for name in before}
     ttfb = sorted(r[0] for r in done)[len(done) // 2]
-    secs, n = min(r[1] for r in done), done[0][2]
-    return n / secs, ttfb, growth, n
+    secs = min(r[1] for r in done)
+    return Measured(done[0][2] / secs, ttfb, growth, done[0][2], cpu)
 
 
 # long: a benchmark's steps in order, each printed as it runs
@@ -232,30 +281,40 @@ def main() -> int:
                 ceiling = bare_server(data, sid, args.runs, decrypt=False)
                 bare = bare_server(data, sid, args.runs, decrypt=True)
                 build = max(mp4_build_rate(data, sid) for _ in range(args.runs))
+                bare_cpu = BARE_CPU[True]
+                bare_ceiling = CORES / (sum(bare_cpu.values()) / 1000) * 1e6
                 print(
-                    f"  {minutes:>4} min: bare socket decrypting {bare / 1e6:.0f} MB/s (the reference); "
+                    f"  {minutes:>4} min: bare socket decrypting {bare / 1e6:.0f} MB/s (the reference; CPU ms/MB: "
+                    f"{cpu_text(bare_cpu)}; {bare / bare_ceiling:.2f} of its {CORES}-core ceiling); "
                     f"read+decrypt, no socket, {limit / 1e6:.0f} MB/s; "
                     f"bare socket from memory {ceiling / 1e6:.0f} MB/s; "
                     f"MP4 build, no HTTP, {build / 1e6:.0f} MB/s"
                 )
+                storage = ("storage", p.procs["storage"].pid)
                 routes = {
-                    "gateway": (f"{p.url('api')}/v1/sessions/{sid}", user, p.procs["api"].pid),
-                    "storage": (f"{p.url('storage')}/sessions/{sid}", p.service_headers("api"), p.procs["storage"].pid),
+                    "gateway": (
+                        f"{p.url('api')}/v1/sessions/{sid}",
+                        user,
+                        dict([("gateway", p.procs["api"].pid), storage]),
+                    ),
+                    "storage": (f"{p.url('storage')}/sessions/{sid}", p.service_headers("api"), dict([storage])),
                 }
                 for fmt in TARGETS:
                     path = "evidence" if fmt == "evidence" else f"recording.{fmt}"
-                    for via, (base, headers, pid) in routes.items():
+                    for via, (base, headers, pids) in routes.items():
                         try:
-                            rate, ttfb, growth, n = measure(f"{base}/{path}", headers, pid, args.runs)
+                            m = measure(f"{base}/{path}", headers, pids, args.runs)
                         except subprocess.CalledProcessError as exc:
                             print(f"  {minutes:>4} min {fmt:>8} via {via}: FAILED ({exc.stderr.strip()})")
                             results[(minutes, fmt, via)] = (0.0, float("inf"), float("inf"))
                             continue
-                        results[(minutes, fmt, via)] = (rate / bare, ttfb, growth)
+                        results[(minutes, fmt, via)] = (m.rate / bare, m.ttfb, m.growth)
                         print(
-                            f"  {minutes:>4} min {fmt:>8} via {via}: {n / 1e6:7.1f} MB at {rate / 1e6:5.0f} MB/s = "
-                            f"{rate / bare:.2f} x bare socket decrypting ({rate / limit:.2f} x read+decrypt); "
-                            f"first byte {ttfb * 1000:.0f} ms (median); peak memory +{growth:.1f} MB"
+                            f"  {minutes:>4} min {fmt:>8} via {via}: {m.size / 1e6:7.1f} MB "
+                            f"at {m.rate / 1e6:5.0f} MB/s = "
+                            f"{m.rate / bare:.2f} x bare socket decrypting ({m.rate / limit:.2f} x read+decrypt); "
+                            f"first byte {m.ttfb * 1000:.0f} ms (median); peak memory +{m.growth:.1f} MB; "
+                            f"CPU ms/MB {cpu_text(m.cpu)}: {m.rate / m.ceiling:.2f} of its {CORES}-core ceiling"
                         )
         finally:
             p.stop()
