@@ -44,12 +44,7 @@ def create_key(db: Database, name: str, role: Role, key: str | None = None) -> t
     key = key or new_key()
     if len(key) < 24:
         raise ApiError(422, "invalid_request", "an API key must be at least 24 characters")
-    row = ApiKeyRow(id=secrets.token_hex(6), name=name, role=role.name, key_hash=hash_key(key))
-    with db.write() as s:
-        s.add(row)
-        s.flush()
-        s.refresh(row)
-        s.expunge(row)
+    row = db.insert(ApiKeyRow(id=secrets.token_hex(6), name=name, role=role.name, key_hash=hash_key(key)))
     return row, key
 
 

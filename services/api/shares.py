@@ -102,12 +102,7 @@ def create(db: Database, session_id: str, key_id: str, body: CreateShare) -> tup
         may_download=body.may_download,
         note=body.note,
     )
-    with db.write() as s:
-        s.add(row)
-        s.flush()
-        s.refresh(row)
-        s.expunge(row)
-    return row, token
+    return db.insert(row), token
 
 
 def forget(db: Database, share_id: str) -> None:

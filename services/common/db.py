@@ -44,3 +44,12 @@ class Database:
             except BaseException:
                 s.rollback()
                 raise
+
+    def insert(self, row):
+        """Add one row in its own transaction; returns it loaded and detached (usable after)."""
+        with self.write() as s:
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            s.expunge(row)
+        return row

@@ -23,6 +23,18 @@ log = logging.getLogger("lucid.streaming")
 _END = object()
 
 
+def watch_disconnect(receive) -> tuple[asyncio.Event, asyncio.Task]:
+    """An event set when the client goes away, and the task that watches for it (cancel it)."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    return gone, asyncio.create_task(watch())
+
+
 class ProducedResponse(StreamingResponse):
     """A response whose body is `parts`, produced in a worker thread one part ahead.
 
@@ -37,14 +49,7 @@ class ProducedResponse(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         loop = asyncio.get_running_loop()
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch())
+        gone, watcher = watch_disconnect(receive)
         pending = None
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -80,14 +85,7 @@ class RelayResponse(StreamingResponse):
         self.download, self.head = download, head
 
     async def __call__(self, scope, receive, send) -> None:
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch())
+        gone, watcher = watch_disconnect(receive)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if not self.head:
