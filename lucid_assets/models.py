@@ -364,13 +364,20 @@ class CreateShare(Strict):
     note: str | None = Field(None, max_length=500, description="e.g. who the link is for")
 
 
-class Share(BaseModel):
+class ShareInfo(BaseModel):
+    """What a share's holder sees of it."""
+
     id: str
-    session_id: str
     expires_at: Iso
     window: ShareWindow | None
     may_download: bool
     note: str | None
+
+
+class Share(ShareInfo):
+    """What an operator sees of it (never the token)."""
+
+    session_id: str
     created_by: str = Field(..., description="key:<id> of the API key that made it")
     created_at: Iso
     status: ShareStatus
@@ -383,14 +390,6 @@ class NewShare(Share):
 
 class ShareList(BaseModel):
     items: list[Share]
-
-
-class ShareInfo(BaseModel):
-    id: str
-    expires_at: Iso
-    window: ShareWindow | None
-    may_download: bool
-    note: str | None
 
 
 class SharedSession(BaseModel):

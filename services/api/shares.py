@@ -18,9 +18,10 @@ from sqlmodel import Field, SQLModel, select
 
 from lucid_assets.clients import ServiceError
 from lucid_assets.core.states import Note, ShareRevocation, ShareStatus, State
-from lucid_assets.models import AuditNote, CreateShare, PlaylistItem, Session, ShareWindow
+from lucid_assets.models import AuditNote, CreateShare, Playlist, PlaylistItem, Session, ShareWindow
 from services.common.db import Database
 from services.common.errors import ApiError, not_found
+from services.common.peers import call
 
 from .auth import bearer, hash_key
 from .deps import Gateway
@@ -235,3 +236,9 @@ def window_seqs(items: Iterable[PlaylistItem], w: ShareWindow | None) -> list[in
             out.append(i.seq)
         start = end
     return out
+
+
+async def window_of(gw: Gateway, grant: Grant) -> list[int]:
+    """The seqs of the grant's session's catalogued chunks within its window (all of them: none)."""
+    items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{grant.session_id}/playlist")).items
+    return window_seqs(items, grant.window)

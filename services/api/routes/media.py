@@ -77,11 +77,6 @@ def _token(request: Request, session_id: str, who: Access) -> str:
     )
 
 
-async def _window_seqs(gw, session_id: str, grant: shares.Grant) -> list[int]:
-    items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{session_id}/playlist")).items
-    return shares.window_seqs(items, grant.window)
-
-
 @router.post(
     "/{session_id}/links",
     summary="Short-lived signed media links (HLS, MP4, TS) for a player",
@@ -141,7 +136,7 @@ async def playlist(session_id: SessionId, request: Request, gw: Gw, who: Access 
     responses=RANGED_TS,
 )
 async def media_chunk(session_id: SessionId, seq: Seq, request: Request, gw: Gw, who: Access = Depends(media_access)):
-    if isinstance(who, shares.Grant) and who.window is not None and seq not in await _window_seqs(gw, session_id, who):
+    if isinstance(who, shares.Grant) and who.window is not None and seq not in await shares.window_of(gw, who):
         raise ApiError(403, "outside_share_window", f"chunk {seq} is outside the share's window")
     return await proxy_chunk(gw, session_id, seq, request)
 
@@ -158,11 +153,13 @@ def _from_start(request: Request) -> bool:
     return rng is None or rng.replace(" ", "").lower().startswith("bytes=0-")
 
 
-def _download_params(grant: shares.Grant, seqs: list[int] | None) -> dict:
+async def _share_download(gw, grant: shares.Grant) -> dict:
+    """The storage query of a share's download: its window's run of chunks (none: all of them)."""
     if not grant.row.may_download:
         raise ApiError(403, "download_not_allowed", "this share link does not allow downloads")
-    if seqs is None:
+    if grant.window is None:
         return {}
+    seqs = await shares.window_of(gw, grant)
     if not seqs:
         raise ApiError(403, "outside_share_window", "the share's window holds no chunks (yet)")
     return {"first": seqs[0], "last": seqs[-1]}
@@ -176,16 +173,14 @@ def _audit_download(gw, session_id: str, what: ShareUse, who: Access, params: di
 
 
 async def _export(gw, session_id: str, what: ShareUse, request: Request, who: Access) -> Response:
-    params: dict = {}
+    params, query_params = {}, {}
     if isinstance(who, shares.Grant):  # the share and its session were checked by media_access
-        windowed = who.window is not None and who.row.may_download
-        params = _download_params(who, await _window_seqs(gw, session_id, who) if windowed else None)
+        params = query_params = await _share_download(gw, who)
+        if what == ShareUse.EVIDENCE and who.window is not None:  # stated in bundle.json
+            query_params = {**params, "from_ms": who.window.from_ms, "to_ms": who.window.to_ms}
     else:
         await run_in_threadpool(gw.pipeline.session, session_id)  # 404 for unknown sessions
     forward = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range")}
-    query_params = dict(params)
-    if what == ShareUse.EVIDENCE and isinstance(who, shares.Grant) and who.window is not None:
-        query_params.update(from_ms=who.window.from_ms, to_ms=who.window.to_ms)  # stated in bundle.json
     query = f"?{urlencode(query_params)}" if query_params else ""
     r = await download(request.method, f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}{query}", forward)
     if _from_start(request) and request.method != "HEAD":
@@ -228,8 +223,7 @@ async def recording_ts(session_id: SessionId, request: Request, gw: Gw, who: Acc
 
 EVIDENCE = {
     200: {"content": {"application/x-tar": {}}},
-    206: {"description": "the requested range", "content": {"application/x-tar": {}}},
-    **RANGE_ERRORS,
+    409: ERRORS[409] | {"description": "not sealed yet (`not_sealed`), or a chunk is damaged (`chunk_damaged`)"},
 }
 
 

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from lucid_assets.core.states import Note, ShareRevocation, ShareUse, State
-from lucid_assets.models import CheckpointList, CreateShare, NewShare, Playlist, Share, ShareLinks, ShareList, ShareView
+from lucid_assets.models import CheckpointList, CreateShare, NewShare, Share, ShareLinks, ShareList, ShareView
 from services.common.errors import ERRORS, ApiError
 from services.common.ids import SessionId
 from services.common.peers import call
@@ -68,8 +68,7 @@ def revoke_share(session_id: SessionId, share_id: str, gw: Gw, who: Principal = 
 @shared.get("", summary="What this share link shows: its session and window", response_model=ShareView)
 async def view(gw: Gw, grant: Grant = Depends(share_credential)):
     sid, s = grant.session_id, grant.session
-    items = Playlist.model_validate(await call("GET", f"{gw.storage_url}/sessions/{sid}/playlist")).items
-    seqs = shares.window_seqs(items, grant.window)
+    seqs = await shares.window_of(gw, grant)
     await run_in_threadpool(shares.note, gw, sid, Note.SHARE_USED, {"what": ShareUse.VIEW}, grant.actor)
     return {
         "share": shares.info_dict(grant.row),
