@@ -54,6 +54,10 @@ def _result(r: httpx.Response, raw: bool):
     return r.json() if r.content else None
 
 
+CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 60.0  # seconds, like the httpx client's
+BUFFER = 4 << 20  # read buffer per download: big parts, few event-loop turns per megabyte
+
+
 class Download:
     """A peer's response head, and its body still on the connection (see `download`)."""
 
@@ -74,11 +78,6 @@ class Download:
 
     def close(self) -> None:
         self._writer.close()
-
-
-READ_TIMEOUT = 60.0
-_HEAD_LIMIT = 64 * 1024
-BUFFER = 4 << 20  # read buffer per download: big parts, few event-loop turns per megabyte
 
 
 async def download(method: str, url: str, headers: dict[str, str] | None = None) -> Download:
@@ -125,6 +124,3 @@ async def download(method: str, url: str, headers: dict[str, str] | None = None)
         d.close()
         _result(httpx.Response(status, headers=got, content=body), True)
     return d
-
-
-CONNECT_TIMEOUT = 5.0
