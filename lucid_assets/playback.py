@@ -310,6 +310,12 @@ def build_fragment(
     return frag
 
 
+def sealed_cache_key(manifest_chunks: list[dict]) -> str:
+    """What names a sealed session's envelopes exactly (its signed manifest's chunk list): the key
+    under which Mp4Export caches their layout facts."""
+    return hashlib.sha256(json.dumps(manifest_chunks, sort_keys=True).encode()).hexdigest()
+
+
 class Mp4Export:
     """A session's MP4 as a size, an ETag and any byte range of it.
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..core import keys, merkle
 from ..core.manifest import canonical_json
 from ..keyring import Keyring
-from ..playback import DamagedChunk, Mp4Export, coalesce, plain_chunks
+from ..playback import DamagedChunk, Mp4Export, coalesce, plain_chunks, sealed_cache_key
 from ..store import ChunkStore
 
 FORMAT = "lucid-evidence/1"
@@ -110,6 +110,7 @@ class EvidenceBundle:
         last: int | None = None,
         window_ms: tuple[int, int] | None = None,
     ):
+        uuid.UUID(session_id)  # the name of a path component and of the file: only ever a UUID
         found = store.latest_manifest(session_id)
         if found is None:
             raise NotSealed(f"session {session_id} has no signed manifest (not sealed)")
@@ -130,7 +131,8 @@ class EvidenceBundle:
             raise DamagedChunk(f"the audit log has {len(audit_rows)} entries; the manifest signs {signed_entries}")
         self.mtime = int(datetime.fromisoformat(body["sealed_at"]).timestamp())
         # before any byte: the MP4's layout (every chunk's plan) and the data key
-        mp4 = Mp4Export(store, keyring, session_id, seqs, cache_key=None)
+        # the whole session's layout facts are those the MP4 export caches (one read of every plan)
+        mp4 = Mp4Export(store, keyring, session_id, seqs, cache_key=sealed_cache_key(chunks) if self.whole else None)
         tree = merkle.Tree([bytes.fromhex(c["envelope_sha256"]) for c in chunks])
         raw = keys.public_key_bytes(public_key)
         top = f"lucid-evidence-{session_id}/"
@@ -177,7 +179,6 @@ class EvidenceBundle:
         self.size = tar_size(members)
         suffix = "" if self.whole else f"-{first}-{last}"
         self.name = f"lucid-evidence-{session_id}{suffix}.tar"
-        uuid.UUID(session_id)  # a name that is a path component: only ever a UUID
 
     def _chunk_members(self, store: ChunkStore, keyring: Keyring, top: str) -> list[Member]:
         """One member per chunk, its bytes decrypted when streamed; all from one decrypting pass.

@@ -3,8 +3,6 @@ seekable fragmented MP4 (size, ETag, Range)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,7 +14,15 @@ from lucid_assets.core import catalog
 from lucid_assets.core.states import State
 from lucid_assets.evidence.bundle import EvidenceBundle, NotSealed, OutOfScope
 from lucid_assets.models import Playlist
-from lucid_assets.playback import DamagedChunk, Mp4Export, NotExportable, coalesce, plain_chunks, plain_size
+from lucid_assets.playback import (
+    DamagedChunk,
+    Mp4Export,
+    NotExportable,
+    coalesce,
+    plain_chunks,
+    plain_size,
+    sealed_cache_key,
+)
 from lucid_assets.trust import API, DAGSTER
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError, not_found
 from services.common.guard import allow
@@ -83,7 +89,7 @@ def playable(ctx: Storage, sid: str) -> tuple[list[int], str | None]:
     doc = ctx.store.latest_manifest_doc(sid)
     if doc is not None and "_error" not in doc:
         chunks = doc["body"]["chunks"]
-        seqs, key = [c["seq"] for c in chunks], hashlib.sha256(json.dumps(chunks, sort_keys=True).encode()).hexdigest()
+        seqs, key = [c["seq"] for c in chunks], sealed_cache_key(chunks)
     else:
         seqs, key = stored_prefix(ctx, sid), None
     if not seqs:
@@ -180,7 +186,10 @@ def recording_mp4(sid: Sid, request: Request, ctx: Ctx, only: Scoped):
 @router.get(
     "/evidence",
     response_class=ProducedResponse,
-    responses={200: {"content": {"application/x-tar": {}}}, 409: {"description": "not sealed, or a chunk is damaged"}},
+    responses={
+        200: {"content": {"application/x-tar": {}}},
+        409: ERRORS[409] | {"description": "not sealed yet (`not_sealed`), or a chunk is damaged (`chunk_damaged`)"},
+    },
 )
 def evidence(
     sid: Sid,
