@@ -79,3 +79,50 @@ def test_failure_mid_stream_cuts_the_transfer(server):
     url, _ = server
     with pytest.raises(httpx.HTTPError):  # fewer bytes than Content-Length, then the connection closes
         httpx.get(f"{url}/fails/20", timeout=30)
+
+
+def test_relay_cut_short_when_the_peer_dies_mid_body(caplog):
+    """The gateway's relay (peers.download + RelayResponse): a peer that dies after part of its
+    declared body leaves the client a short body and a closed connection, and one warning line."""
+    from services.common.peers import download
+    from services.common.streaming import RelayResponse
+
+    peer = socket.create_server(("127.0.0.1", 0))
+    declared, sent = 8 * PART, 2 * PART
+
+    def dying_peer():
+        conn, _ = peer.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nContent-Length: %d\r\n\r\n" % declared)
+            conn.sendall(b"x" * sent)  # then the process "dies": the connection closes
+
+    threading.Thread(target=dying_peer, daemon=True).start()
+    app = FastAPI()
+
+    @app.get("/relay")
+    async def relay():
+        r = await download("GET", f"http://127.0.0.1:{peer.getsockname()[1]}/bundle")
+        length = {"content-length": r.headers["content-length"]}
+        return RelayResponse(r, status_code=r.status_code, headers=length, media_type=None)
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        got = bytearray()
+        url = f"http://127.0.0.1:{port}/relay"
+        # the body ends before its Content-Length
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url, timeout=30) as r:
+            assert r.status_code == 200 and int(r.headers["content-length"]) == declared
+            for part in r.iter_raw():
+                got += part
+        assert bytes(got) == b"x" * sent  # what the peer sent, nothing invented
+        assert any("relay cut: the peer stopped sending" in m for m in caplog.messages)
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        peer.close()

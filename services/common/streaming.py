@@ -109,11 +109,17 @@ class RelayResponse(StreamingResponse):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if not self.head:
-                async for part in self.download.parts():
-                    if gone.is_set():
-                        log.info("client went away: relay stopped")
-                        return
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                try:
+                    async for part in self.download.parts():
+                        if gone.is_set():
+                            log.info("client went away: relay stopped")
+                            return
+                        await send({"type": "http.response.body", "body": part, "more_body": True})
+                except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+                    # the peer died or stalled mid-body: the client's connection is closed short of its
+                    # Content-Length (never completed with wrong bytes); one line, not a traceback
+                    log.warning("relay cut: the peer stopped sending (%s: %s)", type(exc).__name__, exc)
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
