@@ -51,7 +51,42 @@ class PushSource(Strict):
     kind: Literal["push"]
 
 
-Source = Annotated[PatternSource | X11Source | UrlSource | PushSource, Field(discriminator="kind")]
+CREDENTIAL_NAME = r"^[a-z0-9][a-z0-9_.\-]{0,62}$"
+HOST = r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]{2,45}\]?$"
+
+
+class RemoteDesktop(Strict):
+    """A remote desktop, watched by a real viewer (TigerVNC's, FreeRDP's) rendering into a private
+    X display that the x11 capture records. Private addresses need LUCID_URL_ALLOW_HOSTS."""
+
+    host: str = Field(..., min_length=1, max_length=253, pattern=HOST, examples=["10.0.0.5"])
+    credential: str | None = Field(
+        None, pattern=CREDENTIAL_NAME, description="name of a stored credential (POST /v1/credentials, admin)"
+    )
+    reconnect_seconds: int = Field(
+        60, ge=0, le=3600, description="how long a dropped connection is retried (the gap is recorded as a gap)"
+    )
+
+
+class VncSource(RemoteDesktop):
+    """A VNC (RFB) server's desktop, view-only and shared: nobody at the desktop is disturbed."""
+
+    kind: Literal["vnc"]
+    port: int = Field(5900, ge=1, le=65535)
+
+
+class RdpSource(RemoteDesktop):
+    """An RDP server's desktop (NLA, TLS or RDP security as the server asks). RDP has no view-only
+    mode: Lucid sends no input, but logging in takes over the user's console session."""
+
+    kind: Literal["rdp"]
+    port: int = Field(3389, ge=1, le=65535)
+    credential: str = Field(..., pattern=CREDENTIAL_NAME, description="name of a stored credential (admin)")
+
+
+Source = Annotated[
+    PatternSource | X11Source | UrlSource | PushSource | VncSource | RdpSource, Field(discriminator="kind")
+]
 
 
 class Video(Strict):
