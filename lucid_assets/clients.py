@@ -6,6 +6,7 @@ no Dagster: an error answer is a `ServiceError` carrying the peer's status and J
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -17,9 +18,14 @@ from .models import (
     AuditReceipt,
     CheckpointList,
     CreateSession,
+    CredentialIn,
+    CredentialInfo,
+    CredentialList,
+    CredentialSecret,
     EventList,
     ManifestSummary,
     Marked,
+    OpenCredential,
     PendingPage,
     Proof,
     RegisterChunk,
@@ -192,3 +198,31 @@ class StorageClient(ServiceClient):
         return ShredResult.model_validate(
             self.request("DELETE", f"/sessions/{session_id}/data", timeout=httpx.Timeout(120.0, connect=5.0))
         )
+
+    # --- remote-desktop credentials (issue 18) --------------------------------------------------
+    def credentials(self) -> list[CredentialInfo]:
+        return CredentialList.model_validate(self.request("GET", "/credentials")).items
+
+    def credential(self, name: str) -> CredentialInfo:
+        return CredentialInfo.model_validate(self.request("GET", f"/credentials/{quote(name, safe='')}"))
+
+    def put_credential(
+        self, name: str, body: CredentialIn, *, actor: str, exists: bool | None = None
+    ) -> CredentialInfo:
+        """Create or replace; exists=False creates only (409 if there), True replaces only (404 if not)."""
+        headers = _on_behalf(actor)
+        if exists is not None:
+            headers["If-Match" if exists else "If-None-Match"] = "*"
+        path = f"/credentials/{quote(name, safe='')}"
+        return CredentialInfo.model_validate(self.request("PUT", path, json=body.wire(), headers=headers))
+
+    def delete_credential(self, name: str, *, actor: str) -> CredentialInfo:
+        path = f"/credentials/{quote(name, safe='')}"
+        return CredentialInfo.model_validate(self.request("DELETE", path, headers=_on_behalf(actor)))
+
+    def open_credential(self, name: str, session_id: str) -> CredentialSecret:
+        """The recorder (its own token: trust.own_token(settings, RECORDER)) opens the credential its
+        session's source names; storage checks the session names it and has not ended. The answer's
+        repr hides the password (`.password.get_secret_value()` reveals it)."""
+        path = f"/credentials/{quote(name, safe='')}/open"
+        return CredentialSecret.model_validate(self.send("POST", path, OpenCredential(session_id=session_id)))

@@ -7,9 +7,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from .core.states import ChunkState, Event, Note, ShareStatus, State, VerifyStatus, WorkReason
+from .core.states import ChunkState, CredentialKind, Event, Note, ShareStatus, State, VerifyStatus, WorkReason
 
 LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
 
@@ -459,3 +468,58 @@ class ShareLinks(BaseModel):
     mp4: str | None
     ts: str | None
     evidence: str | None
+
+
+# --- remote-desktop credentials (issue 18) ----------------------------------------------------
+class CredentialIn(Strict):
+    """A remote desktop's login, stored sealed under the KEK by the storage service. The password
+    is write-only: no answer, log line or error ever carries it."""
+
+    kind: CredentialKind = Field(..., description="the session source kind it serves: vnc or rdp")
+    username: str | None = Field(None, min_length=1, max_length=256, description="not secret (RDP; most VNC: none)")
+    domain: str | None = Field(None, min_length=1, max_length=256, description="not secret (RDP)")
+    password: SecretStr = Field(..., min_length=1, max_length=1024, description="write-only")
+
+    def wire(self) -> dict:
+        """The body as the gateway forwards it to storage: the one place the password is revealed."""
+        body = self.model_dump(mode="json", exclude_none=True, include=set(CredentialIn.model_fields))
+        return {**body, "password": self.password.get_secret_value()}
+
+
+class NewCredential(CredentialIn):
+    name: str = Field(..., pattern=CREDENTIAL_NAME, description="how session sources name it")
+
+
+class CredentialInfo(BaseModel):
+    """A stored credential's metadata: never its password."""
+
+    name: str
+    kind: CredentialKind
+    username: str | None
+    domain: str | None
+    kek_id: str = Field(..., description="the key-encryption key its key is wrapped under")
+    created_at: Iso
+    updated_at: Iso
+    updated_by: str | None = Field(None, description="key:<id> of the API key that last wrote it")
+
+
+class CredentialList(BaseModel):
+    items: list[CredentialInfo]
+
+
+class OpenCredential(Strict):
+    session_id: str = Field(..., max_length=100, description="the session the recorder opens it for")
+
+
+class CredentialSecret(BaseModel):
+    """What the recorder receives for one session (POST /credentials/{name}/open at storage): the
+    only answer that carries a password. Its repr hides the password; JSON shows it."""
+
+    kind: CredentialKind
+    username: str | None
+    domain: str | None
+    password: SecretStr
+
+    @field_serializer("password", when_used="json")
+    def _reveal(self, v: SecretStr) -> str:
+        return v.get_secret_value()

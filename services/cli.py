@@ -279,6 +279,7 @@ def cmd_evidence(args) -> int:
 
 
 def cmd_keys(args) -> int:
+    from lucid_assets.credentials import CredentialStore
     from lucid_assets.keyring import Keyring, prune_retired, rotate_kek
     from lucid_assets.store import ChunkStore
 
@@ -292,6 +293,8 @@ def cmd_keys(args) -> int:
         sessions = store.sessions()
         n = sum(store.rewrap(sid, keyring) for sid in sessions)
         print(f"lucid: rewrapped {n} of {len(sessions)} session data keys under {keyring.active.key_id}")
+        done, left = CredentialStore(s.chunk_store_path).rewrap(keyring)
+        print(f"lucid: rewrapped {done} credential keys" + (f"; {len(left)} do not open: {left}" if left else ""))
     in_use = {k for sid in store.sessions() if (k := store.dek_kek_id(sid))}
     if args.action == "prune":
         for path in prune_retired(s, in_use):

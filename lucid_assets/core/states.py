@@ -133,3 +133,16 @@ def next_state(state: State | str, event: Event | str) -> State:
         return TRANSITIONS[(State(state), Event(event))]
     except KeyError:
         raise IllegalTransition(State(state), Event(event)) from None
+
+
+class CredentialKind(StrEnum):
+    """What a stored remote-desktop credential is for (issue 18): the same words as the session
+    source kinds it serves (`VncSource.kind`, `RdpSource.kind`)."""
+
+    VNC = "vnc"
+    RDP = "rdp"
+
+
+# states in which the recorder may open the credential its session's source names: before the
+# first connection (start) and for reconnects while recording or paused; never once it has ended
+CREDENTIAL_OPENABLE = frozenset({S.CREATED, S.RECORDING, S.PAUSED})

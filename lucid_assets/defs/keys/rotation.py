@@ -1,7 +1,9 @@
-"""Key rotation: rewrap every session's data key under the active key-encryption key."""
+"""Key rotation: rewrap every session's data key (and every stored credential's key) under the
+active key-encryption key."""
 
 import dagster as dg
 
+from ...credentials import CredentialStore
 from ..resources import VaultResource
 
 
@@ -15,11 +17,22 @@ def rewrap_data_keys(context: dg.OpExecutionContext, vault: VaultResource) -> dg
     sessions = store.sessions()
     rewrapped = [sid for sid in sessions if store.rewrap(sid, keyring)]
     still_old = [sid for sid in sessions if (k := store.dek_kek_id(sid)) and k != keyring.active.key_id]
+    # the remote-desktop credentials' keys too (only names reach the log and metadata)
+    credentials = CredentialStore(store.root)
+    creds_rewrapped, creds_left = credentials.rewrap(keyring)
     if still_old:
         raise dg.Failure(f"{len(still_old)} data keys are still wrapped by a retired KEK: {still_old[:5]}")
+    if creds_left:
+        raise dg.Failure(f"{len(creds_left)} credentials do not open for rewrapping: {creds_left[:5]}")
     context.log.info(f"rewrapped {len(rewrapped)} of {len(sessions)} data keys under {keyring.active.key_id}")
     return dg.Output(
-        None, metadata={"sessions": len(sessions), "rewrapped": len(rewrapped), "active_kek": keyring.active.key_id}
+        None,
+        metadata={
+            "sessions": len(sessions),
+            "rewrapped": len(rewrapped),
+            "credentials_rewrapped": creds_rewrapped,
+            "active_kek": keyring.active.key_id,
+        },
     )
 
 
