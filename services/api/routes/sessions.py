@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from lucid_assets.clients import ServiceError
 from lucid_assets.core.states import Event, ShareRevocation, State
 from lucid_assets.models import (
     CheckpointList,
@@ -15,6 +16,7 @@ from lucid_assets.models import (
     EventList,
     Proof,
     PushResult,
+    RemoteDesktop,
     Session,
     SessionPage,
     VerifyReport,
@@ -34,7 +36,23 @@ AUTH = {401: ERRORS[404] | {"description": "no valid API key"}, 403: ERRORS[404]
 
 @router.post("", status_code=201, summary="Create a session", response_model=Session, responses=AUTH)
 def create_session(body: CreateSession, gw: Gw, who: Principal = Depends(operator)):
+    if isinstance(body.source, RemoteDesktop) and body.source.credential is not None:
+        check_credential(gw, body.source.kind, body.source.credential)
     return gw.pipeline.create_session(body, actor=who.actor)
+
+
+def check_credential(gw: Gateway, kind: str, name: str) -> None:
+    """A vnc/rdp source names a stored credential of its own kind (422 otherwise)."""
+    try:
+        info = gw.storage.credential(name)
+    except ServiceError as exc:
+        if exc.status != 404:
+            raise
+        raise ApiError(422, "unknown_credential", f"source.credential: no credential is named {name!r}") from None
+    if info.kind != kind:
+        raise ApiError(
+            422, "credential_kind_mismatch", f"source.credential: {name!r} is a {info.kind} credential, not {kind}"
+        )
 
 
 @router.get(

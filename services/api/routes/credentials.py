@@ -1,0 +1,74 @@
+"""/v1/credentials (admin): named remote-desktop logins that `vnc` and `rdp` session sources refer
+to. The storage service keeps them sealed under the KEK; the password is write-only here: no answer,
+error body or log line of the gateway carries it (a 422 names the field, never its value)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends
+
+from lucid_assets.core.states import CREDENTIAL_OPENABLE
+from lucid_assets.models import CredentialIn, CredentialInfo, CredentialList, NewCredential
+from services.common.errors import ERRORS, ApiError
+
+from ..auth import Principal, admin
+from ..deps import Gw
+from .sessions import AUTH
+
+log = logging.getLogger("lucid.credentials")
+router = APIRouter(prefix="/v1/credentials", tags=["credentials"], responses={**ERRORS, **AUTH})
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Store a credential (409 if the name exists; the password is never shown again)",
+    response_model=CredentialInfo,
+)
+def create_credential(body: NewCredential, gw: Gw, who: Principal = Depends(admin)):
+    info = gw.storage.put_credential(body.name, body, actor=who.actor, exists=False)
+    log.info("credential %r (%s) created by %s", body.name, info.kind, who.actor)
+    return info
+
+
+@router.put("/{name}", summary="Replace a credential (e.g. a new password)", response_model=CredentialInfo)
+def replace_credential(name: str, body: CredentialIn, gw: Gw, who: Principal = Depends(admin)):
+    info = gw.storage.put_credential(name, body, actor=who.actor, exists=True)
+    log.info("credential %r (%s) replaced by %s", name, info.kind, who.actor)
+    return info
+
+
+@router.get("", summary="List credentials (metadata only, never a password)", response_model=CredentialList)
+def list_credentials(gw: Gw, _: Principal = Depends(admin)):
+    return {"items": gw.storage.credentials()}
+
+
+@router.get("/{name}", summary="One credential's metadata (never its password)", response_model=CredentialInfo)
+def get_credential(name: str, gw: Gw, _: Principal = Depends(admin)):
+    return gw.storage.credential(name)
+
+
+@router.delete(
+    "/{name}",
+    summary="Delete a credential (409 while a session that may still connect names it)",
+    response_model=CredentialInfo,
+)
+def delete_credential(name: str, gw: Gw, who: Principal = Depends(admin)):
+    gw.storage.credential(name)  # 404 first for a name that is not there
+    users = [
+        s.id
+        for state in sorted(CREDENTIAL_OPENABLE)
+        for s in gw.pipeline.all_sessions(state)
+        if s.source.get("credential") == name
+    ]
+    if users:
+        raise ApiError(
+            409,
+            "credential_in_use",
+            f"{len(users)} session(s) that may still connect name {name!r} (e.g. {', '.join(users[:3])}); "
+            "stop or delete them first",
+        )
+    info = gw.storage.delete_credential(name, actor=who.actor)
+    log.info("credential %r deleted by %s", name, who.actor)
+    return info
