@@ -108,6 +108,18 @@ def answers() -> list[str]:
     return []
 
 
+@pytest.fixture(scope="module")
+def stored(admin) -> None:
+    """The credentials the tests below use: lab-vnc (PASSWORD) and lab-rdp (OTHER_PASSWORD)."""
+    for body in (
+        {"name": "lab-vnc", "kind": "vnc", "password": PASSWORD},
+        {"name": "lab-rdp", "kind": "rdp", "username": "alice", "domain": "LAB", "password": OTHER_PASSWORD},
+    ):
+        r = admin.post("/v1/credentials", json=body)
+        assert r.status_code == 201, r.text
+        assert PASSWORD not in r.text and OTHER_PASSWORD not in r.text
+
+
 def seen(answers: list[str], r: httpx.Response) -> httpx.Response:
     answers.append(r.text)
     return r
@@ -123,36 +135,44 @@ def vnc(name: str | None) -> dict:
 
 @pytest.mark.e2e
 def test_admin_manages_credentials(platform, admin, operator, keys_by_role, answers):
-    body = {"name": "lab-vnc", "kind": "vnc", "password": PASSWORD}
+    body = {"name": "mgmt-vnc", "kind": "vnc", "password": PASSWORD}
     r = seen(answers, admin.post("/v1/credentials", json=body))
     assert r.status_code == 201, r.text
     made = r.json()
-    assert made["name"] == "lab-vnc" and made["kind"] == "vnc" and made["updated_by"].startswith("key:")
+    assert made["name"] == "mgmt-vnc" and made["kind"] == "vnc" and made["updated_by"].startswith("key:")
     assert set(made) == {"name", "kind", "username", "domain", "kek_id", "created_at", "updated_at", "updated_by"}
     r = seen(answers, admin.post("/v1/credentials", json=body))
     assert r.status_code == 409 and r.json()["error"] == "credential_exists"
-    rdp = {"name": "lab-rdp", "kind": "rdp", "username": "alice", "domain": "LAB", "password": PASSWORD}
+    rdp = {"name": "mgmt-rdp", "kind": "rdp", "username": "alice", "domain": "LAB", "password": PASSWORD}
     assert seen(answers, admin.post("/v1/credentials", json=rdp)).status_code == 201
     listing = seen(answers, admin.get("/v1/credentials"))
     names = {c["name"]: c for c in listing.json()["items"]}
-    assert {"lab-vnc", "lab-rdp"} <= set(names) and names["lab-rdp"]["username"] == "alice"
-    one = seen(answers, admin.get("/v1/credentials/lab-rdp"))
+    assert {"mgmt-vnc", "mgmt-rdp"} <= set(names) and names["mgmt-rdp"]["username"] == "alice"
+    one = seen(answers, admin.get("/v1/credentials/mgmt-rdp"))
     assert one.status_code == 200 and one.json()["domain"] == "LAB"
-    replaced = seen(answers, admin.put("/v1/credentials/lab-rdp", json={"kind": "rdp", "password": OTHER_PASSWORD}))
+    replaced = seen(answers, admin.put("/v1/credentials/mgmt-rdp", json={"kind": "rdp", "password": OTHER_PASSWORD}))
     assert replaced.status_code == 200 and replaced.json()["username"] is None
     assert replaced.json()["created_at"] == one.json()["created_at"] != replaced.json()["updated_at"]
     r = seen(answers, admin.put("/v1/credentials/missing", json={"kind": "rdp", "password": PASSWORD}))
     assert r.status_code == 404
     assert seen(answers, admin.get("/v1/credentials/missing")).status_code == 404
+    for bad_name in ("Upper", "-dash", "a%2F..%2Fb", "x" * 64):
+        r = seen(answers, admin.get(f"/v1/credentials/{bad_name}"))
+        assert r.status_code == 404 and r.json()["error"] == "not_found", bad_name
+    doc = admin.get("/openapi.json").json()
+    assert {"post", "get"} <= set(doc["paths"]["/v1/credentials"])
+    assert {"put", "get", "delete"} <= set(doc["paths"]["/v1/credentials/{name}"])
+    password_schema = doc["components"]["schemas"]["NewCredential"]["properties"]["password"]
+    assert password_schema.get("writeOnly") is True and password_schema.get("format") == "password"
 
     # admin only: an operator's and a viewer's keys are refused everything, without a key too
     with client_for(platform, keys_by_role["viewer"]) as viewer:
         for client, status in ((operator, 403), (viewer, 403)):
             assert seen(answers, client.post("/v1/credentials", json={**body, "name": "x"})).status_code == status
             assert seen(answers, client.get("/v1/credentials")).status_code == status
-            assert seen(answers, client.get("/v1/credentials/lab-vnc")).status_code == status
-            assert seen(answers, client.put("/v1/credentials/lab-vnc", json=body)).status_code == status
-            assert seen(answers, client.delete("/v1/credentials/lab-vnc")).status_code == status
+            assert seen(answers, client.get("/v1/credentials/mgmt-vnc")).status_code == status
+            assert seen(answers, client.put("/v1/credentials/mgmt-vnc", json=body)).status_code == status
+            assert seen(answers, client.delete("/v1/credentials/mgmt-vnc")).status_code == status
     assert httpx.get(f"{operator.base_url}/v1/credentials").status_code == 401
 
     # a bad body is a 422 that names the field, never echoes the password (FastAPI's default does)
@@ -170,11 +190,15 @@ def test_admin_manages_credentials(platform, admin, operator, keys_by_role, answ
         assert r.json()["error"] == "invalid_request" and PASSWORD not in r.text
     r = seen(answers, admin.post("/v1/credentials", content=b'{"name":"x","password":"' + PASSWORD.encode() + b'"'))
     assert r.status_code == 422 and PASSWORD not in r.text
+    gone = seen(answers, admin.delete("/v1/credentials/mgmt-rdp"))
+    assert gone.status_code == 200 and gone.json()["name"] == "mgmt-rdp"
+    assert seen(answers, admin.get("/v1/credentials/mgmt-rdp")).status_code == 404
+    assert seen(answers, admin.delete("/v1/credentials/mgmt-rdp")).status_code == 404
     assert all(PASSWORD not in a and OTHER_PASSWORD not in a for a in answers)
 
 
 @pytest.mark.e2e
-def test_a_session_names_an_existing_credential_of_its_kind(admin, answers):
+def test_a_session_names_an_existing_credential_of_its_kind(admin, stored, answers):
     r = seen(answers, admin.post("/v1/sessions", json={"name": "no such", "source": vnc("no-such-credential")}))
     assert r.status_code == 422 and r.json()["error"] == "unknown_credential"
     rdp_source = {"kind": "rdp", "host": "127.0.0.1", "credential": "lab-vnc"}
@@ -185,7 +209,7 @@ def test_a_session_names_an_existing_credential_of_its_kind(admin, answers):
 
 
 @pytest.mark.e2e
-def test_only_the_recorder_opens_it_and_only_for_a_live_session_naming_it(platform, admin, answers):
+def test_only_the_recorder_opens_it_and_only_for_a_live_session_naming_it(platform, admin, stored, answers):
     sid = create(admin, "remote desk", source=vnc("lab-vnc"))
     other = create(admin, "other desk", source=vnc(None))
     pattern = create(admin, "not remote")
@@ -229,7 +253,7 @@ def test_only_the_recorder_opens_it_and_only_for_a_live_session_naming_it(platfo
 
 
 @pytest.mark.e2e
-def test_a_tampered_file_does_not_open(platform, admin, answers):
+def test_a_tampered_file_does_not_open(platform, admin, stored, answers):
     store = CredentialStore(Settings(data_dir=platform.data_dir).chunk_store_path)
     doc = json.loads(store.path("lab-vnc").read_bytes())
     store.path("copied").write_text(json.dumps({**doc, "name": "copied"}))  # renamed, name edited to fit
@@ -253,7 +277,7 @@ def test_a_tampered_file_does_not_open(platform, admin, answers):
 
 
 @pytest.mark.e2e
-def test_kek_rotation_keeps_it_opening(platform, admin, answers):
+def test_kek_rotation_keeps_it_opening(platform, admin, stored, answers):
     from lucid_assets.defs.keys.rotation import rotate_data_keys
     from lucid_assets.defs.resources import VaultResource
 
@@ -277,14 +301,16 @@ def test_kek_rotation_keeps_it_opening(platform, admin, answers):
     # and what it writes now is wrapped under the new active KEK
     made = seen(answers, admin.post("/v1/credentials", json={"name": "after", "kind": "vnc", "password": PASSWORD}))
     assert made.status_code == 201 and made.json()["kek_id"] == new_id
+    assert admin.delete("/v1/credentials/after").status_code == 200
     assert admin.delete(f"/v1/sessions/{sid}").status_code == 200
 
 
 @pytest.mark.e2e
-def test_the_password_is_nowhere_else(platform, admin, answers):
+def test_the_password_is_nowhere_else(platform, admin, stored, answers):
     """Last: every answer the tests saw, every service's log and every file under the data
     directory (databases, logs, the chunk store, Dagster's storage) lack both passwords' bytes."""
-    assert answers and all(PASSWORD not in a and OTHER_PASSWORD not in a for a in answers)
+    seen(answers, admin.get("/v1/credentials"))
+    assert all(PASSWORD not in a and OTHER_PASSWORD not in a for a in answers)
     logs = sorted(platform.logs.glob("*.log"))
     assert logs and any("credential 'lab-vnc'" in p.read_text(errors="replace") for p in logs)  # it logged, by name
     leaked, searched = [], 0
@@ -299,4 +325,3 @@ def test_the_password_is_nowhere_else(platform, admin, answers):
             if PASSWORD.encode() in data or OTHER_PASSWORD.encode() in data:
                 leaked.append(path)
     assert searched > 20 and not leaked, leaked
-    assert admin.delete("/v1/credentials/after").status_code == 200

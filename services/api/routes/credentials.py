@@ -5,11 +5,13 @@ error body or log line of the gateway carries it (a 422 names the field, never i
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
 from lucid_assets.core.states import CREDENTIAL_OPENABLE
-from lucid_assets.models import CredentialIn, CredentialInfo, CredentialList, NewCredential
+from lucid_assets.credentials import valid_name
+from lucid_assets.models import CREDENTIAL_NAME, CredentialIn, CredentialInfo, CredentialList, NewCredential
 from services.common.errors import ERRORS, ApiError
 
 from ..auth import Principal, admin
@@ -18,6 +20,18 @@ from .sessions import AUTH
 
 log = logging.getLogger("lucid.credentials")
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"], responses={**ERRORS, **AUTH})
+
+
+def credential_name(name: str) -> str:
+    """The path's credential name, checked before it becomes a peer's URL: 404 if no credential can
+    have it."""
+    if not valid_name(name):
+        shown = name[:80].encode("unicode_escape").decode("ascii")
+        raise ApiError(404, "not_found", f"no credential is named {shown!r}: a name matches {CREDENTIAL_NAME}")
+    return name
+
+
+Name = Annotated[str, Depends(credential_name)]
 
 
 @router.post(
@@ -33,7 +47,7 @@ def create_credential(body: NewCredential, gw: Gw, who: Principal = Depends(admi
 
 
 @router.put("/{name}", summary="Replace a credential (e.g. a new password)", response_model=CredentialInfo)
-def replace_credential(name: str, body: CredentialIn, gw: Gw, who: Principal = Depends(admin)):
+def replace_credential(name: Name, body: CredentialIn, gw: Gw, who: Principal = Depends(admin)):
     info = gw.storage.put_credential(name, body, actor=who.actor, exists=True)
     log.info("credential %r (%s) replaced by %s", name, info.kind, who.actor)
     return info
@@ -45,7 +59,7 @@ def list_credentials(gw: Gw, _: Principal = Depends(admin)):
 
 
 @router.get("/{name}", summary="One credential's metadata (never its password)", response_model=CredentialInfo)
-def get_credential(name: str, gw: Gw, _: Principal = Depends(admin)):
+def get_credential(name: Name, gw: Gw, _: Principal = Depends(admin)):
     return gw.storage.credential(name)
 
 
@@ -54,7 +68,7 @@ def get_credential(name: str, gw: Gw, _: Principal = Depends(admin)):
     summary="Delete a credential (409 while a session that may still connect names it)",
     response_model=CredentialInfo,
 )
-def delete_credential(name: str, gw: Gw, who: Principal = Depends(admin)):
+def delete_credential(name: Name, gw: Gw, who: Principal = Depends(admin)):
     gw.storage.credential(name)  # 404 first for a name that is not there
     users = [
         s.id
