@@ -171,6 +171,7 @@ def test_admin_manages_credentials(platform, admin, operator, keys_by_role, answ
             assert seen(answers, client.post("/v1/credentials", json={**body, "name": "x"})).status_code == status
             assert seen(answers, client.get("/v1/credentials")).status_code == status
             assert seen(answers, client.get("/v1/credentials/mgmt-vnc")).status_code == status
+            assert seen(answers, client.get("/v1/credentials/Not%20A%20Name")).status_code == status  # key first
             assert seen(answers, client.put("/v1/credentials/mgmt-vnc", json=body)).status_code == status
             assert seen(answers, client.delete("/v1/credentials/mgmt-vnc")).status_code == status
     assert httpx.get(f"{operator.base_url}/v1/credentials").status_code == 401

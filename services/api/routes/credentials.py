@@ -32,6 +32,7 @@ def credential_name(name: str) -> str:
 
 
 Name = Annotated[str, Depends(credential_name)]
+Admin = Annotated[Principal, Depends(admin)]  # first in every signature: no answer before the key is checked
 
 
 @router.post(
@@ -40,26 +41,26 @@ Name = Annotated[str, Depends(credential_name)]
     summary="Store a credential (409 if the name exists; the password is never shown again)",
     response_model=CredentialInfo,
 )
-def create_credential(body: NewCredential, gw: Gw, who: Principal = Depends(admin)):
+def create_credential(who: Admin, body: NewCredential, gw: Gw):
     info = gw.storage.put_credential(body.name, body, actor=who.actor, exists=False)
     log.info("credential %r (%s) created by %s", body.name, info.kind, who.actor)
     return info
 
 
 @router.put("/{name}", summary="Replace a credential (e.g. a new password)", response_model=CredentialInfo)
-def replace_credential(name: Name, body: CredentialIn, gw: Gw, who: Principal = Depends(admin)):
+def replace_credential(who: Admin, name: Name, body: CredentialIn, gw: Gw):
     info = gw.storage.put_credential(name, body, actor=who.actor, exists=True)
     log.info("credential %r (%s) replaced by %s", name, info.kind, who.actor)
     return info
 
 
 @router.get("", summary="List credentials (metadata only, never a password)", response_model=CredentialList)
-def list_credentials(gw: Gw, _: Principal = Depends(admin)):
+def list_credentials(_: Admin, gw: Gw):
     return {"items": gw.storage.credentials()}
 
 
 @router.get("/{name}", summary="One credential's metadata (never its password)", response_model=CredentialInfo)
-def get_credential(name: Name, gw: Gw, _: Principal = Depends(admin)):
+def get_credential(_: Admin, name: Name, gw: Gw):
     return gw.storage.credential(name)
 
 
@@ -68,7 +69,7 @@ def get_credential(name: Name, gw: Gw, _: Principal = Depends(admin)):
     summary="Delete a credential (409 while a session that may still connect names it)",
     response_model=CredentialInfo,
 )
-def delete_credential(name: Name, gw: Gw, who: Principal = Depends(admin)):
+def delete_credential(who: Admin, name: Name, gw: Gw):
     gw.storage.credential(name)  # 404 first for a name that is not there
     users = [
         s.id
