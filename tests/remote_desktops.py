@@ -1,0 +1,160 @@
+"""Real remote desktops for the tests (helpers only, no tests here): private X displays (Xvfb) and
+RDP servers on free ports, each cleaned up when its `with` block ends.
+
+RDP server: FreeRDP's shadow server (`freerdp-shadow-cli`, Debian freerdp2-shadow-x11) sharing an
+Xvfb painted a known colour, with NLA against a SAM file (`winpr-hash`, winpr-utils). It takes its
+port, its SAM file and (through HOME) its own TLS certificate per run, so tests can run side by side.
+xrdp is not used by the tests: its session manager (xrdp-sesman) listens on the one port that
+/etc/xrdp/sesman.ini names and that xrdp reads from that same global file, it logs users in through
+PAM as a real system user (root needed), a second login takes over the first one's session, and it
+speaks no NLA (xrdp 0.9: TLS or RDP security only) and shows a wrong password as a dialog inside
+the session rather than as an error the client could report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.conftest import free_port
+
+PACKAGES = {
+    "Xvfb": "xvfb",
+    "xlogo": "x11-apps",
+    "xfreerdp": "freerdp2-x11",
+    "freerdp-shadow-cli": "freerdp2-shadow-x11",
+    "winpr-hash": "winpr-utils",
+}
+
+
+def need(*binaries: str) -> None:
+    """Skip (fail under CI, where scripts/test installs them) when a program is missing."""
+    missing = [b for b in binaries if not shutil.which(b)]
+    if missing:
+        packages = " ".join(sorted({PACKAGES.get(b, b) for b in missing}))
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} missing: scripts/test installs {packages}")
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: {packages})")
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 3) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def x_display(width: int = 1280, height: int = 720) -> Iterator[str]:
+    """An Xvfb of this size on a display number it picks itself (-displayfd): yields ':N'."""
+    need("Xvfb")
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    try:
+        number = b""
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while not number.endswith(b"\n"):
+                chunk = pipe.read(16)
+                if not chunk:
+                    raise RuntimeError("Xvfb did not start")
+                number += chunk
+        yield f":{int(number)}"
+    finally:
+        stop(proc)
+
+
+class RdpServer(NamedTuple):
+    host: str
+    port: int
+    display: str  # the shared (shadowed) X display: start clients there to change the screen
+    proc: subprocess.Popen
+    home: Path  # its HOME: its certificate and log (server.log)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, log: Path, deadline_s: float = 20) -> None:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the RDP server did not listen on {port}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def rdp_shadow_server(
+    user: str = "lucid",
+    password: str = "Nla-pass-9",
+    *,
+    nla: bool = True,
+    color: str = "#c03020",
+    width: int = 1280,
+    height: int = 720,
+) -> Iterator[RdpServer]:
+    """FreeRDP's shadow server on 127.0.0.1 and a free port, sharing an Xvfb covered by one window
+    of `color` (xlogo drawn in its background colour). nla=True: NLA only, `user`/`password` from a
+    SAM file; nla=False: TLS only and no authentication."""
+    need("Xvfb", "xlogo", "freerdp-shadow-cli", "winpr-hash")
+    home = Path(tempfile.mkdtemp(prefix="lucid-rdp-server-"))
+    procs: list[subprocess.Popen] = []
+    with x_display(width, height) as display:
+        try:
+            env = {"PATH": os.defpath, "HOME": str(home), "DISPLAY": display}
+            procs.append(
+                subprocess.Popen(
+                    ["xlogo", "-bg", color, "-fg", color, "-bw", "0", "-geometry", f"{width}x{height}+0+0"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            port = free_port()
+            argv = ["freerdp-shadow-cli", f"/port:{port}", "/bind-address:127.0.0.1"]
+            if nla:
+                sam = subprocess.run(
+                    ["winpr-hash", "-u", user, "-p", password, "-f", "sam"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=10,
+                ).stdout
+                (home / "sam").write_text(sam)
+                argv += ["+auth", "/sec:nla", f"/sam-file:{home / 'sam'}"]
+            else:
+                argv += ["/sec:tls"]
+            log = home / "server.log"
+            with log.open("wb") as out:
+                server = subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                )
+            procs.append(server)
+            _wait_listening(port, server, log)
+            yield RdpServer("127.0.0.1", port, display, server, home)
+        finally:  # the server and its window before their display
+            for proc in reversed(procs):
+                stop(proc)
+            shutil.rmtree(home, ignore_errors=True)
