@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from .core import manifest
 from .core.states import ChunkState, CredentialKind, Event, Note, ShareStatus, State, VerifyStatus, WorkReason
 
 LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
@@ -176,8 +177,22 @@ class VerificationSummary(Strict):
 
 
 class AuditNote(Strict):
-    event: Literal[Note.REPROCESS, Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE]
+    event: Literal[
+        Note.REPROCESS,
+        Note.SHARE_CREATED,
+        Note.SHARE_REVOKED,
+        Note.SHARE_USED,
+        Note.EVIDENCE,
+        Note.SOURCE_LOST,
+        Note.SOURCE_BACK,
+    ]
     detail: dict = Field(default_factory=dict)
+
+    @field_validator("detail")
+    @classmethod
+    def _canonical(cls, v: dict) -> dict:
+        manifest.no_floats(v)  # the audit chain hashes canonical JSON: a float is refused here, not a 500
+        return v
 
 
 # --- responses ---------------------------------------------------------------------------------

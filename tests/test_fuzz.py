@@ -133,3 +133,17 @@ def test_fuzz_reports_an_answer_the_document_does_not_declare(platform):
     runner(op, GenerationMode.POSITIVE, CHECKS, {}, found, base_url=platform.url("api"))()
     assert found.pop("") > 0
     assert list(found) == ["GET /health: Undocumented status code"], found
+
+
+def test_an_audit_note_with_a_float_is_refused_not_a_500(platform, admin):
+    """The audit chain hashes canonical JSON, which has no floats: the pipeline says so (found by
+    the recorder's first gap note, which measured seconds as a float)."""
+    import httpx
+
+    sid = admin.post("/v1/sessions", json={"name": "float note"}).json()["id"]
+    url = f"{platform.url('pipeline')}/sessions/{sid}/audit"
+    body = {"event": "source_back", "detail": {"gap": {"seconds": 4.5}}}
+    r = httpx.post(url, json=body, headers=platform.service_headers("recorder"))
+    assert r.status_code == 422 and "floats" in r.text, r.text
+    body["detail"] = {"gap_ms": 4500}
+    assert httpx.post(url, json=body, headers=platform.service_headers("recorder")).status_code == 201

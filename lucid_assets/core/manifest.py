@@ -18,21 +18,22 @@ from . import keys
 MANIFEST_FORMAT = "lucid-manifest/1"
 
 
-def _no_floats(obj: Any) -> None:
+def no_floats(obj: Any) -> None:
+    """ValueError unless `obj` fits canonical JSON (no floats, string keys)."""
     if isinstance(obj, float):
         raise ValueError("canonical JSON forbids floats; use integers (ms, bytes)")
     if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise ValueError("canonical JSON keys must be strings")
-            _no_floats(v)
+            no_floats(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _no_floats(v)
+            no_floats(v)
 
 
 def canonical_json(obj: Any) -> bytes:
-    _no_floats(obj)
+    no_floats(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

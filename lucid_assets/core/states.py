@@ -82,6 +82,8 @@ class Note(StrEnum):
     SHARE_REVOKED = "share_revoked"  # a share link was revoked (by an operator, or with its creator's key)
     SHARE_USED = "share_used"  # a share link was used: what it fetched (view, play, download, evidence)
     EVIDENCE = "evidence"  # an evidence bundle was exported (by an API key or a share)
+    SOURCE_LOST = "source_lost"  # a remote desktop's connection dropped: nothing is recorded until it is back
+    SOURCE_BACK = "source_back"  # ... and came back (the gap between the two is a gap in the recording)
 
 
 class VerifyStatus(StrEnum):

@@ -56,10 +56,12 @@ EVENTS_BY_CALLER: dict[str, frozenset[Event]] = {
 
 
 # which service may write which audit note: the gateway the share and evidence notes (it
-# authenticated the key or share that acted), Dagster a forced reprocess
+# authenticated the key or share that acted), Dagster a forced reprocess, the recorder a remote
+# desktop's lost and restored connection
 NOTES_BY_CALLER: dict[str, frozenset[Note]] = {
     API: frozenset({Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE}),
     DAGSTER: frozenset({Note.REPROCESS}),
+    RECORDER: frozenset({Note.SOURCE_LOST, Note.SOURCE_BACK}),
 }
 
 

@@ -254,6 +254,8 @@ class Capture:
         *,
         encoders: tuple[str, ...] = DEFAULT_ENCODERS,
         file_roots: list[Path] | None = None,
+        credential: Callable[[str], object] | None = None,
+        on_gap: Callable[[object], None] | None = None,
     ):
         self.session = session
         self.video = session["video"]
@@ -268,7 +270,9 @@ class Capture:
         self.registered: list[Segment] = []
         self.ended: CaptureEnded | None = None
         self._queue: queue.Queue[Segment | None] = queue.Queue()
-        self.source: Source = open_source(session["source"], self.video, file_roots=file_roots)
+        self.source: Source = open_source(
+            session["source"], self.video, file_roots=file_roots, credential=credential, on_gap=on_gap
+        )
         try:
             self.codec = open_encoder(self.video, self.gop, encoders)
         except SourceError:
@@ -294,6 +298,7 @@ class Capture:
         """Stop, flush the last segment, and wait until every segment is registered."""
         self.stop_event.set()
         self.resume_event.set()
+        self.source.interrupt()
         self._thread.join(timeout)
         self._registrar.join(timeout)
         if self.ended and self.ended.kind == "error":
@@ -307,6 +312,7 @@ class Capture:
     def _stopping(self) -> bool:
         return self.stop_event.is_set() or self.abort_event.is_set()
 
+    # long: the capture loop: pause, clock, keyframes, encode and every way it ends, in one place
     def _run(self) -> None:
         writer = SegmentWriter(self.dir, self.codec, self.fps, self._queue.put)
         w, h = self.video["width"], self.video["height"]
@@ -347,7 +353,8 @@ class Capture:
                     self.stats.frames_encoded += 1
                 else:
                     if not self._stopping():
-                        self.ended = CaptureEnded("source_ended", f"the {src.describe()} source ended")
+                        why = src.end_reason or f"the {src.describe()} source ended"
+                        self.ended = CaptureEnded("source_ended", why)
             except (av.FFmpegError, OSError) as exc:
                 if not self._stopping() and not _is_write_error(exc):
                     self.ended = CaptureEnded("source_ended", f"the {src.describe()} source went away: {exc}")
@@ -379,6 +386,7 @@ class Capture:
                 log.error("%s", self.ended.reason)
                 self.abort_event.set()
                 self.resume_event.set()
+                self.source.interrupt()
                 return
 
 

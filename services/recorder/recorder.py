@@ -8,14 +8,15 @@ import threading
 import time
 from pathlib import Path
 
-from lucid_assets.clients import PipelineClient, ServiceError
-from lucid_assets.core.states import LIVE, Event, State
-from lucid_assets.models import RegisterChunk, Registration, Session
+from lucid_assets.clients import PipelineClient, ServiceError, StorageClient
+from lucid_assets.core.states import LIVE, Event, Note, State
+from lucid_assets.models import AuditNote, RegisterChunk, Registration, Session
 from lucid_assets.settings import Settings
 from lucid_assets.trust import RECORDER, own_token
 from services.common.errors import ApiError
 
 from .capture import Capture, CaptureEnded, Segment
+from .remote import Gap, Secret
 from .sources import SourceError
 
 log = logging.getLogger("lucid.recorder")
@@ -33,6 +34,7 @@ class Recorder:
         self.settings = settings
         self.recordings: Path = settings.recordings_path
         self.pipeline = PipelineClient(settings.pipeline_url, token=own_token(settings, RECORDER))
+        self.storage = StorageClient(settings.storage_url, token=own_token(settings, RECORDER))
         self.captures: dict[str, Capture] = {}
         self.lock = threading.Lock()
         self.totals = dict.fromkeys(COUNTERS, 0)  # of captures that have ended
@@ -125,6 +127,8 @@ class Recorder:
                     self._on_end(session.id),
                     encoders=self.settings.encoder_order,
                     file_roots=self.settings.file_roots,
+                    credential=self._credential(session.id),
+                    on_gap=self._on_gap(session.id),
                 )
             except SourceError as exc:
                 raise ApiError(422, "source_unavailable", str(exc)) from None
@@ -171,6 +175,32 @@ class Recorder:
                 log.error("could not end %s (%s): %s", session_id, why.reason, exc)
 
         return ended
+
+    def _credential(self, session_id: str):
+        """Opens the stored credential a remote-desktop session names (storage checks that this
+        session names it). The secret stays in this process's memory while the capture may
+        reconnect; it is never written to disk, argv or a log."""
+
+        def open_credential(name: str) -> Secret:
+            try:
+                got = self.storage.open_credential(name, session_id)
+            except ServiceError as exc:
+                raise SourceError(f"credential {name!r}: {exc.body.get('detail') or exc.status}") from None
+            return Secret(username=got.username, domain=got.domain, password=got.password.get_secret_value())
+
+        return open_credential
+
+    def _on_gap(self, session_id: str):
+        """A remote desktop's connection lost, then back: audited, so the timeline can show the gap."""
+
+        def on_gap(gap: Gap) -> None:
+            event = Note.SOURCE_LOST if gap.back_at is None else Note.SOURCE_BACK
+            detail = {"reason": gap.reason}
+            if gap.back_at is not None:
+                detail["gap_ms"] = round((gap.back_at - gap.lost_at) * 1000)
+            self.pipeline.audit_note(session_id, AuditNote(event=event, detail=detail))
+
+        return on_gap
 
     def _on_segment(self, session_id: str):
         def on_segment(seg: Segment) -> None:

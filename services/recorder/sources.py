@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import av
@@ -43,6 +44,11 @@ class Source:
 
     def describe(self) -> str:
         return self.kind
+
+    end_reason: str | None = None  # why the source ended, when it knows better than "it ended"
+
+    def interrupt(self) -> None:
+        """Stop waiting (a reconnect, a slow read): the capture is stopping."""
 
 
 class PatternSource(Source):
@@ -136,8 +142,27 @@ def check_url(url: str, file_roots: list[Path], allow_hosts: str | None = None) 
     return url
 
 
-def open_source(source: dict, video: dict, *, file_roots: list[Path] | None = None, open_timeout_s: int = 10) -> Source:
+def open_source(
+    source: dict,
+    video: dict,
+    *,
+    file_roots: list[Path] | None = None,
+    open_timeout_s: int = 10,
+    credential: Callable[[str], Any] | None = None,
+    on_gap: Callable[[Any], None] | None = None,
+) -> Source:
+    """The source opened, or SourceError saying why (a remote desktop: the server's reason).
+    `credential(name)` opens a stored credential (a remote.Secret); `on_gap` hears of a remote
+    desktop's lost and restored connections."""
     kind = source.get("kind")
+    if kind in ("vnc", "rdp"):
+        from .remote import RemoteSource
+
+        name = source.get("credential")
+        if name and credential is None:
+            raise SourceError(f"credential {name!r} cannot be opened by this recorder")
+        secret = credential(name) if name else None
+        return RemoteSource(source, video, secret, on_gap=on_gap)
     w, h, fps = video["width"], video["height"], video["fps"]
     if kind == "testsrc":
         spec = f"{source.get('pattern', 'testsrc')}=size={w}x{h}:rate={fps},format=yuv420p"

@@ -24,7 +24,7 @@ from services.common.errors import ERRORS
 from services.common.ids import MAX_OFFSET, LabelFilter, SessionId
 
 from .. import registry
-from ..deps import ANY, API, DAGSTER, STORAGE, Actor, Caller, Db, actor_of, allow, may, may_note
+from ..deps import ANY, API, DAGSTER, RECORDER, STORAGE, Actor, Caller, Db, actor_of, allow, may, may_note
 from ..models import AuditRow, SessionRow
 
 # the gateway's calls must name the API key they act for (X-Lucid-Actor)
@@ -96,12 +96,13 @@ def manifest_recorded(session_id: SessionId, body: ManifestSummary, db: Db):
     "/{session_id}/audit",
     status_code=201,
     response_model=AuditReceipt,
-    dependencies=[allow(API, DAGSTER)],
+    dependencies=[allow(API, DAGSTER, RECORDER)],
     responses=NO_ACTOR,
 )
 def audit_note(session_id: SessionId, body: AuditNote, db: Db, actor: Actor, who: Caller):
     """An audited event that is not a transition: a forced reprocess (Dagster), a share link made,
-    revoked or used, an evidence bundle exported (the gateway, naming the key or share)."""
+    revoked or used, an evidence bundle exported (the gateway, naming the key or share), a remote
+    desktop's connection lost or back (the recorder)."""
     may_note(who, body.event)
     with db.write() as s:
         registry.get_row(s, session_id, lock=True)

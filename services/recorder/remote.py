@@ -1,0 +1,429 @@
+"""Remote desktops (VNC, RDP): a real viewer renders the desktop into a private X display (Xvfb, one
+per session, its own MIT cookie) that the x11 capture records.
+
+Why a viewer and not a protocol library: TigerVNC's and FreeRDP's viewers decode every encoding the
+servers use (ZRLE, Tight, H.264/RemoteFX...) in C, follow desktop resizes and draw the remote cursor;
+the Python clients measured here lost sync or crashed on ZRLE and cost a core (docs/DECISIONS.md).
+
+The viewer runs full screen at the recording's size: a desktop of another size is centred with
+black borders (smaller) or shown from its top-left part, following the pointer (larger): the
+recording keeps its size either way (docs/RECORDER.md). A connection that drops is retried with
+backoff for the source's `reconnect_seconds`; nothing is recorded meanwhile, so the gap is a real
+gap in the recording's timestamps (counted as dropped frames). If it does not come back the source
+ends with a reason naming the host, and everything recorded so far is sealed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import av
+
+from .sources import Source, SourceError, check_host
+
+log = logging.getLogger("lucid.recorder")
+CONNECT_TIMEOUT_S = 20  # a viewer that neither connects nor fails by then is stopped
+SETTLE_S = 0.3  # after the viewer reports its first update: the window is mapped and painted
+STDERR_KEEP = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Secret:
+    """What a stored credential opens to; its repr never shows the password."""
+
+    username: str | None = None
+    domain: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+class Viewer(Protocol):
+    name: str
+    binary: str
+
+    def command(
+        self, spec: dict, secret: Secret | None, display: str, width: int, height: int
+    ) -> tuple[list[str], bytes, dict[str, str]]:
+        """argv, what to write to its stdin, extra environment (credentials never on argv)."""
+
+    def failure(self, stderr: str, secret: Secret | None) -> str | None:
+        """A short reason if this stderr says the connection failed (never a credential)."""
+
+    def connected(self, stderr: str) -> bool:
+        """True once the viewer shows the desktop."""
+
+
+def _server_words(line: str, limit: int = 160) -> str:
+    """A server's own reason, as printable text of bounded length."""
+    text = "".join(c if c.isprintable() else " " for c in line).strip()
+    return text[:limit]
+
+
+class VncViewer:
+    """TigerVNC's viewer: view-only, shared, full screen, no remote resize (the desktop's user keeps
+    their size), no reconnect dialog. The password reaches it in VNC_PASSWORD (TigerVNC >= 1.11),
+    an environment only this user can read, never argv."""
+
+    name = "tigervnc"
+    binary = "xtigervncviewer"
+    REFUSALS = (
+        ("Connection refused", "connection refused"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network unreachable"),
+        ("Connection timed out", "connection timed out"),
+        ("Name or service not known", "host name not found"),
+        ("Temporary failure in name resolution", "host name not found"),
+        ("Connection reset by peer", "connection reset by the server"),
+    )
+
+    def command(self, spec, secret, display, width, height):
+        argv = [
+            self.binary,
+            "-ViewOnly",
+            "-Shared",
+            "-FullScreen",
+            "-RemoteResize=0",
+            "-AlertOnFatalError=0",
+            "-ReconnectOnError=0",
+            "-FullscreenSystemKeys=0",
+            f"{spec['host']}::{spec['port']}",
+        ]
+        env = {}
+        if secret is not None and secret.password is not None:
+            env["VNC_PASSWORD"] = secret.password
+        if secret is not None and secret.username:
+            env["VNC_USERNAME"] = secret.username
+        return argv, b"", env
+
+    def failure(self, stderr, secret):
+        for line in stderr.splitlines():
+            if "Authentication failure" in line or "authentication failed" in line.lower():
+                said = _server_words(line.split(":", 2)[-1])
+                return f"the VNC server refused the credentials ({said})" if said else "authentication failed"
+            if "security type" in line.lower() and ("no matching" in line.lower() or "not supported" in line.lower()):
+                return f"no security type in common with the VNC server ({_server_words(line.split(':', 1)[-1])})"
+            if "Too many security failures" in line:
+                return "the VNC server blocks this address after too many failed logins"
+            for needle, reason in self.REFUSALS:
+                if needle in line:
+                    return reason
+            if "End of stream" in line or "Connection closed" in line:
+                return "the VNC server closed the connection"
+        if secret is None and "Choosing security type VncAuth" in stderr and not self.connected(stderr):
+            return "the VNC server asks for a password and the session names no credential"
+        return None
+
+    def connected(self, stderr):
+        return "Using pixel format" in stderr
+
+    def exit_reason(self, stderr: str) -> str | None:
+        """Why it stopped, from its last words (an exited viewer that failure() did not explain)."""
+        said = [ln.split(":", 1)[1] for ln in stderr.splitlines() if ln.startswith(" CConn:") and ":" in ln]
+        said = [w.strip() for w in said if w.strip() and not w.strip().startswith(("Connected to", "Using pixel"))]
+        return f"the VNC viewer stopped: {_server_words(said[-1])}" if said else None
+
+
+def viewer_for(kind: str) -> Viewer:
+    if kind == "vnc":
+        return VncViewer()
+    if kind == "rdp":
+        from .rdp import RdpViewer
+
+        return RdpViewer()
+    raise SourceError(f"no viewer for source kind {kind!r}")
+
+
+class PrivateDisplay:
+    """An Xvfb of the recording's size that only holders of its cookie can open: the viewer (its
+    XAUTHORITY) and this process's x11grab (the cookie added to this user's authority file)."""
+
+    def __init__(self, width: int, height: int):
+        if not shutil.which("Xvfb"):
+            raise SourceError("Xvfb is not installed (Debian package xvfb)")
+        self.tmp = Path(tempfile.mkdtemp(prefix="lucid-x-"))
+        self.cookie = secrets.token_hex(16)
+        self.authfile = self.tmp / "Xauthority"
+        self.authfile.touch(mode=0o600)
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"]
+            + ["-auth", str(self.authfile), "-noreset"],
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        os.close(write_fd)
+        try:
+            number = self._read_number(read_fd)
+        except SourceError:
+            self.close()
+            raise
+        finally:
+            os.close(read_fd)
+        self.display = f":{number}"
+        self.shared_auth = False
+        try:
+            self._xauth(["-f", str(self.authfile), "add", self.display, "MIT-MAGIC-COOKIE-1", self.cookie])
+            self._xauth(["add", self.display, "MIT-MAGIC-COOKIE-1", self.cookie])
+            self.shared_auth = True
+        except SourceError:
+            self.close()
+            raise
+
+    def _read_number(self, fd: int) -> int:
+        deadline = time.monotonic() + 10
+        data = b""
+        os.set_blocking(fd, False)
+        while not data.endswith(b"\n"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SourceError("the private X display (Xvfb) did not start")
+            try:
+                chunk = os.read(fd, 16)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                raise SourceError("the private X display (Xvfb) did not start")
+            data += chunk
+        return int(data)
+
+    @staticmethod
+    def _xauth(args: list[str]) -> None:
+        if not shutil.which("xauth"):
+            raise SourceError("xauth is not installed (Debian package xauth)")
+        done = subprocess.run(["xauth", "-q", *args], capture_output=True, timeout=10)
+        if done.returncode != 0:
+            raise SourceError(f"xauth failed: {done.stderr.decode(errors='replace')[:200]}")
+
+    def close(self) -> None:
+        if getattr(self, "shared_auth", False):
+            self.shared_auth = False
+            try:
+                self._xauth(["remove", self.display])
+            except (SourceError, OSError, subprocess.TimeoutExpired):
+                log.warning("could not remove the cookie of %s from the authority file", self.display)
+        _stop(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen | None, grace: float = 3) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ViewerProcess:
+    """One run of the viewer: its stderr collected by a thread, its credentials written once."""
+
+    def __init__(self, viewer: Viewer, argv: list[str], stdin: bytes, env: dict[str, str]):
+        if not shutil.which(argv[0]):
+            raise SourceError(f"{argv[0]} is not installed (see docs/RECORDER.md for the Debian packages)")
+        self.viewer = viewer
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.defpath, "HOME": env.get("HOME", "/nonexistent"), **env},
+            start_new_session=True,
+        )
+        self.err = bytearray()
+        self.started = time.monotonic()
+        threading.Thread(target=self._drain, name=f"{viewer.name}-stderr", daemon=True).start()
+        try:
+            if stdin:
+                self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
+        except OSError:
+            pass  # it died at once: its stderr says why
+
+    def _drain(self) -> None:
+        for line in iter(self.proc.stderr.readline, b""):
+            if len(self.err) < STDERR_KEEP:
+                self.err += line
+
+    @property
+    def stderr(self) -> str:
+        return self.err.decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class Gap:
+    lost_at: float  # monotonic
+    reason: str
+    back_at: float | None = None
+
+
+class RemoteSource(Source):
+    """Frames of a remote desktop: x11grab of the private display the viewer draws into."""
+
+    paced = False
+    synthetic = False
+
+    # long: one sequence of steps that each undo what came before when a later one fails
+    def __init__(
+        self,
+        spec: dict,
+        video: dict,
+        secret: Secret | None,
+        *,
+        viewer: Viewer | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        on_gap: Callable[[Gap], None] | None = None,
+    ):
+        self.kind = spec["kind"]
+        self.spec, self.video, self.secret = spec, video, secret
+        self.viewer = viewer or viewer_for(self.kind)
+        self.connect_timeout_s = connect_timeout_s
+        self.on_gap = on_gap
+        self.where = f"{spec['host']}:{spec['port']}"
+        self.end_reason: str | None = None
+        self.gaps: list[Gap] = []
+        self._interrupt = threading.Event()
+        self.client: ViewerProcess | None = None
+        check_host(f"tcp://{_bracket(spec['host'])}:{spec['port']}")
+        self.screen = PrivateDisplay(video["width"], video["height"])
+        try:
+            self.client = self._connect()
+            options = {"framerate": str(video["fps"]), "video_size": f"{video['width']}x{video['height']}"}
+            options["draw_mouse"] = "1"
+            try:
+                container = av.open(self.screen.display, format="x11grab", options=options)
+            except (av.FFmpegError, OSError) as exc:
+                raise SourceError(f"the private display did not open for capture: {exc}") from None
+        except BaseException:
+            if self.client is not None:
+                self.client.stop()
+            self.screen.close()
+            raise
+        super().__init__(container)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.where}"
+
+    def _connect(self) -> ViewerProcess:
+        """A viewer showing the desktop, or SourceError with the server's reason."""
+        argv, stdin, env = self.viewer.command(
+            self.spec, self.secret, self.screen.display, self.video["width"], self.video["height"]
+        )
+        env = {**env, "DISPLAY": self.screen.display, "XAUTHORITY": str(self.screen.authfile)}
+        client = ViewerProcess(self.viewer, argv, stdin, env)
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            err = client.stderr
+            reason = self.viewer.failure(err, self.secret)
+            if reason is None and not client.alive():
+                time.sleep(0.05)  # the last lines may still be on their way
+                err = client.stderr
+                reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+            if reason is None and self.viewer.connected(err):
+                time.sleep(SETTLE_S)
+                if client.alive():
+                    return client
+                time.sleep(0.05)
+                err = client.stderr
+                reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+            if reason is None and time.monotonic() > deadline:
+                reason = f"no answer within {self.connect_timeout_s:g} s"
+            if reason is None and self._interrupt.is_set():
+                reason = "stopped while connecting"
+            if reason is not None:
+                client.stop()
+                raise SourceError(f"{self.kind} {self.where}: {reason}")
+            time.sleep(0.05)
+
+    def _reconnect(self, gap: Gap) -> bool:
+        """Try again with backoff until reconnect_seconds pass; True once the desktop is back."""
+        give_up = gap.lost_at + self.spec.get("reconnect_seconds", 60)
+        wait = 0.5
+        while not self._interrupt.is_set() and time.monotonic() < give_up:
+            try:
+                self.client = self._connect()
+                return True
+            except SourceError as exc:
+                gap.reason = str(exc).split(": ", 1)[-1]
+                log.warning("%s still unreachable: %s", self.describe(), gap.reason)
+            self._interrupt.wait(min(wait, max(0.0, give_up - time.monotonic())))
+            wait = min(wait * 2, 10)
+        return False
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        while not self._interrupt.is_set():
+            for frame in self.container.decode(self.stream):
+                if not self.client.alive() or self._interrupt.is_set():
+                    break
+                yield frame
+            else:
+                return
+            if self._interrupt.is_set():
+                return
+            time.sleep(0.05)  # its last lines
+            err = self.client.stderr
+            reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+            self.client.stop()
+            gap = Gap(time.monotonic(), reason)
+            self.gaps.append(gap)
+            log.warning("%s lost (%s): reconnecting for up to %ss", self.describe(), reason, self._patience)
+            self._report(gap)
+            if not self._reconnect(gap):
+                if not self._interrupt.is_set():
+                    self.end_reason = (
+                        f"the {self.kind} connection to {self.where} was lost ({gap.reason}) "
+                        f"and did not come back within {self._patience} s"
+                    )
+                return
+            gap.back_at = time.monotonic()
+            log.warning("%s back after %.1f s", self.describe(), gap.back_at - gap.lost_at)
+            self._report(gap)
+
+    @property
+    def _patience(self) -> int:
+        return self.spec.get("reconnect_seconds", 60)
+
+    def _report(self, gap: Gap) -> None:
+        if self.on_gap is not None:
+            try:
+                self.on_gap(gap)
+            except Exception:  # telling about a gap must never end the recording
+                log.exception("could not report a gap of %s", self.describe())
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def close(self) -> None:
+        self._interrupt.set()
+        super().close()
+        if self.client is not None:
+            self.client.stop()
+        self.screen.close()
+
+
+def _exit_reason(viewer: Viewer, stderr: str) -> str:
+    said = getattr(viewer, "exit_reason", None)
+    return (said(stderr) if said else None) or f"the {viewer.name} viewer exited"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host.strip('[]')}]" if ":" in host else host
