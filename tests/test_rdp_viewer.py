@@ -213,6 +213,10 @@ def test_the_command_keeps_the_password_off_argv_and_environment(tmp_path):
     assert not any(a.startswith(("/p:", "/drive", "+drives", "+home-drive", "/microphone", "+clipboard")) for a in argv)
     with pytest.raises(SourceError):
         rdp.command({"host": "h", "port": 1}, Cred("alice", None, "two\nlines"), ":5", 640, 360)
+    with pytest.raises(SourceError):  # FreeRDP would read the password as the user name
+        rdp.command({"host": "h", "port": 1}, Cred(None, None, "secret"), ":5", 640, 360)
+    argv, stdin, _ = rdp.command({"host": "h", "port": 1}, None, ":5", 640, 360)
+    assert stdin == b"" and not any(a.startswith("/u:") for a in argv)
 
 
 def test_failure_reasons_from_freerdp_lines():

@@ -120,6 +120,8 @@ class RdpViewer:
         # prompts read end-of-file and an NLA server is refused with a reason (not a hang)
         argv.append("/from-stdin:force")
         if secret is not None and secret.password is not None:
+            if not secret.username:  # it would answer the user-name prompt: the password sent as a name
+                raise SourceError("the credential has a password but no user name")
             if any(c in secret.password for c in "\r\n\0"):
                 raise SourceError("the credential's password has a line break or NUL: FreeRDP cannot read it")
             stdin = secret.password.encode() + b"\n"
