@@ -6,7 +6,8 @@ What it is run with, and why (each measured against freerdp-shadow-cli and xrdp 
 - the password on stdin (`/from-stdin:force`), never on argv (ps shows argv) or in the environment.
   The user name and domain are on argv (`/u:`, `/d:`): FreeRDP 2 reads a prompted user name with
   buffered stdio, which swallows the password line too (it then reads an empty password with a raw
-  read and the login fails), so only the password can come through stdin.
+  read and the login fails), so only the password can come through stdin: one line, no line
+  breaks (255 characters were verified; longer ones failed against FreeRDP's own server).
 - `/cert:tofu` with its known_hosts2 under Lucid's data directory: the first certificate a server
   shows is kept, a different one later is refused ("server certificate changed"). `/cert:ignore`
   would hand the password to anyone in the middle: over TLS security (xrdp) the password itself
@@ -160,7 +161,9 @@ class RdpViewer:
         return f"connection failed ({codes[0]})" if codes else None
 
     def connected(self, stderr: str) -> bool:
-        """True once the session came up (it stays True after a later drop: failure() says why)."""
+        """True once the session came up (it stays True after a later drop: failure() says why).
+        xrdp (TLS, no NLA) takes a wrong password into the session and shows its own "login failed"
+        dialog there: the viewer is connected and nothing on its side says otherwise."""
         return any(marker in stderr for marker in ACTIVE)
 
     def exit_reason(self, stderr: str) -> str | None:
