@@ -240,3 +240,17 @@ def test_failure_reasons_from_freerdp_lines():
     assert rdp.failure(line + "Local framebuffer format  PIXEL_FORMAT_BGRX32") is None
     assert rdp.connected("[INFO][com.freerdp.gdi] - Local framebuffer format  PIXEL_FORMAT_BGRX32")
     assert not rdp.connected("Password: ")
+
+
+def test_a_tls_only_server_connects_too(screen, rdp):
+    """Servers without NLA (xrdp speaks TLS or RDP security only) still connect: the certificate is
+    kept on first use, and `-sec-rdp` only rules out RDP's own unauthenticated security."""
+    need("xfreerdp")
+    with rdp_shadow_server(nla=False, color="#2040c0", width=W, height=H) as tls:
+        viewer = Viewer(rdp, spec(tls), Cred(USER, None, PASSWORD), screen)
+        try:
+            assert viewer.settle() == (True, None), viewer.stderr
+            assert "--> CONNECTION_STATE_NLA" not in viewer.stderr
+            assert f"{tls.host} {tls.port} " in (rdp.config_dir / "freerdp" / "known_hosts2").read_text()
+        finally:
+            viewer.stop()
