@@ -313,3 +313,51 @@ def test_a_server_sending_garbage_never_harms_the_recorder(admin, platform):
     assert admin.get(f"/v1/sessions/{healthy}").json()["state"] == "recording"
     assert platform.procs["recorder"] is recorder and recorder.poll() is None  # never restarted
     assert admin.post(f"/v1/sessions/{healthy}/stop").status_code == 200
+
+
+def test_the_viewer_records_a_vnc_desktop(platform, admin, vnc, credential, artifacts):
+    """An operator records a VNC desktop from the viewer: the form, the live controls, a refusal
+    shown with the server's reason."""
+    from tests.browser import Browser, chromium
+
+    if not chromium():
+        _need("chromium")
+    good, wrong = credential(), credential(password="not-the-password")
+    browser = Browser(free_port())
+    shown = "(el => !!el && el.offsetParent !== null)(document.querySelector({!r}))"
+    try:
+        browser.goto(f"{platform.url('api')}/viewer/")
+        browser.js("sessionStorage.setItem('lucid-key', 'test-admin-key-0123456789abcdef'); location.reload()")
+        browser.wait_for(shown.format("#new-toggle"))
+        browser.js("document.querySelector('#new-toggle').click()")
+        browser.wait_for(f"[...document.querySelectorAll('#credential-names option')].some(o => o.value === {good!r})")
+
+        def record(name, cred):
+            browser.js(f"""(() => {{ const v = (s, x) => document.querySelector(s).value = x;
+                v('#new-name', {name!r}); v('#new-kind', 'vnc'); v('#new-host', '127.0.0.1');
+                v('#new-port', '{vnc.port}'); v('#new-credential', {cred!r}); v('#new-size', '800x600');
+                v('#new-fps', '10'); document.querySelector('#new-form').requestSubmit(); }})()""")
+
+        record("from the viewer", good)
+        browser.wait_for("document.querySelector('#state').textContent === 'recording'")
+        assert browser.wait_for(shown.format("#stop")) and browser.js(shown.format("#pause"))
+        sid = browser.js("location.hash.slice(1)")
+        time.sleep(2)
+        browser.screenshot(artifacts / "vnc-viewer-recording.png")
+        browser.js("document.querySelector('#stop').click()")
+        browser.wait_for("!['recording', 'paused'].includes(document.querySelector('#state').textContent)")
+        s = admin.get(f"/v1/sessions/{sid}").json()
+        assert s["source"] == {**vnc_source(vnc, good), "port": vnc.port} and s["video"]["width"] == 800
+        assert s["state"] in ("finalizing", "processing", "sealed"), s
+        # a refused start: the session shows as created and the error says why, without the password
+        browser.js("document.querySelector('#back').click()")
+        browser.wait_for(shown.format("#new-toggle"))
+        browser.js("document.querySelector('#new-toggle').click()")
+        browser.wait_for(shown.format("#new-form"))
+        record("refused", wrong)
+        error = browser.wait_for("(e => !e.hidden && e.textContent)(document.querySelector('#error'))")
+        assert "source_unavailable" in error and "refused the credentials" in error, error
+        assert "not-the-password" not in error
+        assert browser.js("document.querySelector('#state').textContent") == "created"
+    finally:
+        browser.close()

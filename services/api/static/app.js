@@ -116,6 +116,7 @@ async function openSession(id) {
   const links = await api(`/v1/sessions/${id}/links`, { method: "POST" });
   $("#mp4").href = links.mp4;
   $("#ts").href = links.ts;
+  showLive(s);
   show("#session");
   if (s.chunk_count > 0) play(links.hls);
   const [events, checkpoints] = await Promise.all([api(`/v1/sessions/${id}/events`), api(`/v1/sessions/${id}/checkpoints`)]);
@@ -126,6 +127,7 @@ async function openSession(id) {
     cell(tr, e.from || e.to ? `${e.from || ""} → ${e.to || ""}` : ""); cell(tr, e.actor);
     cell(tr, JSON.stringify(e.detail || {}));
   }
+  showGaps(events.items);
   const cp = $("#checkpoints tbody"); cp.replaceChildren();
   for (const c of checkpoints.items) {
     const tr = cp.insertRow(); cell(tr, c.body.tree_size); cell(tr, `${c.body.root.slice(0, 16)}…`); cell(tr, when(c.body.time));
@@ -316,6 +318,70 @@ async function openShare() {
     : { manifest: "not sealed yet" });
 }
 
+// --- recording: a new session from the viewer, and the live controls --------------------------
+function newSource() {
+  const kind = $("#new-kind").value;
+  if (kind === "testsrc") return { kind };
+  const source = { kind, host: $("#new-host").value.trim(), reconnect_seconds: Number($("#new-reconnect").value || 60) };
+  if ($("#new-port").value) source.port = Number($("#new-port").value);
+  if ($("#new-credential").value.trim()) source.credential = $("#new-credential").value.trim();
+  return source;
+}
+
+async function record() {
+  $("#error").hidden = true;
+  const [width, height] = $("#new-size").value.split("x").map(Number);
+  const body = { name: $("#new-name").value.trim(), source: newSource(),
+    video: { width, height, fps: Number($("#new-fps").value || 15) }, labels: { via: "viewer" } };
+  const s = await api("/v1/sessions", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  let refused = null; // a 422 with the server's reason: the session stays created, the error says why
+  try { await api(`/v1/sessions/${s.id}/start`, { method: "POST" }); } catch (err) { refused = err; }
+  $("#new-panel").hidden = true;
+  $("#new-toggle").setAttribute("aria-expanded", "false");
+  history.pushState(null, "", `#${s.id}`);
+  await openSession(s.id);
+  if (refused) throw refused;
+}
+
+async function openNewPanel() {
+  $("#new-panel").hidden = false;
+  $("#new-toggle").setAttribute("aria-expanded", "true");
+  $("#new-remote").hidden = $("#new-kind").value === "testsrc";
+  $("#new-port").placeholder = $("#new-kind").value === "rdp" ? "3389" : "5900";
+  try { // admins see the stored credentials' names (never a password); others type the name
+    const list = await api("/v1/credentials");
+    $("#credential-names").replaceChildren(...list.items.filter((c) => c.kind === $("#new-kind").value).map((c) => {
+      const o = document.createElement("option"); o.value = c.name; o.label = c.username || c.kind; return o;
+    }));
+  } catch { $("#credential-names").replaceChildren(); }
+}
+
+function showLive(s) {
+  const live = ["created", "recording", "paused"].includes(s.state);
+  $("#live").hidden = !live;
+  $("#pause").hidden = s.state !== "recording";
+  $("#resume").hidden = s.state !== "paused";
+  $("#stop").hidden = s.state === "created";
+  $("#live-hint").textContent = s.state === "created" ? "not recording (see the audit log and error above)" : "";
+}
+
+async function control(action) {
+  const s = await api(`/v1/sessions/${state.current.id}/${action}`, { method: "POST" });
+  await openSession(s.id);
+}
+
+// a remote desktop's connection that dropped and came back: a gap in the recording, not invented frames
+function showGaps(entries) {
+  const items = entries.map((r) => r.entry).filter((e) => e.event === "source_lost" || e.event === "source_back");
+  $("#gaps").replaceChildren(...items.map((e) => {
+    const li = document.createElement("li");
+    li.textContent = e.event === "source_lost" ? `${when(e.at)}: connection lost (${e.detail.reason}), nothing recorded until it is back`
+      : `${when(e.at)}: connection back after ${(e.detail.gap_ms / 1000).toFixed(1)} s`;
+    return li;
+  }));
+  $("#gaps").hidden = items.length === 0;
+}
+
 function signOut() {
   sessionStorage.removeItem("lucid-key");
   state.key = null;
@@ -344,6 +410,13 @@ $("#share-toggle").addEventListener("click", () => {
 });
 $("#share-form").addEventListener("submit", (e) => { e.preventDefault(); createShare().catch(fail); });
 $("#share-copy").addEventListener("click", () => copyShareLink().catch(fail));
+$("#new-toggle").addEventListener("click", () => {
+  if (!$("#new-panel").hidden) { $("#new-panel").hidden = true; $("#new-toggle").setAttribute("aria-expanded", "false"); return; }
+  openNewPanel().catch(fail);
+});
+$("#new-kind").addEventListener("change", () => openNewPanel().catch(fail));
+$("#new-form").addEventListener("submit", (e) => { e.preventDefault(); record().catch(fail); });
+for (const action of ["pause", "resume", "stop"]) $(`#${action}`).addEventListener("click", () => control(action).catch(fail));
 // /viewer/#<session id> opens that session (the Dagster UI links here); /viewer/#share=<token> is share mode
 const start = () => (location.hash.length > 1 ? openSession(location.hash.slice(1)) : loadList());
 window.addEventListener("hashchange", () => {

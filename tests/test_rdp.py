@@ -1,0 +1,68 @@
+"""The rdp source end to end on the real platform: a stored credential (user and password), a
+FreeRDP shadow server that requires NLA, the recording decoded and compared with the server's
+screen, and a server killed mid-session (reconnect, then the session ends sealed with a reason).
+The viewer's own behaviour (flags, reasons, certificates) is tested in test_rdp_viewer.py."""
+
+import random
+import time
+
+import pytest
+
+from tests.helpers import create, decode, download, wait_state
+from tests.remote_desktops import rdp_shadow_server
+from tests.test_vnc import mean_rgb, near
+
+pytestmark = pytest.mark.e2e
+USER, PASSWORD = "lucid", "Rdp-Pa55-e2e"
+W, H = 320, 240
+RED = (192, 48, 32)
+
+
+@pytest.fixture()
+def server():
+    with rdp_shadow_server(USER, PASSWORD, width=W, height=H) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def credential(admin):
+    name = f"rdp-{random.randrange(10**6)}"
+    body = {"name": name, "kind": "rdp", "username": USER, "password": PASSWORD}
+    assert admin.post("/v1/credentials", json=body).status_code == 201
+    yield name
+    admin.delete(f"/v1/credentials/{name}")
+
+
+def source(server, credential, **extra):
+    return {"kind": "rdp", "host": server.host, "port": server.port, "credential": credential, **extra}
+
+
+def test_rdp_desktop_is_recorded_and_a_lost_server_ends_it_sealed(admin, server, credential, tmp_path):
+    sid = create(admin, "rdp", source=source(server, credential, reconnect_seconds=3), width=W, height=H, fps=10)
+    r = admin.post(f"/v1/sessions/{sid}/start")
+    assert r.status_code == 200, r.text
+    time.sleep(4)
+    server.proc.kill()  # the RDP server dies; it does not come back within 3 s
+    s = wait_state(admin, sid, {"sealed", "failed"})
+    assert s["state"] == "sealed", s["failure_reason"]
+    assert f"rdp connection to {server.host}:{server.port} was lost" in s["end_reason"], s["end_reason"]
+    download(admin, sid, tmp_path / "rec.ts")
+    frames = decode(tmp_path / "rec.ts")
+    assert (frames[0].width, frames[0].height) == (W, H) and len(frames) >= 20
+    shown = [mean_rgb(f) for f in frames[2:-2]]
+    assert sum(near(c, RED) for c in shown) >= 0.9 * len(shown), shown[:5]
+    events = [e["entry"] for e in admin.get(f"/v1/sessions/{sid}/events").json()["items"]]
+    assert any(e["event"] == "source_lost" for e in events)
+    assert PASSWORD not in str(events) + str(s)
+
+
+def test_rdp_wrong_password_is_refused_with_a_reason(admin, server):
+    name = f"rdp-wrong-{random.randrange(10**6)}"
+    body = {"name": name, "kind": "rdp", "username": USER, "password": "not-the-password"}
+    assert admin.post("/v1/credentials", json=body).status_code == 201
+    sid = create(admin, "rdp refused", source=source(server, name), width=W, height=H)
+    r = admin.post(f"/v1/sessions/{sid}/start")
+    assert r.status_code == 422 and r.json()["error"] == "source_unavailable", r.text
+    assert "authentication failed" in r.json()["detail"] and "not-the-password" not in r.text
+    assert admin.get(f"/v1/sessions/{sid}").json()["state"] == "created"
+    admin.delete(f"/v1/credentials/{name}")
