@@ -190,6 +190,35 @@ def _api(args) -> Api:
     return Api(args.api, key)
 
 
+def demo_source(api, spec: str, password_file: str | None, username: str | None) -> dict:
+    """--source: `testsrc`, or `vnc://[CREDENTIAL@]HOST[:PORT]` / `rdp://CREDENTIAL@HOST[:PORT]`.
+    With --password-file the credential is stored first (admin key; PUT replaces it): the password
+    goes from the file to the API, never on a command line."""
+    if spec == "testsrc":
+        return {"kind": "testsrc"}
+    url = urlsplit(spec)
+    if url.scheme not in ("vnc", "rdp") or not url.hostname:
+        raise SystemExit(f"lucid: --source {spec!r}: expected testsrc, vnc://[CREDENTIAL@]HOST[:PORT] or rdp://...")
+    source = {"kind": url.scheme, "host": url.hostname}
+    if url.port:
+        source["port"] = url.port
+    name = url.username
+    if password_file:
+        name = name or f"demo-{url.scheme}-{url.hostname.replace(':', '-')}"
+        body = {"kind": url.scheme, "password": Path(password_file).read_text().rstrip("\r\n")}
+        if username:
+            body["username"] = username
+        r = api.http.post("/v1/credentials", json={**body, "name": name})
+        if r.status_code == 409:
+            api("PUT", f"/v1/credentials/{name}", json=body)  # it exists: replaced
+        elif r.status_code >= 400:
+            raise SystemExit(f"lucid: POST /v1/credentials -> {r.status_code} {r.text}")
+        print(f"credential {name!r} stored (sealed under the master key)")
+    if name:
+        source["credential"] = name
+    return source
+
+
 def cmd_demo(args) -> int:
     api = _api(args)
     w, h = (int(x) for x in args.size.split("x"))
@@ -199,7 +228,7 @@ def cmd_demo(args) -> int:
         json={
             "name": f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
             "labels": {"kind": "demo"},
-            "source": {"kind": "testsrc"},
+            "source": demo_source(api, args.source, args.password_file, args.username),
             "video": {"width": w, "height": h, "fps": args.fps},
             "chunk_seconds": args.chunk_seconds,
         },
@@ -401,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--fps", type=int, default=30)
     demo.add_argument("--chunk-seconds", type=int, default=10)
     demo.add_argument("--timeout", type=float, default=300)
+    demo.add_argument(
+        "--source", default="testsrc", help="testsrc (default), vnc://[CREDENTIAL@]HOST[:PORT] or rdp://CREDENTIAL@HOST"
+    )
+    demo.add_argument("--password-file", help="store the remote desktop's password (first line) as the credential")
+    demo.add_argument("--username", help="the remote desktop's user name (RDP), stored with --password-file")
     sub.choices["verify"].add_argument("session")
     ev = sub.choices["evidence"]
     ev.add_argument("session")

@@ -37,7 +37,7 @@ class VncServer:
     """Xvnc on 127.0.0.1:<port> with VNC authentication; restartable on the same port."""
 
     def __init__(self, tmp: Path, password: str = PASSWORD, size=(W, H)):
-        _need("Xvnc", "vncpasswd", "xsetroot", "xtigervncviewer", "Xvfb", "xauth")
+        _need("Xvnc", "vncpasswd", "xsetroot", "xrandr", "xtigervncviewer", "Xvfb", "xauth")
         self.tmp, self.size, self.port = tmp, size, free_port()
         self.pwfile = tmp / "passwd"
         done = subprocess.run(["vncpasswd", "-f"], input=f"{password}\n".encode(), capture_output=True, check=True)
@@ -64,6 +64,17 @@ class VncServer:
     def paint(self, rgb):
         color = "#{:02x}{:02x}{:02x}".format(*rgb)
         subprocess.run(["xsetroot", "-solid", color], env={**os.environ, "DISPLAY": self.display}, check=True)
+
+    def resize(self, w, h):
+        """The desktop changes size mid-session (RandR, as a user changing resolution would)."""
+        env, mode = {**os.environ, "DISPLAY": self.display}, f"{w}x{h}"
+        for args in (
+            ["--newmode", mode, "1", str(w), str(w + 1), str(w + 2), str(w + 3)]
+            + [str(h), str(h + 1), str(h + 2), str(h + 3)],
+            ["--addmode", "VNC-0", mode],
+            ["--output", "VNC-0", "--mode", mode],
+        ):
+            subprocess.run(["xrandr", *args], env=env, check=True, capture_output=True)
 
     def kill(self):
         self.proc.kill()
@@ -133,13 +144,17 @@ def test_vnc_desktop_is_recorded_as_the_server_shows_it(admin, vnc, credential, 
     assert admin.post(f"/v1/sessions/{sid}/pause").json()["state"] == "paused"
     time.sleep(1)
     assert admin.post(f"/v1/sessions/{sid}/resume").json()["state"] == "recording"
+    vnc.resize(W // 2, H // 2)  # the desktop shrinks: the recording keeps its size, the desktop centred
     time.sleep(1.5)
     admin.post(f"/v1/sessions/{sid}/stop")
     s = wait_state(admin, sid, {"sealed", "failed"})
     assert s["state"] == "sealed", s["failure_reason"]
     download(admin, sid, tmp_path / "rec.ts")
     frames = decode(tmp_path / "rec.ts")
-    assert (frames[0].width, frames[0].height) == (W, H)
+    assert {(f.width, f.height) for f in frames} == {(W, H)}
+    corner = (0.0, 0.0, 0.2, 0.2)
+    border = (40, 40, 40)  # TigerVNC's dark grey around a desktop smaller than its full screen
+    assert near(mean_rgb(frames[-1], corner), border, 12) and near(mean_rgb(frames[0], corner), RED)
     colours = [mean_rgb(f) for f in frames]
     first_green = next(i for i, c in enumerate(colours) if near(c, GREEN))
     assert first_green > 10 and all(near(c, RED) for c in colours[2 : first_green - 2]), colours[:first_green]
@@ -361,3 +376,26 @@ def test_the_viewer_records_a_vnc_desktop(platform, admin, vnc, credential, arti
         assert browser.js("document.querySelector('#state').textContent") == "created"
     finally:
         browser.close()
+
+
+def test_lucid_demo_records_a_vnc_desktop(platform, admin, vnc, tmp_path):
+    """`lucid demo --source vnc://HOST:PORT --password-file F`: the credential stored from the file
+    (never on the command line), the desktop recorded, sealed and verified."""
+    import json
+    import sys
+
+    pw = tmp_path / "vnc-password"
+    pw.write_text(PASSWORD + "\n")
+    lucid = Path(sys.executable).parent / "lucid"
+    argv = [str(lucid), "demo", "--api", platform.url("api"), "--key", "test-admin-key-0123456789abcdef"]
+    argv += ["--source", f"vnc://127.0.0.1:{vnc.port}", "--password-file", str(pw), "--seconds", "3"]
+    argv += ["--size", f"{W}x{H}", "--fps", "10", "--chunk-seconds", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LUCID_", "DAGSTER_"))}
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "credential 'demo-vnc-127.0.0.1' stored" in r.stdout and PASSWORD not in r.stdout + r.stderr
+    report = json.loads(r.stdout[r.stdout.index("{") :])
+    assert report["verified"] and report["chunks"] >= 2, report
+    s = admin.get(f"/v1/sessions/{report['session']}").json()
+    assert s["source"]["kind"] == "vnc" and s["source"]["credential"] == "demo-vnc-127.0.0.1"
+    admin.delete("/v1/credentials/demo-vnc-127.0.0.1")

@@ -6,8 +6,8 @@ servers use (ZRLE, Tight, H.264/RemoteFX...) in C, follow desktop resizes and dr
 the Python clients measured here lost sync or crashed on ZRLE and cost a core (docs/DECISIONS.md).
 
 The viewer runs full screen at the recording's size: a desktop of another size is centred with
-black borders (smaller) or shown from its top-left part, following the pointer (larger): the
-recording keeps its size either way (docs/RECORDER.md). A connection that drops is retried with
+dark grey borders (smaller) or shown from its top-left part, panning after the pointer (larger):
+the recording keeps its size either way (docs/RECORDER.md). A connection that drops is retried with
 backoff for the source's `reconnect_seconds`; nothing is recorded meanwhile, so the gap is a real
 gap in the recording's timestamps (counted as dropped frames). If it does not come back the source
 ends with a reason naming the host, and everything recorded so far is sealed."""
