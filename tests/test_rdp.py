@@ -66,3 +66,35 @@ def test_rdp_wrong_password_is_refused_with_a_reason(admin, server):
     assert "authentication failed" in r.json()["detail"] and "not-the-password" not in r.text
     assert admin.get(f"/v1/sessions/{sid}").json()["state"] == "created"
     admin.delete(f"/v1/credentials/{name}")
+
+
+def rdp_garbage(rng):
+    """What a broken or hostile RDP server sends: random bytes, a TPKT header claiming 64 KiB then
+    silence, an X.224 connection confirm cut short, one with a nonsense negotiation response, and a
+    valid-looking confirm followed by random 'TLS'."""
+    yield [rng.randbytes(rng.randrange(1, 2048))]
+    yield [b"\x03\x00\xff\xff" + rng.randbytes(20)]
+    yield [b"\x03\x00\x00\x13\x0e\xd0\x00\x00"]
+    yield [b"\x03\x00\x00\x13\x0e\xd0\x00\x00\x12\x34\x00\x02\x1f\x08\x00\xff\xff\xff\x7f"]
+    yield [b"\x03\x00\x00\x13\x0e\xd0\x00\x00\x12\x34\x00\x02\x00\x08\x00\x02\x00\x00\x00", rng.randbytes(3000)]
+
+
+def test_an_rdp_server_sending_garbage_is_refused_cleanly(admin, platform):
+    from tests.test_vnc import fake_server
+
+    rng = random.Random(3389)
+    scripts = list(rdp_garbage(rng))
+    name = f"rdp-fuzz-{rng.randrange(10**6)}"
+    body = {"name": name, "kind": "rdp", "username": "u", "password": "p"}
+    assert admin.post("/v1/credentials", json=body).is_success
+    recorder = platform.procs["recorder"]
+    with fake_server(scripts) as (port, served):
+        for _ in scripts:
+            src = {"kind": "rdp", "host": "127.0.0.1", "port": port, "credential": name, "reconnect_seconds": 0}
+            sid = create(admin, "rdp garbage", source=src, width=W, height=H)
+            r = admin.post(f"/v1/sessions/{sid}/start")
+            assert r.status_code == 422 and r.json()["error"] == "source_unavailable", r.text  # never a 500
+    assert len(served) >= len(scripts)
+    assert platform.procs["recorder"] is recorder and recorder.poll() is None
+    assert admin.get("/v1/sessions", params={"limit": 1}).status_code == 200
+    admin.delete(f"/v1/credentials/{name}")
