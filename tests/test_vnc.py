@@ -399,3 +399,37 @@ def test_lucid_demo_records_a_vnc_desktop(platform, admin, vnc, tmp_path):
     s = admin.get(f"/v1/sessions/{report['session']}").json()
     assert s["source"]["kind"] == "vnc" and s["source"]["credential"] == "demo-vnc-127.0.0.1"
     admin.delete("/v1/credentials/demo-vnc-127.0.0.1")
+
+
+def _cmdlines():
+    for proc in Path("/proc").iterdir():
+        try:
+            yield int(proc.name), (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_recorder_takes_its_viewer_and_display_with_it(platform, admin, vnc, credential):
+    """SIGKILL of the recorder: its viewer and private Xvfb die with it (PR_SET_PDEATHSIG), so no
+    viewer stays connected to the desktop; the restarted recorder finalizes what was recorded."""
+    sid = create(admin, "vnc crash", source=vnc_source(vnc, credential()), width=W, height=H, chunk_seconds=1)
+    assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
+    time.sleep(2.5)
+    target = f"127.0.0.1::{vnc.port}".encode()
+    viewer = next(pid for pid, cmd in _cmdlines() if cmd[0].endswith(b"xtigervncviewer") and target in cmd)
+    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{viewer}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    xvfb = next(pid for pid, cmd in _cmdlines() if cmd[0] == b"Xvfb" and env[b"XAUTHORITY"] in cmd)
+    platform.restart("recorder")  # SIGKILL to its process group; the viewer and Xvfb have their own
+    deadline = time.monotonic() + 10
+    while _alive(viewer) or _alive(xvfb):
+        assert time.monotonic() < deadline, "the viewer or its display outlived the recorder"
+        time.sleep(0.1)
+    s = wait_state(admin, sid, {"sealed", "failed"})
+    assert s["state"] == "sealed" and "recorder restarted" in s["end_reason"], s

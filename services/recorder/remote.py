@@ -14,10 +14,13 @@ ends with a reason naming the host, and everything recorded so far is sealed."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import queue
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -154,14 +157,13 @@ class PrivateDisplay:
         self.authfile = self.tmp / "Xauthority"
         self.authfile.touch(mode=0o600)
         read_fd, write_fd = os.pipe()
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"]
             + ["-auth", str(self.authfile), "-noreset"],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         os.close(write_fd)
         try:
@@ -217,6 +219,53 @@ class PrivateDisplay:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class _Spawner:
+    """Every child of a remote-desktop source (Xvfb, the viewer) is forked by one thread that lives
+    as long as the recorder, with PR_SET_PDEATHSIG: if the recorder dies, even by SIGKILL, they are
+    killed with it (Linux ties that signal to the thread that forked, so not a request's worker
+    thread, which ends when idle). Without it a crashed recorder would leave a viewer connected to
+    someone's desktop. They run in their own session, so a Ctrl-C or a stop of the recorder's
+    process group reaches the recorder first, which flushes and then stops them."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        try:
+            self.prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # not Linux: children outlive a killed recorder
+            self.prctl = None
+
+    def _child(self) -> None:
+        if self.prctl is not None:
+            self.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+    def _run(self) -> None:
+        while True:
+            argv, kwargs, box, done = self.jobs.get()
+            try:
+                box.append(subprocess.Popen(argv, preexec_fn=self._child, start_new_session=True, **kwargs))
+            except BaseException as exc:  # handed to the caller
+                box.append(exc)
+            done.set()
+
+    def __call__(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="remote-spawner", daemon=True)
+                self.thread.start()
+        box: list = []
+        done = threading.Event()
+        self.jobs.put((argv, kwargs, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+spawn = _Spawner()
+
+
 def _stop(proc: subprocess.Popen | None, grace: float = 3) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -235,13 +284,12 @@ class ViewerProcess:
         if not shutil.which(argv[0]):
             raise SourceError(f"{argv[0]} is not installed (see docs/RECORDER.md for the Debian packages)")
         self.viewer = viewer
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env={"PATH": os.defpath, "HOME": env.get("HOME", "/nonexistent"), **env},
-            start_new_session=True,
         )
         self.err = bytearray()
         self.started = time.monotonic()
