@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import pytest
 
+from services.recorder.remote import stop_process
 from tests.conftest import free_port
 
 PACKAGES = {
@@ -47,15 +48,7 @@ def need(*binaries: str) -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian: {packages})")
 
 
-def stop(proc: subprocess.Popen | None, grace: float = 3) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = stop_process  # terminate, then kill after a grace period
 
 
 @contextmanager

@@ -215,7 +215,7 @@ class PrivateDisplay:
                 self._xauth(["remove", self.display])
             except (SourceError, OSError, subprocess.TimeoutExpired):
                 log.warning("could not remove the cookie of %s from the authority file", self.display)
-        _stop(self.proc)
+        stop_process(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -266,7 +266,7 @@ class _Spawner:
 spawn = _Spawner()
 
 
-def _stop(proc: subprocess.Popen | None, grace: float = 3) -> None:
+def stop_process(proc: subprocess.Popen | None, grace: float = 3) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -314,7 +314,7 @@ class ViewerProcess:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 @dataclass
