@@ -7,8 +7,11 @@
   healthy again, wait until Dagster's runs (DockerRunLauncher, one container per run, no health
   check) have sealed the session, verify it, export it as MP4, check that Postgres logged no
   duplicate-key error and the warehouse holds no orphan table metadata, rotate the master key,
-  check that no secret reached any container's log, then tear it all down (volumes included)
-  unless --keep.
+  record a remote desktop (a real Xvnc on this host, on the compose network's gateway address, which
+  the recorder is allowed to reach through LUCID_URL_ALLOW_HOSTS; its password a stored credential)
+  and check that the exported MP4's frames show the desktop's colours, check that no secret reached
+  any container's log, then tear it all down (volumes included) unless --keep. Needs TigerVNC on
+  the host (Xvnc, vncpasswd: scripts/test installs them) and PyAV in .venv to decode.
 
 It runs as a project of its own (COMPOSE_PROJECT_NAME lucid-smoke-<random>: its own volumes,
 network and containers) on free host ports (LUCID_API_PORT / LUCID_DAGSTER_PORT if set), so a Lucid
@@ -280,6 +283,164 @@ def wait_state(api: Api, sid: str, wanted: set[str], timeout: float) -> dict:
         time.sleep(1)
 
 
+VNC_SIZE = (320, 240)
+VNC_COLOURS = ((0x30, 0x70, 0xD0), (0xE0, 0x90, 0x20))  # the desktop before, then after the repaint
+
+FRAME_COLOURS = """
+import json, sys, av
+out = []
+with av.open(sys.argv[1]) as c:
+    for f in c.decode(video=0):
+        a = f.to_ndarray(format="rgb24")
+        h, w = a.shape[:2]
+        mid = a[11 * h // 20 : 19 * h // 20, w // 4 : 3 * w // 4]  # the lower middle (see frame_colours)
+        out.append([round(float(mid[..., i].mean())) for i in range(3)] + [f.width, f.height])
+print(json.dumps(out))
+"""
+
+
+def frame_colours(video: bytes) -> list[list[int]]:
+    """Mean colour (and size) of each decoded frame's lower middle, with PyAV from the tests' venv.
+    (TigerVNC's full-screen viewer overlays "Press F8 to open the context menu" on the upper third
+    of the first ~3.5 s of a recording.)"""
+    python = ROOT / ".venv" / "bin" / "python"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recording.mp4"
+        path.write_bytes(video)
+        out = run([str(python if python.exists() else sys.executable), "-c", FRAME_COLOURS, str(path)], capture=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def near(rgb, want, tol: int = 24) -> bool:
+    return all(abs(a - b) <= tol for a, b in zip(rgb, want))
+
+
+class VncDesktop:
+    """A real TigerVNC server (Xvnc) on this host with VNC authentication, listening only on
+    `address` (the compose network's gateway: the recorder's container reaches it there)."""
+
+    def __init__(self, address: str, password: str):
+        missing = [b for b in ("Xvnc", "vncpasswd", "xsetroot") if not shutil.which(b)]
+        if missing:
+            raise SystemExit(
+                f"smoke: {missing} missing (Debian tigervnc-standalone-server, tigervnc-tools, x11-xserver-utils)"
+            )
+        self.tmp = Path(tempfile.mkdtemp(prefix="lucid-smoke-vnc-"))
+        self.address, self.port = address, free_port()
+        pwfile = self.tmp / "passwd"
+        done = subprocess.run(["vncpasswd", "-f"], input=f"{password}\n".encode(), capture_output=True, check=True)
+        pwfile.write_bytes(done.stdout)
+        pwfile.chmod(0o600)
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(
+            ["Xvnc", "-displayfd", str(write_fd), "-geometry", "{}x{}".format(*VNC_SIZE), "-depth", "24"]
+            + ["-interface", address, "-rfbport", str(self.port), "-localhost=0", "-nolisten", "tcp"]
+            + ["-SecurityTypes", "VncAuth", "-PasswordFile", str(pwfile)],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            number = f.readline().strip()
+        if not number:
+            self.stop()
+            raise SystemExit(f"smoke: Xvnc did not start on {address}:{self.port}")
+        self.display = f":{number}"
+
+    def paint(self, rgb) -> None:
+        colour = "#{:02x}{:02x}{:02x}".format(*rgb)
+        subprocess.run(["xsetroot", "-solid", colour], env={**os.environ, "DISPLAY": self.display}, check=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def network_gateway(env: dict) -> str:
+    net = f"{env['COMPOSE_PROJECT_NAME']}-session-network"
+    out = run(
+        ["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}} {{end}}", net], env=env, capture=True
+    )
+    v4 = [a for a in out.stdout.split() if "." in a]
+    if not v4:
+        raise SystemExit(f"smoke: network {net} has no IPv4 gateway: {out.stdout!r}")
+    return v4[0]
+
+
+def secret_in_logs(env: dict, secrets: Path, extra: list[str], services: tuple[str, ...] = ()) -> str | None:
+    """The id of a container (of these services, or every one of the stack) whose log holds a
+    secret (the generated ones, and `extra`), or None."""
+    values = [
+        (secrets / f).read_text().strip()
+        for f in (
+            "admin-api-key",
+            "master.key",
+            "db-password",
+            *(f"service/{p.name}" for p in (secrets / "service").glob("*.token")),
+        )
+    ] + extra
+    for cid in run([str(COMPOSE), "ps", "-q", *services], env=env, capture=True).stdout.split():
+        log = run(["docker", "logs", cid], env=env, check=False, capture=True).stdout
+        if any(v and v in log for v in values):
+            return cid
+    return None
+
+
+def record_a_vnc_desktop(
+    env: dict, api: Api, numbers: dict, password: str, seconds: float, timeout: float
+) -> str | None:
+    """A VNC desktop on the host, recorded by the recorder's image through the gateway: None, or what
+    is wrong. The recorder is recreated with the desktop's address in LUCID_URL_ALLOW_HOSTS (empty by
+    default: private addresses are refused), the password is a stored credential, the desktop is
+    repainted mid-recording, and the exported MP4's frames must show both colours in order."""
+    gateway = network_gateway(env)
+    desktop = VncDesktop(gateway, password)
+    try:
+        desktop.paint(VNC_COLOURS[0])
+        env["LUCID_URL_ALLOW_HOSTS"] = gateway  # every later compose call sees the same recorder
+        t0 = time.monotonic()
+        run([str(COMPOSE), "up", "--no-deps", "session-recorder"], env=env, capture=True)
+        numbers["vnc_recorder_recreated_s"] = round(time.monotonic() - t0, 1)
+        api.call("POST", "/v1/credentials", {"name": "smoke-vnc", "kind": "vnc", "password": password})
+        source = {"kind": "vnc", "host": gateway, "port": desktop.port, "credential": "smoke-vnc"}
+        video = {"width": VNC_SIZE[0], "height": VNC_SIZE[1], "fps": 10}
+        sess = api.call(
+            "POST", "/v1/sessions", {"name": "compose smoke vnc", "source": source, "video": video, "chunk_seconds": 2}
+        )
+        sid = sess["id"]
+        try:
+            api.call("POST", f"/v1/sessions/{sid}/start")
+        except urllib.error.HTTPError as exc:
+            return f"the vnc session did not start: {exc.code} {exc.read()[:500]!r}"
+        time.sleep(seconds / 2)
+        desktop.paint(VNC_COLOURS[1])
+        time.sleep(seconds / 2)
+        api.call("POST", f"/v1/sessions/{sid}/stop")
+        t0 = time.monotonic()
+        final = wait_state(api, sid, {"sealed", "failed"}, timeout)
+        if final["state"] != "sealed":
+            return f"the vnc session failed: {final.get('failure_reason')}"
+        numbers["vnc_stop_to_sealed_s"] = round(time.monotonic() - t0, 1)
+        mp4 = api.call("GET", f"/v1/sessions/{sid}/recording.mp4", raw=True)
+        frames = frame_colours(mp4)
+    finally:
+        desktop.stop()
+    if not frames or any(tuple(f[3:]) != VNC_SIZE for f in frames):
+        return f"the vnc recording has {len(frames)} frames of sizes {sorted({tuple(f[3:]) for f in frames})}"
+    marks = [next((i for i, c in enumerate(VNC_COLOURS) if near(f[:3], c)), None) for f in frames]
+    first_b = marks.index(1) if 1 in marks else None
+    # (the first frames may still show the viewer's first paint)
+    if not first_b or first_b < 3 or marks[2] != 0 or None in marks[2:] or 0 in marks[first_b:]:
+        return f"the vnc frames do not show the desktop's colours {VNC_COLOURS} in order: {[f[:3] for f in frames]}"
+    numbers.update(
+        vnc_frames=len(frames), vnc_mp4_bytes=len(mp4), vnc_repaint_at_frame=first_b, vnc_ends=final.get("end_reason")
+    )
+    return None
+
+
 # long: the smoke test's steps in the order an operator runs them, each printed as it goes
 def main() -> int:
     host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
@@ -416,6 +577,26 @@ def main() -> int:
             say(f"after rotation: verify {again['status']}, chunk 0 starts {chunk0[:4]!r}")
             return 1
 
+        # a remote desktop: a VNC server on this host, recorded by the recorder's image (its
+        # Xvfb, xauth and TigerVNC viewer), exported and decoded
+        leaked = secret_in_logs(env, secrets, [], ("session-recorder",))  # the container is replaced
+        if leaked:
+            say(f"a secret appears in the log of container {leaked}")
+            return 1
+        vnc_password = random_names.token_urlsafe(6)  # VNC passwords use their first 8 characters
+        wrong = record_a_vnc_desktop(env, api, numbers, vnc_password, max(args.seconds, 6.0), timeout)
+        if wrong:
+            say(wrong)
+            logs = run(
+                [str(COMPOSE), "logs", "--no-color", "--tail", "40", "session-recorder"],
+                env=env,
+                check=False,
+                capture=True,
+            )
+            say(f"session-recorder log (last 40 lines):\n{logs.stdout}")
+            return 1
+        say(f"vnc desktop recorded through the recorder image: {numbers['vnc_frames']} frames, both colours in order")
+
         # runs were containers of their own (DockerRunLauncher, auto-removed); none is left behind
         # once the last one has finished (a live batch may still be running after the seal)
         runs_finished(env, timeout=180)
@@ -434,22 +615,12 @@ def main() -> int:
             say(f"run containers' health checks: expected none on {len(watcher.seen)} runs, got {checked}")
             return 1
         numbers["run_containers_seen"] = len(watcher.seen)
-        # no secret in any container's log
-        names = run([str(COMPOSE), "ps", "-q"], env=env, capture=True).stdout.split()
-        secret_values = [
-            (secrets / f).read_text().strip()
-            for f in (
-                "admin-api-key",
-                "master.key",
-                "db-password",
-                *(f"service/{p.name}" for p in (secrets / "service").glob("*.token")),
-            )
-        ]
-        for cid in names:
-            log = run(["docker", "logs", cid], env=env, check=False, capture=True).stdout
-            if any(v and v in log for v in secret_values):
-                say(f"a secret appears in the log of container {cid}")
-                return 1
+        # no secret in any container's log (the recorder's earlier container was checked before
+        # the vnc step replaced it)
+        leaked = secret_in_logs(env, secrets, [vnc_password])
+        if leaked:
+            say(f"a secret appears in the log of container {leaked}")
+            return 1
         say("session recorded, sealed by Dagster's run containers, verified, exported: OK")
         print(json.dumps(numbers, indent=2))
         return 0

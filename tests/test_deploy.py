@@ -275,13 +275,31 @@ def test_every_image_names_a_real_command():
     for name, port in images.items():
         text = (REPO / "build" / name / "Dockerfile").read_text()
         assert f"PORT={port}" in text and f"EXPOSE {port}" in text, name
-        assert "HEALTHCHECK" in text and re.search(r"^FROM \$\{BASE\}$", text, re.M), name
+        assert "HEALTHCHECK" in text and re.search(r"^FROM \$\{BASE\}( AS lucid)?$", text, re.M), name
         serve = re.search(r'"services\.serve", "(\w+)"', text)
         if serve:
             assert PORTS[serve.group(1)] == port, name
     base = (REPO / "build/base/Dockerfile").read_text()
     assert "FROM gcr.io/distroless/python3-debian12:nonroot" in base and "USER 65532:65532" in base
     assert "ENTRYPOINT []" in base
+    # the recorder runs X programs for remote desktops (and Xvfb needs /bin/sh): its own runtime on
+    # debian:12-slim with the base's venv and code, as the same user, with the same environment
+    recorder = (REPO / "build/session-recorder/Dockerfile").read_text()
+    runtime = recorder.split("\nFROM debian:12-slim\n", 1)[1]
+    for package in ("xvfb", "xauth", "tigervnc-viewer", "freerdp2-x11", "--no-install-recommends"):
+        assert package in runtime, package
+    for line in ("COPY --from=lucid /opt/venv /opt/venv", "COPY --from=lucid /app /app", "USER 65532:65532"):
+        assert line in runtime, line
+    assert "ENTRYPOINT []" in runtime and base.split("ENV PATH=", 1)[1].split("\nWORKDIR", 1)[0] in runtime
+    # private desktop addresses stay refused unless the operator names them
+    env = stack("p")["services"]["session-recorder"]["environment"]
+    assert env["LUCID_URL_ALLOW_HOSTS"] == ""
+    assert (
+        stack("p", LUCID_URL_ALLOW_HOSTS="10.0.0.5")["services"]["session-recorder"]["environment"][
+            "LUCID_URL_ALLOW_HOSTS"
+        ]
+        == "10.0.0.5"
+    )
     for script in (
         "build-session-pipeline.sh",
         "build-session-recorder.sh",
