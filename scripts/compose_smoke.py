@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "scripts" / "compose"
-VOLUMES = ("session-data", "recordings", "chunks", "processed", "storage", "logs")  # each <project>-<name>
+VOLUMES = ("session-data", "recordings", "chunks", "processed", "storage", "logs", "rdp-trust")  # each <project>-<name>
 
 
 def say(msg: str) -> None:
