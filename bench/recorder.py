@@ -348,9 +348,12 @@ def remote_capture(kind: str, target: str, w: int, h: int, fps: int, seconds: fl
     before = {k: cpu_seconds(pid) for k, pid in pids.items()}
     c0, t0 = time.process_time(), time.monotonic()
     cap.start()
-    while not first and time.monotonic() < t0 + 20:
+    while not first:
+        if time.monotonic() > t0 + 20:
+            cap.stop()
+            raise RuntimeError(f"no frame from the {kind} source within 20 s")
         time.sleep(0.01)
-    print(json.dumps({"ready": True, "t0": first[0] if first else None}), flush=True)
+    print(json.dumps({"ready": True, "t0": first[0]}), flush=True)
     time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     cpu = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
     cpu["recorder"] = time.process_time() - c0
@@ -419,7 +422,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-# long: one row from server start to decoded latencies, each step undone by the with-blocks
+# long: one row from the server's start to the decoded latencies, every process stopped in its finally
 def remote_row(kind: str, w: int, h: int, fps: int, seconds: float, keep: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="lucid-bench-remote-") as d:
         tmp = Path(d)
@@ -442,7 +445,8 @@ def remote_row(kind: str, w: int, h: int, fps: int, seconds: float, keep: Path |
                 interval = min(2.0, max(0.5, (seconds - 3) / 24))
                 while (at := m0 + 1.0 + len(marks) * interval + rnd.uniform(0, 0.3)) < m0 + seconds - 1.0:
                     time.sleep(max(0.0, at - time.monotonic()))
-                    marks.append((*desk.paint(PALETTE[len(marks) % len(PALETTE)]), PALETTE[len(marks) % len(PALETTE)]))
+                    colour = PALETTE[len(marks) % len(PALETTE)]
+                    marks.append((*desk.paint(colour), colour))
                 time.sleep(max(0.0, m0 + seconds - 0.2 - time.monotonic()))
                 server_s, server_wall = desk.server_cpu() - s0, time.monotonic() - m0
                 rest = child.stdout.read()
