@@ -158,6 +158,8 @@ def test_vnc_desktop_is_recorded_as_the_server_shows_it(admin, vnc, credential, 
     colours = [mean_rgb(f) for f in frames]
     first_green = next(i for i, c in enumerate(colours) if near(c, GREEN))
     assert first_green > 10 and all(near(c, RED) for c in colours[2 : first_green - 2]), colours[:first_green]
+    top = [mean_rgb(f, (0.0, 0.0, 1.0, 0.4)) for f in frames[2 : first_green - 2]]  # nothing of the viewer's own
+    assert all(near(c, RED, 8) for c in top), top
     assert all(near(c, GREEN) for c in colours[first_green:]), "the screen went back, or showed something else"
     assert 4.5 <= len(frames) / 10 <= 7.5  # ~5.5 s recorded, the pause left out
     # the password is nowhere an operator or the logs can see

@@ -126,7 +126,10 @@ class RdpViewer:
             if any(c in secret.password for c in "\r\n\0"):
                 raise SourceError("the credential's password has a line break or NUL: FreeRDP cannot read it")
             stdin = secret.password.encode() + b"\n"
-        self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SourceError(f"the RDP trust store {self.config_dir} is not writable ({exc.strerror})") from None
         env = {
             "XDG_CONFIG_HOME": str(self.config_dir.resolve()),
             "WLOG_APPENDER": "FILE",

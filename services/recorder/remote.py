@@ -98,6 +98,7 @@ class VncViewer:
             "-AlertOnFatalError=0",
             "-ReconnectOnError=0",
             "-FullscreenSystemKeys=0",
+            "-MenuKey=",  # no menu key: no "Press F8 to open the context menu" over the first seconds
             f"{spec['host']}::{spec['port']}",
         ]
         env = {}
