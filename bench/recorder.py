@@ -32,6 +32,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -180,11 +181,11 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace: float = 3) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(3)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -331,9 +332,21 @@ def remote_capture(kind: str, target: str, w: int, h: int, fps: int, seconds: fl
         "chunk_seconds": 10,
         "source": source,
     }
+    # the parent gave up (SIGTERM): still stop the viewer and its Xvfb (they run in their own sessions)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cap = Capture(
         session, segdir, lambda seg: None, lambda why: None, encoders=("libx264",), credential=lambda name: secret
     )
+    try:
+        return _timed_capture(cap, kind, fps, seconds)
+    finally:
+        if cap._thread.ident is None:  # never started
+            cap.close()
+        elif not cap.stop_event.is_set():
+            cap.stop()
+
+
+def _timed_capture(cap, kind: str, fps: int, seconds: float) -> dict:
     src, first = cap.source, []
     frames = src.frames
 
@@ -350,7 +363,6 @@ def remote_capture(kind: str, target: str, w: int, h: int, fps: int, seconds: fl
     cap.start()
     while not first:
         if time.monotonic() > t0 + 20:
-            cap.stop()
             raise RuntimeError(f"no frame from the {kind} source within 20 s")
         time.sleep(0.01)
     print(json.dumps({"ready": True, "t0": first[0]}), flush=True)
@@ -457,7 +469,7 @@ def remote_row(kind: str, w: int, h: int, fps: int, seconds: float, keep: Path |
                     raise RuntimeError(f"the {kind} capture failed (exit {child.returncode})")
                 res = json.loads(rest.strip().splitlines()[-1])
             finally:
-                _stop(child)
+                _stop(child, grace=20)  # time to stop its viewer and private Xvfb
         finally:
             desk.close()
         lat = marker_latencies(recorded_patch(tmp / "segments", ready["t0"], fps, w, h), marks, fps)
