@@ -435,3 +435,35 @@ def test_a_killed_recorder_takes_its_viewer_and_display_with_it(platform, admin,
         time.sleep(0.1)
     s = wait_state(admin, sid, {"finalizing", "processing", "sealed", "failed"})
     assert s["state"] != "failed" and "recorder restarted" in s["end_reason"], s  # sealed from here on
+
+
+def test_a_private_display_never_takes_a_number_another_x_server_holds(tmp_path, monkeypatch):
+    """An X server that left no lock file (another container sharing the socket directory, a
+    crashed cleanup) still holds its number: the private display must not land on it, or the
+    recorder's viewer and capture would talk to a stranger's screen."""
+    from services.recorder import remote
+
+    _need("Xvfb", "xauth")
+    monkeypatch.setattr(remote, "displays_dir", lambda: tmp_path / "displays")
+    taken = min(n for n in range(remote.FIRST_DISPLAY, remote.FIRST_DISPLAY + 50) if n not in remote._displays_in_use())
+    stranger = subprocess.Popen(
+        ["Xvfb", f":{taken}", "-screen", "0", "64x64x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while taken not in remote._displays_in_use():
+            assert time.monotonic() < deadline and stranger.poll() is None
+            time.sleep(0.05)
+        Path(f"/tmp/.X{taken}-lock").unlink()  # no lock file: only its socket says it is there
+        assert taken in remote._displays_in_use()
+        screen = remote.PrivateDisplay(64, 64)
+        try:
+            assert screen.display != f":{taken}" and screen.proc.poll() is None
+        finally:
+            screen.close()
+        assert not list((tmp_path / "displays").iterdir())  # its cookie file went with it
+    finally:
+        stranger.kill()
+        stranger.wait()

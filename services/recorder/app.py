@@ -14,11 +14,13 @@ from services.common.app import make_app, peer_check, writable_dir_check
 from .capture import probe_encoders
 from .recorder import Recorder
 from .recovery import leftovers, recover
+from .remote import clear_displays
 from .routes import recordings
 
 
 def create_app():
     settings = get_settings()
+    clear_displays()  # the private displays' cookie files of a previous (killed) recorder process
     rec = Recorder(settings)
 
     @asynccontextmanager

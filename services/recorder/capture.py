@@ -335,7 +335,7 @@ class Capture:
                         if not src.paced or self._stopping():
                             continue  # the frame in hand is from before the pause
                     self.stats.frames_captured += 1
-                    placed = clock.place(frame.time)
+                    placed = clock.place(time.monotonic() if src.monotonic else frame.time)
                     if placed is None:
                         continue  # the source is faster than the frame rate
                     idx = placed[0]

@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Protocol
 
 import av
+
+from lucid_assets.settings import get_settings
 
 from .sources import Source, SourceError, check_host
 
@@ -146,34 +149,77 @@ def viewer_for(kind: str) -> Viewer:
     raise SourceError(f"no viewer for source kind {kind!r}")
 
 
+def displays_dir() -> Path:
+    """Where the private displays' cookie files live: under the data directory (0700), emptied when
+    the recorder starts (clear_displays), so a killed recorder leaves nothing behind for long."""
+    return get_settings().data_dir / "run" / "displays"
+
+
+def clear_displays() -> None:
+    shutil.rmtree(displays_dir(), ignore_errors=True)
+
+
+FIRST_DISPLAY = 100  # above the numbers people and other tools use by hand
+
+
+def _displays_in_use() -> set[int]:
+    """Display numbers some X server holds: a lock file, or a listening socket (path or abstract)
+    in /proc/net/unix. An X server without a lock file (another container sharing /tmp's sockets)
+    would otherwise be taken for free, and a client of ours would reach it."""
+    used = set()
+    for lock in Path("/tmp").glob(".X*-lock"):
+        m = re.fullmatch(r"\.X(\d+)-lock", lock.name)
+        try:
+            if m and Path(f"/proc/{int(lock.read_text().strip())}").exists():  # a killed server's lock is stale
+                used.add(int(m.group(1)))
+        except (OSError, ValueError):
+            continue
+    try:
+        sockets = Path("/proc/net/unix").read_text()
+    except OSError:
+        sockets = ""
+    used |= {int(n) for n in re.findall(r"/tmp/\.X11-unix/X(\d+)", sockets)}
+    return used
+
+
 class PrivateDisplay:
     """An Xvfb of the recording's size that only holders of its cookie can open: the viewer (its
-    XAUTHORITY) and this process's x11grab (the cookie added to this user's authority file)."""
+    XAUTHORITY) and this process's x11grab (the cookie added to this user's authority file). Its
+    display number is one no X server holds (checked, then claimed by Xvfb's own lock file)."""
 
+    # long: start, wait for readiness, retry on a lost race for the number, undo on failure
     def __init__(self, width: int, height: int):
         if not shutil.which("Xvfb"):
             raise SourceError("Xvfb is not installed (Debian package xvfb)")
-        self.tmp = Path(tempfile.mkdtemp(prefix="lucid-x-"))
+        displays_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="x-", dir=displays_dir()))
         self.cookie = secrets.token_hex(16)
         self.authfile = self.tmp / "Xauthority"
         self.authfile.touch(mode=0o600)
-        read_fd, write_fd = os.pipe()
-        self.proc = spawn(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"]
-            + ["-auth", str(self.authfile), "-noreset"],
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(write_fd)
-        try:
-            number = self._read_number(read_fd)
-        except SourceError:
+        self.proc = None
+        used = _displays_in_use()
+        candidates = [n for n in range(FIRST_DISPLAY, FIRST_DISPLAY + 900) if n not in used]
+        for number in candidates[:5]:  # another session may claim the same free number first
+            read_fd, write_fd = os.pipe()
+            self.proc = spawn(
+                ["Xvfb", f":{number}", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24"]
+                + ["-nolisten", "tcp", "-auth", str(self.authfile), "-noreset"],
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            os.close(write_fd)
+            try:
+                if self._read_number(read_fd) == number:
+                    break
+            except SourceError:
+                stop_process(self.proc)
+            finally:
+                os.close(read_fd)
+        else:
             self.close()
-            raise
-        finally:
-            os.close(read_fd)
+            raise SourceError("the private X display (Xvfb) did not start")
         self.display = f":{number}"
         self.shared_auth = False
         try:
@@ -330,6 +376,7 @@ class RemoteSource(Source):
 
     paced = False
     synthetic = False
+    monotonic = True  # x11grab of the private display
 
     # long: one sequence of steps that each undo what came before when a later one fails
     def __init__(

@@ -28,6 +28,9 @@ class Source:
     kind = "source"
     paced = False  # frames are available at once (a pattern, a file): the capture waits for each one's moment
     synthetic = False  # behind real time, skip slots rather than drift (nothing real is lost)
+    # place frames by when they arrive, not by their timestamps: x11grab stamps the wall clock,
+    # which NTP may step (seconds of false gap forward, frames thrown away backward)
+    monotonic = False
 
     def __init__(self, container):
         self.container = container
@@ -59,6 +62,7 @@ class PatternSource(Source):
 
 class X11Source(Source):
     kind = "x11"
+    monotonic = True
 
 
 class UrlSource(Source):
