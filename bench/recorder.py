@@ -182,13 +182,9 @@ def _listening(port: int) -> bool:
 
 
 def _stop(proc: subprocess.Popen, grace: float = 3) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from services.recorder.remote import stop_process  # terminate, then kill after the grace
+
+    stop_process(proc, grace)
 
 
 class Desktop:
