@@ -110,8 +110,11 @@ def test_pause_produces_no_frames_and_no_broken_timestamps(admin, tmp_path):
     download(admin, sid, tmp_path / "rec.ts")
     frames = decode(tmp_path / "rec.ts")
     assert 5.0 <= len(frames) / fps <= 7.5  # ~6 s recorded, the 3 s pause left out
-    steps = {round((b.time - a.time) * fps) for a, b in zip(frames, frames[1:])}
-    assert steps == {1}, f"timestamps jump: {steps}"  # continuous across segments and the pause
+    steps = [round((b.time - a.time) * fps) for a, b in zip(frames, frames[1:])]
+    # continuous across segments and the pause: no hole where the pause was (3 s = 30 slots), and a
+    # slot skipped because the pattern fell behind real time (a loaded machine) is a counted drop
+    assert min(steps) == 1 and max(steps) <= 3, f"timestamps jump: {sorted(set(steps))}"
+    assert sum(n - 1 for n in steps) <= s["dropped_frames"], (steps, s["dropped_frames"])
     events = [e["entry"]["event"] for e in admin.get(f"/v1/sessions/{sid}/events").json()["items"]]
     assert events[:4] == ["create", "start", "pause", "resume"]
 
