@@ -469,3 +469,15 @@ def test_a_private_display_never_takes_a_number_another_x_server_holds(tmp_path,
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_no_writable_place_for_the_cookie_is_a_reason_not_a_500(monkeypatch):
+    """Compose's recorder has a read-only root: a cookie file it cannot write must be a clear
+    source_unavailable reason (the rehearsal found it as a 500 when it lived under /data)."""
+    from services.recorder import remote
+    from services.recorder.sources import SourceError
+
+    _need("Xvfb")
+    monkeypatch.setattr(remote, "displays_dir", lambda: Path("/proc/lucid-nowhere"))
+    with pytest.raises(SourceError, match="no place for the private display's cookie"):
+        remote.PrivateDisplay(64, 64)

@@ -150,9 +150,11 @@ def viewer_for(kind: str) -> Viewer:
 
 
 def displays_dir() -> Path:
-    """Where the private displays' cookie files live: under the data directory (0700), emptied when
-    the recorder starts (clear_displays), so a killed recorder leaves nothing behind for long."""
-    return get_settings().data_dir / "run" / "displays"
+    """Where the private displays' cookie files live: in the recorder's own recordings directory
+    (the one place it always may write: compose's root and data directory are read-only), 0700,
+    emptied when the recorder starts (clear_displays), so a killed recorder leaves nothing behind
+    for long. Recovery looks only at session (uuid) directories there."""
+    return get_settings().recordings_path / ".displays"
 
 
 def clear_displays() -> None:
@@ -191,11 +193,14 @@ class PrivateDisplay:
     def __init__(self, width: int, height: int):
         if not shutil.which("Xvfb"):
             raise SourceError("Xvfb is not installed (Debian package xvfb)")
-        displays_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix="x-", dir=displays_dir()))
+        try:
+            displays_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix="x-", dir=displays_dir()))
+            self.authfile = self.tmp / "Xauthority"
+            self.authfile.touch(mode=0o600)
+        except OSError as exc:
+            raise SourceError(f"no place for the private display's cookie ({exc.strerror}: {displays_dir()})") from None
         self.cookie = secrets.token_hex(16)
-        self.authfile = self.tmp / "Xauthority"
-        self.authfile.touch(mode=0o600)
         self.proc = None
         used = _displays_in_use()
         candidates = [n for n in range(FIRST_DISPLAY, FIRST_DISPLAY + 900) if n not in used]
