@@ -401,7 +401,6 @@ class RemoteSource(Source):
         self.on_gap = on_gap
         self.where = f"{spec['host']}:{spec['port']}"
         self.end_reason: str | None = None
-        self.gaps: list[Gap] = []
         self._interrupt = threading.Event()
         self.client: ViewerProcess | None = None
         check_host(f"tcp://{_bracket(spec['host'])}:{spec['port']}")
@@ -436,16 +435,12 @@ class RemoteSource(Source):
             err = client.stderr
             reason = self.viewer.failure(err, self.secret)
             if reason is None and not client.alive():
-                time.sleep(0.05)  # the last lines may still be on their way
-                err = client.stderr
-                reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+                reason = self._why_ended(client)
             if reason is None and self.viewer.connected(err):
                 time.sleep(SETTLE_S)
                 if client.alive():
                     return client
-                time.sleep(0.05)
-                err = client.stderr
-                reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+                reason = self._why_ended(client)
             if reason is None and time.monotonic() > deadline:
                 reason = f"no answer within {self.connect_timeout_s:g} s"
             if reason is None and self._interrupt.is_set():
@@ -455,9 +450,15 @@ class RemoteSource(Source):
                 raise SourceError(f"{self.kind} {self.where}: {reason}")
             time.sleep(0.05)
 
+    def _why_ended(self, client: ViewerProcess) -> str:
+        """Why a viewer that exited (or lost its connection) stopped, from its last words."""
+        time.sleep(0.05)  # the last lines may still be on their way
+        err = client.stderr
+        return self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+
     def _reconnect(self, gap: Gap) -> bool:
         """Try again with backoff until reconnect_seconds pass; True once the desktop is back."""
-        give_up = gap.lost_at + self.spec.get("reconnect_seconds", 60)
+        give_up = gap.lost_at + self._patience
         wait = 0.5
         while not self._interrupt.is_set() and time.monotonic() < give_up:
             try:
@@ -480,12 +481,9 @@ class RemoteSource(Source):
                 return
             if self._interrupt.is_set():
                 return
-            time.sleep(0.05)  # its last lines
-            err = self.client.stderr
-            reason = self.viewer.failure(err, self.secret) or _exit_reason(self.viewer, err)
+            reason = self._why_ended(self.client)
             self.client.stop()
             gap = Gap(time.monotonic(), reason)
-            self.gaps.append(gap)
             log.warning("%s lost (%s): reconnecting for up to %ss", self.describe(), reason, self._patience)
             self._report(gap)
             if not self._reconnect(gap):

@@ -31,6 +31,7 @@ class Source:
     # place frames by when they arrive, not by their timestamps: x11grab stamps the wall clock,
     # which NTP may step (seconds of false gap forward, frames thrown away backward)
     monotonic = False
+    end_reason: str | None = None  # why the source ended, when it knows better than "it ended"
 
     def __init__(self, container):
         self.container = container
@@ -47,8 +48,6 @@ class Source:
 
     def describe(self) -> str:
         return self.kind
-
-    end_reason: str | None = None  # why the source ended, when it knows better than "it ended"
 
     def interrupt(self) -> None:
         """Stop waiting (a reconnect, a slow read): the capture is stopping."""
