@@ -5,6 +5,7 @@
     <root>/<session>/manifest.v<N>.json  signed manifests, one per version
     <root>/<session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
     <root>/<session>/mp4/<seq>.plan      MP4 export plans (derived; sealed under the data key)
+    <root>/<session>/derived/<product>/<seq>.<version>.bin  insight records (issue 15; sealed likewise)
 
 Every write goes to a temporary name, is fsynced, then renamed, so a reader never sees half a file.
 """
@@ -161,6 +162,7 @@ class ChunkStore:
         n = len(self.stored_seqs(session_id))
         shutil.rmtree(d / "chunks", ignore_errors=True)
         shutil.rmtree(d / "mp4", ignore_errors=True)
+        shutil.rmtree(d / "derived", ignore_errors=True)  # insight records (issue 15): sealed, and now unreadable
         if d.exists():
             fsync_dir(d)
         return {"data_key_destroyed": had_key, "envelopes_removed": n}

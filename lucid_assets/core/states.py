@@ -148,3 +148,14 @@ class CredentialKind(StrEnum):
 # states in which the recorder may open the credential its session's source names: before the
 # first connection (start) and for reconnects while recording or paused; never once it has ended
 CREDENTIAL_OPENABLE = frozenset({S.CREATED, S.RECORDING, S.PAUSED})
+
+
+class Insight(StrEnum):
+    """The derived products of a session's stored chunks (issue 15), one sealed record each per chunk
+    (`lucid_assets/insight/records.py`); `state` is what the derivation carries from one chunk to the
+    next (the last frame seen and the text on screen)."""
+
+    ACTIVITY = "activity"
+    THUMBNAILS = "thumbnails"
+    TEXT = "text"
+    STATE = "state"
