@@ -5,6 +5,7 @@ drop, and a reader in another process while a write is open."""
 import hashlib
 import hmac
 import os
+import random
 import sqlite3
 import stat
 import subprocess
@@ -184,8 +185,11 @@ def test_put_chunk_replaces_stale_postings(ix):
         after = db.execute("SELECT count(*) FROM postings").fetchone()[0]
     # gamma, gam, gamm go; epsilon, eps, epsi, epsil, epsilo come; beta's row stays (chunk 1)
     assert after == before - 3 + 5
+    ix.put_chunk(S1, 0, K1, tokens("delta"))  # a word another chunk already has
+    assert find(ix, "delta") == {S1: [0, 1]}
+    assert find(ix, "alpha") == {} and find(ix, "epsilon") == {}
     ix.put_chunk(S1, 1, K1, [])
-    assert find(ix, "beta") == {} and find(ix, "delta") == {}
+    assert find(ix, "beta") == {} and find(ix, "delta") == {S1: [0]}
     assert ix.indexed_chunks(S1) == {0, 1}  # an empty chunk is still indexed
 
 
@@ -266,3 +270,32 @@ def test_a_reader_in_another_process_while_a_write_is_open(ix):
     assert read_elsewhere(ix.path, "committed") == "wal {}"
     put(ix, S1, K1, {3: "later words"})
     assert read_elsewhere(ix.path, "later") == f"wal {{'{S1}': [3]}}"
+
+
+def test_random_puts_and_drops_agree_with_a_plain_model(ix):
+    """Chunks written, rewritten, emptied and sessions dropped at random, in batches and one by one:
+    every word and prefix query answers what a dict of the chunks' words says."""
+    rnd = random.Random(15)
+    vocab = ["alpha", "alpine", "alps", "beta", "betamax", "gamma", "delta", "deltas", "x1", "404"]
+    model: dict[str, dict[int, set[str]]] = {S1: {}, S2: {}}
+    keys = {S1: K1, S2: K2}
+    for _ in range(300):
+        s = rnd.choice((S1, S2))
+        if rnd.random() < 0.03:
+            ix.drop_session(s)
+            model[s] = {}
+            continue
+        batch = {rnd.randrange(12): rnd.sample(vocab, rnd.randrange(4)) for _ in range(rnd.randrange(1, 4))}
+        ix.put_chunks(s, keys[s], batch)
+        model[s].update({seq: set(ws) for seq, ws in batch.items()})
+        term = rnd.choice(vocab + ["alp*", "bet*", "delt*", "gam*"])
+        want = {}
+        for session, chunks in model.items():
+            if hit := sorted(q for q, ws in chunks.items() if any(_holds(w, term) for w in ws)):
+                want[session] = hit
+        assert find(ix, term) == want, term
+    assert ix.sessions() == {s for s, chunks in model.items() if chunks}
+
+
+def _holds(word: str, term: str) -> bool:
+    return word.startswith(term[:-1]) if term.endswith("*") else word == term

@@ -302,7 +302,7 @@ class TextIndex:
                 for t in new.keys() - rows.keys():
                     got = self._db.execute("SELECT seqs FROM postings WHERE sid = ? AND token = ?", (sid, t)).fetchone()
                     if got:
-                        rows[t] = set(_unpack(got[0])) - replaced
+                        rows[t] = set(_unpack(got[0])) - replaced.keys()
             elif self._db.execute("SELECT 1 FROM chunks WHERE sid = ? LIMIT 1", (sid,)).fetchone():
                 for t in new:  # new chunks of a session that has others: merge with its rows
                     got = self._db.execute("SELECT seqs FROM postings WHERE sid = ? AND token = ?", (sid, t)).fetchone()
