@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # live batches start at most this often (a run costs ~2.5 CPU-s whatever it carries: bench/capacity.py);
     # finalized sessions do not wait for it
     batch_interval_seconds: int = 10
+    # issue 15: the insight follower derives activity, thumbnails and screen text of live sessions at most
+    # this often (one run per interval whatever it carries: the lag budget is 60 s chunk stored -> searchable);
+    # the backfill schedule (cron) re-derives sealed sessions whose derivation changed or never ran
+    insight_interval_seconds: int = 20
+    insight_backfill_cron: str = "17 * * * *"
+    insight_sessions_per_run: int = 25  # the backfill policy: partitions (sessions) one backfill run takes
     executor: str = "in_process"  # or "multiprocess": one process per step
     daemon_max_age: float = 300  # seconds without a heartbeat before the daemon is unhealthy
 

@@ -183,8 +183,8 @@ def row_bands(rows: np.ndarray, height: int) -> list[tuple[int, int]]:
 class Deriver:
     """Runs the derivation of consecutive chunks of one session."""
 
-    def __init__(self, reader: ocr.Reader | None, *, thumbs: bool = True, activity: bool = True):
-        self.reader, self.want_thumbs, self.want_activity = reader, thumbs, activity
+    def __init__(self, reader: ocr.Reader | None, *, thumbs: bool = True):
+        self.reader, self.want_thumbs = reader, thumbs
 
     # long: one decode loop feeds the three products; splitting it would re-decode or pass a dozen locals
     def chunk(self, plain: bytes | memoryview, t0: int, state: State) -> Derived:
@@ -233,8 +233,8 @@ class Deriver:
         if state.prev is not None and state.prev.shape != small.shape:
             state.prev = state.ref = state.profile = None  # the recording changed size: start over
         motion = changed_blocks(small, state.prev) if state.prev is not None else None
-        if self.want_activity:
-            out.samples.append((t, round(float(motion.mean()), 4) if motion is not None else 0.0))
+        # measured whether or not the activity record is written: the text check reads active time from it
+        out.samples.append((t, round(float(motion.mean()), 4) if motion is not None else 0.0))
         out.cpu["activity"] += time.process_time() - c
         if self.want_thumbs and t >= state.next_thumb:
             c = time.process_time()

@@ -63,6 +63,37 @@ def stale(store: ChunkStore, session_id: str, products=PRODUCTS) -> bool:
     return False
 
 
+def follow_candidates(
+    store: ChunkStore, live: set[str], recent_seconds: int = 3600
+) -> dict[str, dict[Insight, list[int]]]:
+    """What the live follower has to do: the live sessions' chunks not derived yet, and those of
+    sessions whose chunks changed in the last `recent_seconds` (finalized and sealed meanwhile).
+    Older sessions are the backfill's (`backfill_candidates`). Costs a stat per session."""
+    now, out = time.time(), {}
+    for sid in store.sessions():
+        if sid not in live:
+            try:
+                if now - (store.session_dir(sid) / "chunks").stat().st_mtime > recent_seconds:
+                    continue
+            except FileNotFoundError:
+                continue
+        if store.dek_path(sid).exists() and (work := todo(store, sid)):
+            out[sid] = work
+    return out
+
+
+def backfill_candidates(store: ChunkStore, exclude: set[str]) -> dict[Insight, list[str]]:
+    """Per product, the sessions (not in `exclude`: the live ones) with a chunk whose record is
+    missing or of another version: what a backfill re-derives."""
+    out: dict[Insight, list[str]] = {}
+    for sid in store.sessions():
+        if sid in exclude or not store.dek_path(sid).exists():
+            continue
+        for p in todo(store, sid):
+            out.setdefault(p, []).append(sid)
+    return out
+
+
 @dataclass
 class Report:
     """What deriving one session did (no screen content)."""
@@ -77,6 +108,14 @@ class Report:
     reads: Counter = field(default_factory=Counter)
     cpu: Counter = field(default_factory=Counter)
     error: str | None = None
+
+    def merge(self, other: Report) -> None:
+        for name in ("chunks", "lines", "thumbnails", "undecodable", "active_seconds", "text_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reads.update(other.reads)
+        self.cpu.update(other.cpu)
+        if other.error and not self.error:
+            self.error = f"{other.session_id}: {other.error}"
 
     def metadata(self, product: Insight) -> dict:
         meta = {"chunks_derived": self.chunks, "undecodable_chunks": self.undecodable}
@@ -127,7 +166,7 @@ class SessionDeriver:
             return rep
         key = index.search_key(dek, self.sid) if Insight.TEXT in products and self.index else None
         reader = ocr.Reader(threads=1) if Insight.TEXT in products else None
-        dv = derive.Deriver(reader, thumbs=Insight.THUMBNAILS in products, activity=Insight.ACTIVITY in products)
+        dv = derive.Deriver(reader, thumbs=Insight.THUMBNAILS in products)
         state, t0 = self._state(dek, seqs[0]) if seqs else (derive.State(), None)
         prev = seqs[0] - 1 if seqs else -1
         for seq in seqs:

@@ -1,0 +1,1 @@
+"""Issue 15: what happened inside a recording, as session-partitioned assets downstream of the stored chunks."""

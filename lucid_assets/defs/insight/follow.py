@@ -1,0 +1,108 @@
+"""The live follower: while sessions record, their insight follows the stored chunks with bounded
+lag. A sensor looks (cheaply, in the code server) for stored chunks without current records and
+requests one `follow_insight` run for all of them; at most one runs at a time (tag limit), behind
+live processing (priority). Each run reports a materialization and the coverage check per session
+it touched, like the processing batch does."""
+
+import time
+
+import dagster as dg
+from pydantic import Field
+
+from lucid_assets.core.states import State
+from lucid_assets.insight import session as insight
+
+from ..resources import PipelineResource, VaultResource
+from ..sessions.batch import MAX_RUNTIME_TAG
+from ..sessions.partitions import sessions
+from ..sessions.sensors import WAITING
+from .assets import COVERAGE, INSIGHT_TAG, KEYS, PRIORITY, coverage, derive
+
+LIVE = (State.RECORDING, State.PAUSED, State.FINALIZING, State.PROCESSING)
+FOLLOW_TAGS = {INSIGHT_TAG: "live", **PRIORITY, MAX_RUNTIME_TAG: "1800"}
+ACTIVE = [*WAITING, dg.DagsterRunStatus.STARTED]
+
+
+class FollowConfig(dg.Config):
+    budget_seconds: int = Field(240, description="stop starting new chunks after this long; the next run goes on")
+
+
+def live_sessions(pipeline: PipelineResource) -> set[str]:
+    return {s.id for state in LIVE for s in pipeline.client.all_sessions(state)}
+
+
+@dg.op(
+    description="Derive activity, thumbnails and screen text of every stored chunk that has none yet (live "
+    "sessions, and those that ended in the last hour), in chunk order per session, within a time budget."
+)
+def derive_live(
+    context: dg.OpExecutionContext, config: FollowConfig, pipeline: PipelineResource, vault: VaultResource
+) -> dg.Output:
+    cpu0, deadline = time.process_time(), time.monotonic() + config.budget_seconds
+    work = insight.follow_candidates(vault.store, live_sessions(pipeline))
+    new = [sid for sid in work if not context.instance.has_dynamic_partition(sessions.name, sid)]
+    if new:
+        context.instance.add_dynamic_partitions(sessions.name, new)
+    chunks = failed = 0
+    for sid, per in work.items():
+        if time.monotonic() > deadline:
+            break
+        first = min(min(seqs) for seqs in per.values())
+        seqs = [s for s in vault.store.stored_seqs(sid) if s >= first]
+        rep = derive(vault, sid, set(per), seqs, deadline)
+        chunks += rep.chunks
+        failed += rep.error is not None
+        for p in per:
+            context.log_event(dg.AssetMaterialization(KEYS[p], partition=sid, metadata=rep.metadata(p)))
+        if KEYS[insight.Insight.TEXT] in (KEYS[p] for p in per):
+            check = coverage(rep)
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=COVERAGE.asset_key,
+                    check_name=COVERAGE.name,
+                    partition=sid,
+                    passed=check.passed,
+                    severity=check.severity,
+                    description=check.description,
+                    metadata=check.metadata,
+                )
+            )
+    meta = {
+        "sessions": len(work),
+        "chunks_derived": chunks,
+        "failed_sessions": failed,
+        "insight_cpu_s": round(time.process_time() - cpu0, 3),
+    }
+    context.log.info(f"{len(work)} sessions, {chunks} chunks derived, {failed} failed")
+    return dg.Output(None, metadata=meta)
+
+
+@dg.job(tags=FOLLOW_TAGS, description="Live insight: one run derives what every session's stored chunks lack.")
+def follow_insight():
+    derive_live()
+
+
+def follower_active(instance: dg.DagsterInstance) -> bool:
+    runs = instance.get_runs(dg.RunsFilter(job_name=follow_insight.name, statuses=ACTIVE), limit=1)
+    return bool(runs)
+
+
+def insight_follower(interval: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="insight_follower",
+        job=follow_insight,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Every {interval} s: when stored chunks have no insight yet and no follower run is queued or "
+        "running, requests one follow_insight run (it takes all of them).",
+    )
+    def sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource, vault: VaultResource):
+        if follower_active(context.instance):
+            return dg.SkipReason("a follow_insight run is queued or running")
+        work = insight.follow_candidates(vault.store, live_sessions(pipeline))
+        if not work:
+            return dg.SkipReason("every stored chunk of the live and recent sessions has its insight")
+        n = sum(len(set().union(*per.values())) for per in work.values())
+        return dg.RunRequest(tags={"lucid/chunks": str(n), "lucid/sessions": str(len(work))})
+
+    return sensor
