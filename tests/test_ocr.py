@@ -96,6 +96,10 @@ def test_a_region_read_answers_in_full_frame_coordinates(reader):
     # a region reaching past the frame is clipped to it: the same words in the same places
     clipped = reader.read(frame, (-40, 115, 5000, 50))
     assert [(w.text, w.box) for ln in clipped for w in ln.words] == [(w.text, w.box) for w in lines[0].words]
+    # a thin band (wider than 8x its height: rapidocr pads it vertically) still maps back to the frame
+    band = reader.read(frame, (0, 126, 900, 24))
+    assert [w.text for ln in band for w in ln.words] == [w.text for w in lines[0].words]
+    assert all(covers(w.box, ink[w.text]) for ln in band for w in ln.words)
 
 
 def test_blank_empty_and_tiny_input_reads_as_nothing(reader):
