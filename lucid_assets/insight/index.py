@@ -268,6 +268,15 @@ class TextIndex:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction: a search sees one committed state across its statements."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
     def _sid(self, session_id: str, create: bool) -> int | None:
         row = self._db.execute("SELECT sid FROM sessions WHERE session = ?", (session_id,)).fetchone()
         if row or not create:
@@ -378,7 +387,7 @@ class TextIndex:
         search stops once `limit_chunks` chunks were found (the last session's list is cut to fit):
         pass the keys newest session first to get the newest hits. The caller checks every hit
         against the chunk's text with `query.matches` (adjacency, prefixes over 12 characters)."""
-        with self._lock:
+        with self._lock, self._snapshot():
             sids = dict(self._db.execute("SELECT session, sid FROM sessions").fetchall())
             wanted = [(s, sids[c], k) for s, k in keys.items() if (c := _canonical(s)) in sids]
             required = query.required
