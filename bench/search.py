@@ -226,6 +226,7 @@ def run_queries(corpus: Corpus, path: Path, keys: dict[str, bytes], sets: dict[s
     return out
 
 
+# long: the benchmark's script, one step after another (build, size, live put cost, query classes, summary)
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hours", type=float, default=1000)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from .core.states import Event
 from .models import (
+    Activity,
     AuditEntry,
     AuditNote,
     AuditReceipt,
@@ -32,11 +33,14 @@ from .models import (
     RegisteredChunk,
     RegisteredChunkList,
     Registration,
+    SearchQuery,
+    SearchResult,
     Session,
     SessionPage,
     ShredResult,
     StoredMark,
     StoredMarks,
+    TextPage,
     Transition,
     VerificationSummary,
     VerifyReport,
@@ -193,6 +197,17 @@ class StorageClient(ServiceClient):
 
     def verify(self, session_id: str) -> VerifyReport:
         return VerifyReport.model_validate(self.request("POST", f"/sessions/{session_id}/verify"))
+
+    def text(self, session_id: str, *, from_ms: int = 0, to_ms: int | None = None) -> TextPage:
+        params = {"from_ms": from_ms} | ({"to_ms": to_ms} if to_ms is not None else {})
+        return TextPage.model_validate(self.request("GET", f"/sessions/{session_id}/text", params=params))
+
+    def activity(self, session_id: str, *, idle_seconds: int) -> Activity:
+        params = {"idle_seconds": idle_seconds}
+        return Activity.model_validate(self.request("GET", f"/sessions/{session_id}/activity", params=params))
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        return SearchResult.model_validate(self.send("POST", "/search", query))
 
     def shred(self, session_id: str) -> ShredResult:
         return ShredResult.model_validate(

@@ -185,6 +185,7 @@ class AuditNote(Strict):
         Note.EVIDENCE,
         Note.SOURCE_LOST,
         Note.SOURCE_BACK,
+        Note.MARKER,
     ]
     detail: dict = Field(default_factory=dict)
 
@@ -538,3 +539,73 @@ class CredentialSecret(BaseModel):
     @field_serializer("password", when_used="json")
     def _reveal(self, v: SecretStr) -> str:
         return v.get_secret_value()
+
+
+# --- insight (issue 15): what happened inside a recording -------------------------------------
+class TextWord(BaseModel):
+    text: str
+    box: list[int] = Field(..., description="x, y, width, height in video pixels")
+    conf: float
+
+
+class TextLine(BaseModel):
+    t_ms: int = Field(..., description="when the line appeared, ms from the recording's first frame")
+    seq: int = Field(..., description="the chunk it appeared in")
+    text: str
+    box: list[int] = Field(..., description="x, y, width, height in video pixels")
+    conf: float = Field(..., description="recognition confidence, 0-1")
+    words: list[TextWord]
+
+
+class TextPage(BaseModel):
+    items: list[TextLine]
+    chunks_derived: int = Field(..., description="chunks whose text is derived (the rest follow while it records)")
+
+
+class Activity(BaseModel):
+    seconds: list[float] = Field(..., description="per second of recording: the share of the screen that changed, 0-1")
+    idle: list[list[int]] = Field(..., description="[start_ms, end_ms) spans where nothing changed for idle_seconds")
+    scenes: list[int] = Field(..., description="ms where most of the screen changed at once")
+    active_seconds: int
+    idle_seconds: int
+
+
+class SearchQuery(Strict):
+    """What the gateway asks the storage service (which holds the keys)."""
+
+    q: str = Field(..., min_length=1, max_length=500)
+    sessions: list[str] | None = Field(None, description="search only these, in this order; None: every indexed one")
+    limit: int = Field(50, ge=1, le=200)
+
+
+class SearchHit(BaseModel):
+    session_id: str
+    t_ms: int
+    seq: int
+    text: str = Field(..., description="the line that matched (the snippet)")
+    box: list[int]
+    session_name: str | None = None
+    thumbnail: str | None = Field(None, description="the gateway URL of the thumbnail nearest t_ms")
+    play: str | None = Field(None, description="the viewer at that second")
+
+
+class SearchResult(BaseModel):
+    items: list[SearchHit]
+    sessions_searched: int
+
+
+class MarkerIn(Strict):
+    t_ms: int = Field(..., ge=0, le=10**10, description="ms from the recording's first frame")
+    note: str = Field("", max_length=500)
+
+
+class Marker(BaseModel):
+    t_ms: int
+    note: str
+    actor: str
+    at: str
+    idx: int = Field(..., description="its entry in the session's audit chain")
+
+
+class MarkerList(BaseModel):
+    items: list[Marker]

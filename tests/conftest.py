@@ -30,6 +30,10 @@ def platform(tmp_path_factory):
             "LUCID_URL_FILE_ROOTS": str(data / "media"),
             "LUCID_URL_ALLOW_HOSTS": "127.0.0.1",  # the tests' own HTTP stream servers
             "LUCID_MAX_CHUNK_BYTES": str(MAX_CHUNK),
+            # insight (issue 15) has a platform of its own (tests/test_insight_e2e.py): OCR runs here would
+            # only load the machine under every other test
+            "LUCID_INSIGHT_INTERVAL_SECONDS": "3600",
+            "LUCID_INSIGHT_BACKFILL_CRON": "0 0 1 1 *",
         },
     )
     try:

@@ -84,6 +84,7 @@ class Note(StrEnum):
     EVIDENCE = "evidence"  # an evidence bundle was exported (by an API key or a share)
     SOURCE_LOST = "source_lost"  # a remote desktop's connection dropped: nothing is recorded until it is back
     SOURCE_BACK = "source_back"  # ... and came back (the gap between the two is a gap in the recording)
+    MARKER = "marker"  # an operator marked a moment of the recording (issue 15): t_ms and a note
 
 
 class VerifyStatus(StrEnum):

@@ -373,6 +373,15 @@ class TextIndex:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def sessions_newest_first(self) -> list[str]:
+        """The same, the session indexed first last (what a search without filters walks)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session FROM sessions s WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.sid = s.sid) "
+                "ORDER BY s.sid DESC"
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def indexed_chunks(self, session_id: str) -> set[int]:
         with self._lock:
             rows = self._db.execute(

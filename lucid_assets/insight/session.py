@@ -40,13 +40,15 @@ def open_index(store: ChunkStore) -> index.TextIndex:
     return index.TextIndex(path)
 
 
-def todo(store: ChunkStore, session_id: str, products=PRODUCTS) -> dict[Insight, list[int]]:
-    """Per product, the stored chunks without a record of the current version (in seq order)."""
+def todo(store: ChunkStore, session_id: str, products=PRODUCTS, *, new_only: bool = False) -> dict[Insight, list[int]]:
+    """Per product, the stored chunks without a record of the current version (in seq order); with
+    new_only, only those without a record of any version (the live follower's: re-deriving what an
+    older derivation made is the backfill's)."""
     stored = store.stored_seqs(session_id)
     recs = Records(store, session_id)
     out = {}
     for p in products:
-        have = recs.current(p, VERSIONS[p])
+        have = set(recs.versions(p)) if new_only else recs.current(p, VERSIONS[p])
         if missing := [s for s in stored if s not in have]:
             out[p] = missing
     return out
@@ -77,7 +79,7 @@ def follow_candidates(
                     continue
             except FileNotFoundError:
                 continue
-        if store.dek_path(sid).exists() and (work := todo(store, sid)):
+        if store.dek_path(sid).exists() and (work := todo(store, sid, new_only=True)):
             out[sid] = work
     return out
 

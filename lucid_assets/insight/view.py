@@ -33,14 +33,15 @@ class SessionView:
     store: ChunkStore
     keyring: Keyring
     session_id: str
+    dek: bytes | None = None  # the session's data key when the caller has it already
 
     def __post_init__(self):
         self.session_id = str(uuid.UUID(self.session_id))
         self.recs = Records(self.store, self.session_id)
-        dek = self.store.data_key(self.session_id, self.keyring)
-        if dek is None:
+        if self.dek is None:
+            self.dek = self.store.data_key(self.session_id, self.keyring)
+        if self.dek is None:
             raise NoKey(self.session_id)
-        self.dek = dek
 
     def _records(self, product: Insight) -> Iterable[tuple[int, dict, list[bytes]]]:
         for seq in sorted(self.recs.current(product, VERSIONS[product])):

@@ -2,7 +2,7 @@
 
 Two migration environments, each a directory beside the code it serves:
   pipeline  services/pipeline/migrations  sessions, chunks, audit_log, work_queue
-  api       services/api/migrations       api_keys, shares
+  api       services/api/migrations       api_keys, shares, search_log
 Each keeps its revision in its own version table (alembic_version_pipeline, alembic_version_api),
 so both can live in one PostgreSQL database, as they do in the compose stack.
 
@@ -55,9 +55,10 @@ def _pipeline_tables() -> list[Table]:
 
 def _api_tables() -> list[Table]:
     from services.api.auth import ApiKeyRow
+    from services.api.searches import SearchLogRow
     from services.api.shares import ShareRow
 
-    return [ApiKeyRow.__table__, ShareRow.__table__]
+    return [ApiKeyRow.__table__, ShareRow.__table__, SearchLogRow.__table__]
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ EVENTS_BY_CALLER: dict[str, frozenset[Event]] = {
 # authenticated the key or share that acted), Dagster a forced reprocess, the recorder a remote
 # desktop's lost and restored connection
 NOTES_BY_CALLER: dict[str, frozenset[Note]] = {
-    API: frozenset({Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE}),
+    API: frozenset({Note.SHARE_CREATED, Note.SHARE_REVOKED, Note.SHARE_USED, Note.EVIDENCE, Note.MARKER}),
     DAGSTER: frozenset({Note.REPROCESS}),
     RECORDER: frozenset({Note.SOURCE_LOST, Note.SOURCE_BACK}),
 }

@@ -8,7 +8,7 @@ from lucid_assets.settings import get_settings
 from services.common.app import make_app, peer_check, writable_dir_check
 
 from .deps import Storage
-from .routes import chunks, credentials, exports, integrity
+from .routes import chunks, credentials, exports, insight, integrity
 
 
 def create_app():
@@ -29,6 +29,6 @@ def create_app():
         },
     )
     app.state.storage = storage
-    for module in (chunks, exports, integrity, credentials):
+    for module in (chunks, exports, integrity, credentials, insight):
         app.include_router(module.router)
     return app

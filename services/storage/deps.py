@@ -12,6 +12,9 @@ from fastapi import Depends, Request
 
 from lucid_assets.clients import PipelineClient
 from lucid_assets.core import keys
+from lucid_assets.insight.index import TextIndex
+from lucid_assets.insight.session import open_index
+from lucid_assets.insight.view import SearchKeys
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
@@ -29,16 +32,21 @@ class Storage:
     public_key: Ed25519PublicKey
     pipeline: PipelineClient
     recordings: Path
+    text_index: TextIndex
+    search_keys: SearchKeys
 
     @classmethod
     def from_settings(cls, s: Settings) -> Storage:
+        store, keyring = ChunkStore(s.chunk_store_path), Keyring.load(s, with_signing=False)
         return cls(
-            store=ChunkStore(s.chunk_store_path),
+            store=store,
             lake=Lake.sql(s.catalog, s.warehouse_uri),
-            keyring=Keyring.load(s, with_signing=False),
+            keyring=keyring,
             public_key=Keyring.public_key(s),
             pipeline=PipelineClient(s.pipeline_url, token=own_token(s, STORAGE)),
             recordings=s.recordings_path,
+            text_index=open_index(store),
+            search_keys=SearchKeys(store, keyring),
         )
 
     def dek(self, sid: str) -> bytes:

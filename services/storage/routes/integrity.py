@@ -56,7 +56,9 @@ def shred(sid: Sid, ctx: Ctx):
     state = ctx.pipeline.session(sid).state
     if state != State.DELETED:
         raise ApiError(409, "not_deleted", f"session {sid} is {state}; delete it through the API first", state=state)
-    result = ctx.store.shred(sid)
+    result = ctx.store.shred(sid)  # the data key, envelopes, export plans and insight records
+    ctx.search_keys.forget(sid)
+    ctx.text_index.drop_session(sid)  # unlinkable to any word since the key went; now gone as well
     staging = ctx.recordings / sid
     result["staging_removed"] = staging.exists()
     shutil.rmtree(staging, ignore_errors=True)
