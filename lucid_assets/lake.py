@@ -154,6 +154,8 @@ class Lake:
         had_chunks = len(self.rows(schema.CHUNKS, session_id))
         if had_chunks:
             chunks.delete(EqualTo("session_id", session_id))
+        if self.rows(schema.INSIGHT, session_id):  # counts only, but of a session that is gone
+            self.table(schema.INSIGHT).delete(EqualTo("session_id", session_id))
         rows = self.rows(schema.SESSIONS, session_id)
         stamped = [dict(r, deleted_at=r.get("deleted_at") or when) for r in rows]
         if rows and stamped != rows:

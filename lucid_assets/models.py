@@ -5,6 +5,7 @@ one vocabulary of `core.states`. FastAPI routes declare them, so /openapi.json d
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -13,6 +14,7 @@ from pydantic import (
     Field,
     SecretStr,
     StrictBool,
+    StrictInt,
     field_serializer,
     field_validator,
     model_validator,
@@ -40,10 +42,10 @@ class X11Source(Strict):
 
     kind: Literal["x11"]
     display: str = Field(..., pattern=r"^[A-Za-z0-9._\-]*:\d{1,4}(\.\d{1,2})?$", examples=[":10.0"])
-    offset_x: int = Field(0, ge=0, le=16384)
-    offset_y: int = Field(0, ge=0, le=16384)
-    capture_width: int | None = Field(None, ge=16, le=16384, description="default: the video width")
-    capture_height: int | None = Field(None, ge=16, le=16384, description="default: the video height")
+    offset_x: StrictInt = Field(0, ge=0, le=16384)
+    offset_y: StrictInt = Field(0, ge=0, le=16384)
+    capture_width: StrictInt | None = Field(None, ge=16, le=16384, description="default: the video width")
+    capture_height: StrictInt | None = Field(None, ge=16, le=16384, description="default: the video height")
     draw_mouse: bool = True
 
 
@@ -73,7 +75,7 @@ class RemoteDesktop(Strict):
     credential: str | None = Field(
         None, pattern=CREDENTIAL_NAME, description="name of a stored credential (POST /v1/credentials, admin)"
     )
-    reconnect_seconds: int = Field(
+    reconnect_seconds: StrictInt = Field(
         60, ge=0, le=3600, description="how long a dropped connection is retried (the gap is recorded as a gap)"
     )
 
@@ -82,7 +84,7 @@ class VncSource(RemoteDesktop):
     """A VNC (RFB) server's desktop, view-only and shared: nobody at the desktop is disturbed."""
 
     kind: Literal["vnc"]
-    port: int = Field(5900, ge=1, le=65535)
+    port: StrictInt = Field(5900, ge=1, le=65535)
 
 
 class RdpSource(RemoteDesktop):
@@ -90,7 +92,7 @@ class RdpSource(RemoteDesktop):
     mode: Lucid sends no input, but logging in takes over the user's console session."""
 
     kind: Literal["rdp"]
-    port: int = Field(3389, ge=1, le=65535)
+    port: StrictInt = Field(3389, ge=1, le=65535)
     credential: str = Field(..., pattern=CREDENTIAL_NAME, description="name of a stored credential (admin)")
 
 
@@ -100,9 +102,9 @@ Source = Annotated[
 
 
 class Video(Strict):
-    width: int = Field(1280, ge=64, le=3840, multiple_of=2)
-    height: int = Field(720, ge=64, le=2160, multiple_of=2)
-    fps: int = Field(30, ge=1, le=60)
+    width: StrictInt = Field(1280, ge=64, le=3840, multiple_of=2)
+    height: StrictInt = Field(720, ge=64, le=2160, multiple_of=2)
+    fps: StrictInt = Field(30, ge=1, le=60)
     encoders: list[Literal["libx264", "h264_v4l2m2m", "h264_nvenc"]] | None = Field(
         None,
         min_length=1,
@@ -116,8 +118,8 @@ class CreateSession(Strict):
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     source: Source = Field(default_factory=PatternSource)
     video: Video = Field(default_factory=Video)
-    chunk_seconds: int = Field(10, ge=1, le=600)
-    retention_days: int | None = Field(None, ge=1, le=36500)
+    chunk_seconds: StrictInt = Field(10, ge=1, le=600)
+    retention_days: StrictInt | None = Field(None, ge=1, le=36500)
 
     @field_validator("labels")
     @classmethod
@@ -133,18 +135,18 @@ class CreateSession(Strict):
 class Transition(Strict):
     event: Event
     reason: str | None = Field(None, max_length=2000)
-    expected_chunks: int | None = Field(None, ge=0)
+    expected_chunks: StrictInt | None = Field(None, ge=0)
     encoder: str | None = Field(None, max_length=100)
 
 
 class RegisterChunk(Strict):
-    seq: int = Field(..., ge=0)
+    seq: StrictInt = Field(..., ge=0)
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(..., ge=0)
-    duration_ms: int = Field(0, ge=0)
-    frames: int = Field(0, ge=0)
+    size: StrictInt = Field(..., ge=0)
+    duration_ms: StrictInt = Field(0, ge=0)
+    frames: StrictInt = Field(0, ge=0)
     path: str = Field(..., min_length=1, max_length=4096)
-    dropped_frames: int = Field(0, ge=0, description="frames the recorder could not capture in this chunk's span")
+    dropped_frames: StrictInt = Field(0, ge=0, description="frames the recorder could not capture in this chunk's span")
     salvaged: bool = Field(False, description="cut short by a recorder crash, kept up to its last complete frame")
 
 
@@ -152,14 +154,14 @@ class StoredMark(Strict):
     """A chunk now durable in the chunk store and catalogued (what a processing batch reports)."""
 
     session_id: str = Field(..., min_length=36, max_length=36)
-    seq: int = Field(..., ge=0)
+    seq: StrictInt = Field(..., ge=0)
     envelope_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    stored_size: int = Field(..., ge=0)
+    stored_size: StrictInt = Field(..., ge=0)
     compressed: bool
 
 
 class ManifestSummary(Strict):
-    version: int = Field(..., ge=1)
+    version: StrictInt = Field(..., ge=1)
     merkle_root: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     manifest_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
 
@@ -172,7 +174,7 @@ class StoredMarks(Strict):
 
 class VerificationSummary(Strict):
     status: VerifyStatus
-    problems: int = Field(..., ge=0)
+    problems: StrictInt = Field(..., ge=0)
     at: str = Field(..., max_length=40)
 
 
@@ -574,8 +576,23 @@ class SearchQuery(Strict):
     """What the gateway asks the storage service (which holds the keys)."""
 
     q: str = Field(..., min_length=1, max_length=500)
-    sessions: list[str] | None = Field(None, description="search only these, in this order; None: every indexed one")
-    limit: int = Field(50, ge=1, le=200)
+    sessions: list[uuid.UUID] | None = Field(
+        None, max_length=1_000_000, description="search only these, in this order; None: every indexed one"
+    )
+    limit: StrictInt = Field(50, ge=1, le=200)
+
+    @field_validator("q")
+    @classmethod
+    def _encodable(cls, v: str) -> str:
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            raise ValueError("q is not valid Unicode text (a lone surrogate)") from None
+        return v
+
+    @field_serializer("sessions")
+    def _ids(self, v: list[uuid.UUID] | None) -> list[str] | None:
+        return None if v is None else [str(x) for x in v]
 
 
 class SearchHit(BaseModel):
@@ -595,7 +612,7 @@ class SearchResult(BaseModel):
 
 
 class MarkerIn(Strict):
-    t_ms: int = Field(..., ge=0, le=10**10, description="ms from the recording's first frame")
+    t_ms: StrictInt = Field(..., ge=0, le=10**10, description="ms from the recording's first frame")
     note: str = Field("", max_length=500)
 
 

@@ -10,11 +10,17 @@ import uuid
 from datetime import UTC, datetime
 
 from .core import catalog, envelope
+from .insight.session import open_index
+from .insight.view import NoKey, SessionView, summary_row
 from .keyring import Keyring
 from .lake import Lake
 from .store import ChunkStore
 
-NOT_DETERMINED = {catalog.CHUNKS: {"recorded_at", "stored_at"}, catalog.SESSIONS: {"deleted_at"}}
+NOT_DETERMINED = {
+    catalog.CHUNKS: {"recorded_at", "stored_at"},
+    catalog.SESSIONS: {"deleted_at"},
+    catalog.INSIGHT: {"derived_at"},
+}
 
 
 def _ts(iso: str | None) -> datetime | None:
@@ -91,11 +97,29 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
     """Replace each session's rows in both tables by what its files say (one overwrite per session
     and table, so it can run over a damaged catalog or an empty one, and be repeated)."""
     lake.ensure_tables()
-    counts = {"sessions": 0, catalog.CHUNKS: 0, catalog.SESSIONS: 0}
-    for sid in store.sessions():
-        chunk_rows, session_rows = rows_for(store, keyring, sid)
-        for name, rows in ((catalog.CHUNKS, chunk_rows), (catalog.SESSIONS, session_rows)):
-            lake.replace_rows(name, sid, rows)
-            counts[name] += len(rows)
-        counts["sessions"] += 1
+    counts = {"sessions": 0, catalog.CHUNKS: 0, catalog.SESSIONS: 0, catalog.INSIGHT: 0}
+    text_index = open_index(store)
+    try:
+        for sid in store.sessions():
+            chunk_rows, session_rows = rows_for(store, keyring, sid)
+            tables = [(catalog.CHUNKS, chunk_rows), (catalog.SESSIONS, session_rows)]
+            tables.append((catalog.INSIGHT, insight_rows(store, keyring, sid, text_index)))
+            for name, rows in tables:
+                lake.replace_rows(name, sid, rows)
+                counts[name] += len(rows)
+            counts["sessions"] += 1
+    finally:
+        text_index.close()
     return counts
+
+
+def insight_rows(store: ChunkStore, keyring: Keyring, sid: str, text_index) -> list[dict]:
+    """The session's lucid.session_insight row from its sealed insight records (none when it has
+    none, or no data key any more)."""
+    if not (store.session_dir(sid) / "derived").is_dir():
+        return []
+    try:
+        view = SessionView(store, keyring, sid)
+    except NoKey:
+        return []
+    return [summary_row(view, len(text_index.indexed_chunks(sid)))]

@@ -4,10 +4,13 @@ backfill to the instance for stale sessions. Real pipeline service, real Dagster
 libx264 and rapidocr. (The daemon executing a scheduled backfill end to end: tests/test_insight_e2e.py.)"""
 
 import random
+import re
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from lucid_assets.core import catalog
 from lucid_assets.core.states import Insight
 from lucid_assets.defs.insight import assets as insight_assets
 from lucid_assets.defs.insight.backfill import BACKFILL_TAGS, insight_backfill_schedule, launch_insight_backfill
@@ -21,6 +24,8 @@ from lucid_assets.settings import Settings
 from tests import screenwork
 from tests.helpers import pipeline_client, token_file
 from tests.test_dagster import _pipeline_only
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +133,17 @@ def test_asset_rerun_for_one_product_and_the_backfill_schedule(setup):
     assert mat.asset_key == dg.AssetKey("screen_text") and mat.metadata["sessions"].value == 1
     [check] = [e.event_specific_data for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert check.passed and check.metadata["active_minutes"].value > 0  # activity is measured, not re-recorded
+    # the sealed session's summary row in lucid.session_insight: counts, no screen content
+    lake = resources["vault"].lake
+    [row] = lake.rows(catalog.INSIGHT, sid)
+    assert row["chunks_derived"] == n and row["text_lines"] >= 4 and row["text_version"] == derive.TEXT_VERSION
+    assert row["indexed_chunks"] == n and row["active_seconds"] > 0 and row["thumbnails"] >= 1
+    assert "CUST" not in repr(row) and "invoice" not in repr(row)
+    # the DuckDB query docs/INSIGHT.md shows, run as written (pyiceberg's to_duckdb works offline)
+    sql = re.search(r"```sql\n(.*?)```", (REPO / "docs" / "INSIGHT.md").read_text(), re.S).group(1)
+    con = lake.table(catalog.INSIGHT).scan().to_duckdb("session_insight")
+    [(sessions_n, active_min, idle_share, lines_per_active_min)] = con.execute(sql).fetchall()
+    assert sessions_n == 1 and active_min > 0 and 0 <= idle_share <= 1 and lines_per_active_min > 0
     policy = insight_assets.session_insight.backfill_policy
     assert policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
     assert {str(v) for v in insight_assets.session_insight.code_versions_by_key.values()} == {

@@ -10,15 +10,18 @@ import time
 
 import dagster as dg
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from lucid_assets.core.states import Insight
-from lucid_assets.insight import derive, records
+from lucid_assets.insight import derive, ocr, records
 from lucid_assets.insight.session import open_index
 from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from services.launcher import SERVICES, Platform
 from tests import screenwork
+from tests.browser import Browser, chromium
 from tests.conftest import free_port
 from tests.helpers import create, wait_state
 
@@ -149,6 +152,71 @@ def test_search_roles_errors_filters_and_log(live):
     log = admin.get("/v1/search/log", params={"actor": f"key:{viewer['id']}"}).json()["items"]
     assert [e["query"] for e in log][::-1][:2] == ["invoice", "CUST-48213"]
     assert log[-2]["filters"]["label"] == ["team=none"] and log[-1]["role"] == "viewer" and log[-1]["hits"] >= 1
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
+def test_viewer_search_hit_opens_the_frame_with_that_text(live, artifacts):
+    p, admin, sid, segs, *_ = live
+    wait_for(lambda: admin.get(f"/v1/sessions/{sid}/text").json()["chunks_derived"] == len(segs), 120, "derivation")
+    browser = Browser(free_port())
+    try:
+        browser.goto(f"{p.url('api')}/viewer/")
+        browser.js(f"sessionStorage.setItem('lucid-key', '{KEY}'); location.reload()")
+        browser.wait_for("document.readyState === 'complete' && !document.querySelector('#list').hidden")
+        browser.js(
+            "document.querySelector('#search-q').value = 'CUST-48213';"
+            "document.querySelector('#search-form').requestSubmit()"
+        )
+        browser.wait_for("document.querySelectorAll('#search-results .hit img[src]').length > 0")
+        hit = browser.js(
+            "(h => ({t: +h.dataset.t, text: h.innerText}))(document.querySelector('#search-results .hit'))"
+        )
+        assert "CUST-48213" in hit["text"] and browser.js("document.querySelector('.hit mark').textContent") == "CUST"
+        browser.screenshot(artifacts / "insight-search.png")
+        browser.js("document.querySelector('#search-results .hit').click()")
+        # the player opens at that second, paused on the frame that showed the text
+        at = browser.wait_for(
+            "(v => v.readyState >= 2 && !v.seeking && v.currentTime > 0 && v.currentTime)"
+            "(document.querySelector('#video'))"
+        )
+        assert abs(at - hit["t"] / 1000) < 1.0, (at, hit)
+        browser.wait_for("!document.querySelector('#timeline').hidden")
+        time.sleep(0.5)  # the frame is painted
+        browser.screenshot(artifacts / "insight-hit.png")
+        rect = browser.js(
+            "(r => [r.x, r.y, r.width, r.height])(document.querySelector('#video').getBoundingClientRect())"
+        )
+        shot = np.asarray(Image.open(artifacts / "insight-hit.png").convert("RGB"))
+        x, y, w, h = (round(v) for v in rect)
+        seen = " ".join(line.text for line in ocr.Reader().read(shot[y : y + h, x : x + w].copy()))
+        assert "CUST-48213" in seen, seen  # read back off the screen, with our own OCR
+        # a seek preview from the sprite sheet, speed, and a marker from the page
+        browser.js(
+            "(c => { const r = c.getBoundingClientRect();"
+            " c.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + r.width * 0.1, clientY: r.top + 5})); })"
+            "(document.querySelector('#activity'))"
+        )
+        browser.wait_for("document.querySelector('#preview-img').style.backgroundImage.startsWith('url(\"blob:')")
+        browser.js("(s => { s.value = '2'; s.dispatchEvent(new Event('change')); })(document.querySelector('#speed'))")
+        assert browser.js("document.querySelector('#video').playbackRate") == 2
+        before = browser.js("document.querySelectorAll('#markers li').length")
+        browser.js(
+            "document.querySelector('#marker-note').value = 'seen in search';"
+            "document.querySelector('#marker-form').requestSubmit()"
+        )
+        browser.wait_for(f"document.querySelectorAll('#markers li').length === {before + 1}")
+        notes = [m["note"] for m in admin.get(f"/v1/sessions/{sid}/markers").json()["items"]]
+        assert "seen in search" in notes
+        # skip idle: playing into the long idle stretch jumps to its end
+        idle = max(admin.get(f"/v1/sessions/{sid}/activity").json()["idle"], key=lambda s: s[1] - s[0])
+        assert idle[1] - idle[0] >= 4000
+        browser.js(
+            "(v => { document.querySelector('#skip-idle').checked = true; v.playbackRate = 1;"
+            f" v.currentTime = {(idle[0] + 200) / 1000}; return v.play(); }})(document.querySelector('#video'))"
+        )
+        browser.wait_for(f"document.querySelector('#video').currentTime >= {idle[1] / 1000 - 0.3}", timeout=3)
+    finally:
+        browser.close()
 
 
 def test_schedule_tick_backfills_a_changed_derivation(live):

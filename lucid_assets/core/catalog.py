@@ -12,6 +12,7 @@ from pyiceberg.types import BooleanType, IntegerType, LongType, NestedField, Str
 NAMESPACE = "lucid"
 CHUNKS = f"{NAMESPACE}.chunks"
 SESSIONS = f"{NAMESPACE}.sessions"
+INSIGHT = f"{NAMESPACE}.session_insight"
 BUCKETS = 16
 
 CHUNKS_SCHEMA = Schema(
@@ -51,6 +52,28 @@ SESSIONS_SCHEMA = Schema(
 )
 
 
+# issue 15: what an analyst queries about what happened inside recordings. Counts and times only,
+# never screen content (the text and thumbnails are sealed per chunk under the session's data key).
+INSIGHT_SCHEMA = Schema(
+    NestedField(1, "session_id", StringType(), required=True),
+    NestedField(2, "derived_at", TimestamptzType(), required=True),
+    NestedField(3, "chunks_derived", LongType(), required=True),
+    NestedField(4, "recorded_seconds", LongType(), required=True),
+    NestedField(5, "active_seconds", LongType(), required=True),
+    NestedField(6, "idle_seconds", LongType(), required=True),  # in idle spans of 5 s or more
+    NestedField(7, "idle_spans", LongType(), required=True),
+    NestedField(8, "scene_changes", LongType(), required=True),
+    NestedField(9, "text_lines", LongType(), required=True),
+    NestedField(10, "text_seconds", LongType(), required=True),  # seconds in which a line appeared
+    NestedField(11, "thumbnails", LongType(), required=True),
+    NestedField(12, "indexed_chunks", LongType(), required=True),  # chunks in the keyed search index
+    NestedField(13, "activity_version", StringType(), required=True),
+    NestedField(14, "thumbnails_version", StringType(), required=True),
+    NestedField(15, "text_version", StringType(), required=True),
+    identifier_field_ids=[1],
+)
+
+
 def _by_session(schema: Schema) -> tuple[PartitionSpec, SortOrder]:
     sid = schema.find_field("session_id").field_id
     spec = PartitionSpec(
@@ -62,7 +85,7 @@ def _by_session(schema: Schema) -> tuple[PartitionSpec, SortOrder]:
     return spec, SortOrder(*sort_fields)
 
 
-TABLES = {CHUNKS: CHUNKS_SCHEMA, SESSIONS: SESSIONS_SCHEMA}
+TABLES = {CHUNKS: CHUNKS_SCHEMA, SESSIONS: SESSIONS_SCHEMA, INSIGHT: INSIGHT_SCHEMA}
 
 
 def layout(table: str) -> tuple[Schema, PartitionSpec, SortOrder]:

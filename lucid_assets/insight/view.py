@@ -10,6 +10,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from PIL import Image
 
@@ -131,6 +132,30 @@ class SessionView:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=75)
         return buf.getvalue()
+
+
+def summary_row(view: SessionView, indexed_chunks: int) -> dict:
+    """The session's row of lucid.session_insight (counts and times, no screen content)."""
+    act = view.activity(IDLE_SECONDS)
+    lines = view.text()
+    derived = view.derived()
+    return {
+        "session_id": view.session_id,
+        "derived_at": datetime.now(UTC),
+        "chunks_derived": derived[Insight.TEXT.value],
+        "recorded_seconds": len(act["seconds"]),
+        "active_seconds": act["active_seconds"],
+        "idle_seconds": sum(e - s for s, e in act["idle"]) // 1000,
+        "idle_spans": len(act["idle"]),
+        "scene_changes": len(act["scenes"]),
+        "text_lines": len(lines),
+        "text_seconds": len({ln["t"] // 1000 for ln in lines}),
+        "thumbnails": len(view.thumbnails()),
+        "indexed_chunks": indexed_chunks,
+        "activity_version": VERSIONS[Insight.ACTIVITY],
+        "thumbnails_version": VERSIONS[Insight.THUMBNAILS],
+        "text_version": VERSIONS[Insight.TEXT],
+    }
 
 
 def _ts(ms: int) -> str:

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
+from lucid_assets.core import catalog
 from lucid_assets.core.states import Insight, State
 from lucid_assets.insight import session as insight
+from lucid_assets.insight.view import NoKey, SessionView, summary_row
 from lucid_assets.settings import get_settings
 
 from ..resources import PipelineResource, VaultResource
@@ -125,6 +127,22 @@ def _derive(vault: VaultResource, sid: str, products: set[Insight], seqs: list[i
             text_index.close()
 
 
+def catalogue(vault: VaultResource, sid: str) -> bool:
+    """Write the session's lucid.session_insight row once every stored chunk has every product
+    (called for sealed sessions: a live one would commit a snapshot per follower run)."""
+    if insight.todo(vault.store, sid):
+        return False
+    text_index = insight.open_index(vault.store)
+    try:
+        row = summary_row(SessionView(vault.store, vault.keyring, sid), len(text_index.indexed_chunks(sid)))
+    except NoKey:
+        return False
+    finally:
+        text_index.close()
+    vault.lake.replace_rows(catalog.INSIGHT, sid, [row])
+    return True
+
+
 @dg.multi_asset(
     specs=_specs(),
     check_specs=[COVERAGE],
@@ -143,6 +161,8 @@ def session_insight(context: dg.AssetExecutionContext, pipeline: PipelineResourc
             continue
         rep = derive(vault, sid, products)
         reports.append(rep)
+        if state == State.SEALED and rep.error is None:
+            catalogue(vault, sid)
         context.log.info(
             f"{sid}: {rep.chunks} chunks, {rep.lines} lines, {rep.thumbnails} thumbnails"
             + (f"; {rep.error}" if rep.error else "")

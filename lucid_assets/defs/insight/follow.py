@@ -16,7 +16,7 @@ from ..resources import PipelineResource, VaultResource
 from ..sessions.batch import MAX_RUNTIME_TAG
 from ..sessions.partitions import sessions
 from ..sessions.sensors import WAITING
-from .assets import COVERAGE, INSIGHT_TAG, KEYS, PRIORITY, coverage, derive
+from .assets import COVERAGE, INSIGHT_TAG, KEYS, PRIORITY, catalogue, coverage, derive
 
 LIVE = (State.RECORDING, State.PAUSED, State.FINALIZING, State.PROCESSING)
 FOLLOW_TAGS = {INSIGHT_TAG: "live", **PRIORITY, MAX_RUNTIME_TAG: "1800"}
@@ -43,7 +43,7 @@ def derive_live(
     new = [sid for sid in work if not context.instance.has_dynamic_partition(sessions.name, sid)]
     if new:
         context.instance.add_dynamic_partitions(sessions.name, new)
-    chunks = failed = 0
+    chunks = failed = catalogued = 0
     for sid, per in work.items():
         if time.monotonic() > deadline:
             break
@@ -54,6 +54,8 @@ def derive_live(
         failed += rep.error is not None
         for p in per:
             context.log_event(dg.AssetMaterialization(KEYS[p], partition=sid, metadata=rep.metadata(p)))
+        if rep.error is None and pipeline.client.session(sid).state == State.SEALED:
+            catalogued += catalogue(vault, sid)
         if KEYS[insight.Insight.TEXT] in (KEYS[p] for p in per):
             check = coverage(rep)
             context.log_event(
@@ -71,6 +73,7 @@ def derive_live(
         "sessions": len(work),
         "chunks_derived": chunks,
         "failed_sessions": failed,
+        "catalogued_sessions": catalogued,
         "insight_cpu_s": round(time.process_time() - cpu0, 3),
     }
     context.log.info(f"{len(work)} sessions, {chunks} chunks derived, {failed} failed")

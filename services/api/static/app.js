@@ -96,7 +96,7 @@ function play(url, { video = $("#video"), onFatal = (d) => fail(new Error(`playb
   }
 }
 
-async function openSession(id) {
+async function openSession(id, startAt = -1) {
   $("#error").hidden = true;
   const s = await api(`/v1/sessions/${id}`);
   state.current = s;
@@ -118,7 +118,8 @@ async function openSession(id) {
   $("#ts").href = links.ts;
   showLive(s);
   show("#session");
-  if (s.chunk_count > 0) play(links.hls);
+  if (s.chunk_count > 0) play(links.hls, { start: startAt });
+  loadInsight(id).catch((e) => { $("#insight-hint").textContent = `insight: ${e.message}`; });
   const [events, checkpoints] = await Promise.all([api(`/v1/sessions/${id}/events`), api(`/v1/sessions/${id}/checkpoints`)]);
   const ev = $("#events tbody"); ev.replaceChildren();
   for (const row of events.items) {
@@ -382,6 +383,155 @@ function showGaps(entries) {
   $("#gaps").hidden = items.length === 0;
 }
 
+// --- insight (issue 15): search across sessions, seek previews, activity, skip idle, speed, markers ---
+const insight = { id: null, cues: [], sheets: new Map(), activity: null, markers: [], duration: 0 };
+
+async function blobUrl(path) {
+  const r = await fetch(path, { headers: { Authorization: `Bearer ${state.key}` } });
+  return r.ok ? URL.createObjectURL(await r.blob()) : null;
+}
+
+// the snippet with the query's words marked: whole words, and words starting with a `prefix*`
+function highlight(el, text, query) {
+  const exact = new Set(), prefixes = [];
+  for (const term of query.toLowerCase().replaceAll('"', " ").split(/\s+/)) {
+    const toks = term.match(/[\p{L}\p{N}]+/gu) || [];
+    toks.forEach((t, i) => (term.endsWith("*") && i === toks.length - 1 ? prefixes.push(t) : exact.add(t)));
+  }
+  el.replaceChildren(...text.split(/([\p{L}\p{N}]+)/u).map((part) => {
+    const p = part.toLowerCase();
+    if (!exact.has(p) && !prefixes.some((w) => p.startsWith(w))) return document.createTextNode(part);
+    const m = document.createElement("mark"); m.textContent = part; return m;
+  }));
+}
+
+async function search() {
+  const q = $("#search-q").value.trim();
+  const params = new URLSearchParams({ q, limit: "20" });
+  const label = $("#search-label").value.trim();
+  if (label) params.append("label", label);
+  const res = await api(`/v1/search?${params}`);
+  $("#search-summary").textContent = `${res.items.length} hit${res.items.length === 1 ? "" : "s"} in ${res.sessions_searched} sessions searched (this search is logged)`;
+  $("#search-results").replaceChildren(...res.items.map((h) => {
+    const li = document.createElement("li");
+    li.className = "hit"; li.dataset.sessionId = h.session_id; li.dataset.t = h.t_ms;
+    const img = document.createElement("img"); img.alt = "";
+    blobUrl(h.thumbnail).then((u) => { if (u) img.src = u; });
+    const name = document.createElement("strong"); name.textContent = `${h.session_name} · ${secs(h.t_ms)}`;
+    const snip = document.createElement("span"); snip.className = "snippet"; highlight(snip, h.text, q);
+    li.append(img, name, snip);
+    li.addEventListener("click", () => { location.hash = `${h.session_id}?t=${(h.t_ms / 1000).toFixed(1)}`; });
+    return li;
+  }));
+  $("#search-panel").hidden = false;
+}
+
+const vttTime = (t) => { const [h, m, s] = t.split(":"); return (+h * 3600 + +m * 60 + parseFloat(s)) * 1000; };
+
+function parseVtt(text, base) {
+  const cues = [];
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const m = lines[i].match(/^(\S+) --> (\S+)/);
+    if (!m) continue;
+    const [url, frag] = lines[i + 1].split("#xywh=");
+    const [x, y, w, h] = frag.split(",").map(Number);
+    cues.push({ start: vttTime(m[1]), end: vttTime(m[2]), url: new URL(url, base).pathname, x, y, w, h });
+  }
+  return cues;
+}
+
+async function loadInsight(id) {
+  Object.assign(insight, { id, cues: [], sheets: new Map(), activity: null, markers: [] });
+  $("#timeline").hidden = true; $("#insight-hint").textContent = "";
+  const base = new URL(`/v1/sessions/${id}/thumbnails.vtt`, location.href);
+  const [activity, vtt, text, markers] = await Promise.all([
+    api(`/v1/sessions/${id}/activity`).catch(() => null),
+    api(`/v1/sessions/${id}/thumbnails.vtt`).catch(() => ""),
+    api(`/v1/sessions/${id}/text`).catch(() => null),
+    api(`/v1/sessions/${id}/markers`),
+  ]);
+  if (insight.id !== id) return; // another session was opened meanwhile
+  insight.activity = activity; insight.cues = vtt ? parseVtt(vtt, base) : []; insight.markers = markers.items;
+  insight.duration = Math.max(activity ? activity.seconds.length * 1000 : 0, state.current.duration_ms || 0);
+  $("#timeline").hidden = !insight.duration;
+  if (!activity) $("#insight-hint").textContent = "activity and previews are not derived yet (they follow the recording)";
+  showMarkers();
+  showText(text);
+  drawTimeline();
+}
+
+function showText(text) {
+  const ol = $("#screen-text");
+  if (!text || !text.items.length) { ol.replaceChildren(Object.assign(document.createElement("li"), { textContent: text ? "no text found yet" : "not derived yet" })); return; }
+  ol.replaceChildren(...text.items.map((ln) => {
+    const li = document.createElement("li"); li.textContent = `${secs(ln.t_ms)}  ${ln.text}`;
+    li.addEventListener("click", () => seek(ln.t_ms));
+    return li;
+  }));
+}
+
+function showMarkers() {
+  $("#markers").replaceChildren(...insight.markers.map((m) => {
+    const li = document.createElement("li");
+    li.textContent = `⚑ ${secs(m.t_ms)} ${m.note}`; li.title = `${m.actor}, ${when(m.at)}`;
+    li.addEventListener("click", () => seek(m.t_ms));
+    return li;
+  }));
+}
+
+function seek(ms) { const v = $("#video"); v.currentTime = ms / 1000; }
+
+function drawTimeline() {
+  const c = $("#activity"), v = $("#video"), dur = insight.duration;
+  if (!dur || $("#timeline").hidden) return;
+  const w = (c.width = c.clientWidth * devicePixelRatio), h = (c.height = 40 * devicePixelRatio);
+  const g = c.getContext("2d"), x = (ms) => (ms / dur) * w;
+  g.clearRect(0, 0, w, h);
+  const a = insight.activity;
+  if (a) {
+    g.fillStyle = "#e3e6ea";
+    for (const [s, e] of a.idle) g.fillRect(x(s), 0, Math.max(1, x(e) - x(s)), h);
+    g.fillStyle = "#3b82c4";
+    a.seconds.forEach((score, i) => { if (score > 0) { const bh = Math.max(2, Math.sqrt(score) * h); g.fillRect(x(i * 1000), h - bh, Math.max(1, x(1000)), bh); } });
+  }
+  g.fillStyle = "#e07b00";
+  for (const m of insight.markers) g.fillRect(x(m.t_ms) - devicePixelRatio, 0, 2 * devicePixelRatio, h);
+  g.fillStyle = "#b42318";
+  g.fillRect(x(v.currentTime * 1000), 0, devicePixelRatio, h);
+}
+
+async function preview(ev) {
+  const c = $("#activity"), r = c.getBoundingClientRect(), t = ((ev.clientX - r.left) / r.width) * insight.duration;
+  const cue = insight.cues.find((q) => q.start <= t && t < q.end);
+  $("#preview").style.left = `${ev.clientX - r.left}px`;
+  $("#preview-time").textContent = secs(t);
+  $("#preview").hidden = false;
+  if (!cue) return;
+  if (!insight.sheets.has(cue.url)) insight.sheets.set(cue.url, blobUrl(cue.url));
+  const url = await insight.sheets.get(cue.url);
+  Object.assign($("#preview-img").style, { backgroundImage: `url(${url})`, backgroundPosition: `-${cue.x}px -${cue.y}px`,
+    width: `${cue.w}px`, height: `${cue.h}px` });
+}
+
+// skip idle: playing into a stretch where nothing changed jumps to its end
+function skipIdle() {
+  const v = $("#video"), a = insight.activity;
+  if (!$("#skip-idle").checked || !a || v.paused) return;
+  const now = v.currentTime * 1000;
+  const span = a.idle.find(([s, e]) => s <= now && now < e - 500);
+  if (span) v.currentTime = span[1] / 1000;
+}
+
+async function addMarker() {
+  const t = Math.round($("#video").currentTime * 1000);
+  await api(`/v1/sessions/${insight.id}/markers`, { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ t_ms: t, note: $("#marker-note").value.trim() }) });
+  $("#marker-note").value = "";
+  insight.markers = (await api(`/v1/sessions/${insight.id}/markers`)).items;
+  showMarkers(); drawTimeline();
+}
+
 function signOut() {
   sessionStorage.removeItem("lucid-key");
   state.key = null;
@@ -417,11 +567,28 @@ $("#new-toggle").addEventListener("click", () => {
 $("#new-kind").addEventListener("change", () => openNewPanel().catch(fail));
 $("#new-form").addEventListener("submit", (e) => { e.preventDefault(); record().catch(fail); });
 for (const action of ["pause", "resume", "stop"]) $(`#${action}`).addEventListener("click", () => control(action).catch(fail));
-// /viewer/#<session id> opens that session (the Dagster UI links here); /viewer/#share=<token> is share mode
-const start = () => (location.hash.length > 1 ? openSession(location.hash.slice(1)) : loadList());
+$("#search-form").addEventListener("submit", (e) => { e.preventDefault(); search().catch(fail); });
+$("#activity").addEventListener("mousemove", (e) => preview(e).catch(() => {}));
+$("#activity").addEventListener("mouseleave", () => { $("#preview").hidden = true; });
+$("#activity").addEventListener("click", (e) => {
+  const r = $("#activity").getBoundingClientRect(); seek(((e.clientX - r.left) / r.width) * insight.duration);
+});
+$("#video").addEventListener("timeupdate", () => { skipIdle(); drawTimeline(); });
+$("#speed").addEventListener("change", () => { $("#video").playbackRate = Number($("#speed").value); });
+$("#video").addEventListener("loadedmetadata", () => { $("#video").playbackRate = Number($("#speed").value); });
+$("#marker-form").addEventListener("submit", (e) => { e.preventDefault(); addMarker().catch(fail); });
+window.addEventListener("resize", drawTimeline);
+// /viewer/#<session id>[?t=<seconds>] opens that session (at that second: a search hit; the Dagster UI
+// links here); /viewer/#share=<token> is share mode
+function route() {
+  const [id, query] = location.hash.slice(1).split("?");
+  const t = Number(new URLSearchParams(query || "").get("t"));
+  return openSession(id, Number.isFinite(t) && t > 0 ? t : -1);
+}
+const start = () => (location.hash.length > 1 ? route() : loadList());
 window.addEventListener("hashchange", () => {
   if (state.share || shareToken()) location.reload(); // into or out of share mode: a clean page
-  else if (state.key && location.hash.length > 1) openSession(location.hash.slice(1)).catch(fail);
+  else if (state.key && location.hash.length > 1) route().catch(fail);
 });
 if (shareToken()) openShare().catch(shareFail);
 else if (state.key) start().catch(fail);

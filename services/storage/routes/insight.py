@@ -86,7 +86,7 @@ async def search_sessions(body: SearchQuery, ctx: Ctx):
 
 
 def _search(ctx: Storage, query: index.Query, body: SearchQuery) -> dict:
-    sessions = body.sessions if body.sessions is not None else ctx.text_index.sessions_newest_first()
+    sessions = [str(s) for s in body.sessions] if body.sessions is not None else ctx.text_index.sessions_newest_first()
     keys = ctx.search_keys.get(sessions)
     hits = search(ctx.store, ctx.keyring, ctx.text_index, keys, query, limit=body.limit)
     return {"items": [{**h, "t_ms": h["t"]} for h in hits], "sessions_searched": len(keys)}
