@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import av
 import numpy as np
+import zstandard
 
 from . import ocr
 
@@ -35,16 +36,18 @@ SCENE = 0.5  # a sample that changed this fraction of the screen is a scene chan
 PROFILE_COLS = 32  # text tracking compares pixel rows as this many column-group sums ...
 ROW_DIFF = 320  # ... a group that moved by more than this (grey levels summed) is a change
 BAND_PAD = 6  # px read above and below a changed row
+MIN_BLOCKS = 3  # fewer changed blocks than this since the last read is not worth reading (yet)
 FULL_FRACTION = 0.35
-MAX_WAIT_MS = 3000
+MAX_WAIT_MS = 5000
+FLUSH_MS = 1000  # a change pending this long when a chunk ends is read then (the recording may end there)
 FULL_EVERY_MS = 30000
 
 ACTIVITY_VERSION = f"activity/1/{SAMPLE_MS}ms/{BLOCK * SCALE}px/{PIX_DIFF}/{PIX_MIN}"
 THUMBS_VERSION = f"thumbnails/1/{THUMB_W}px/{THUMB_MS}ms"
-TEXT_VERSION = "/".join(
-    map(str, ("text/1", ocr.MODEL_ID, PROFILE_COLS, ROW_DIFF, BAND_PAD, FULL_FRACTION, MAX_WAIT_MS, FULL_EVERY_MS))
-)
-STATE_VERSION = "state/1"
+_TEXT_KNOBS = (PROFILE_COLS, ROW_DIFF, BAND_PAD, MIN_BLOCKS, FULL_FRACTION, MAX_WAIT_MS, FULL_EVERY_MS, FLUSH_MS)
+TEXT_VERSION = "/".join(["text/1", ocr.MODEL_ID, *map(str, _TEXT_KNOBS)])
+STATE_VERSION = "state/2"
+_ZSTD = zstandard.ZstdCompressor(level=3)
 
 
 class NotDecodable(Exception):
@@ -83,14 +86,14 @@ class State:
             "next_sample": self.next_sample,
             "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays.items()],
         }
-        return head, [a.tobytes() for a in arrays.values()]
+        return head, [_ZSTD.compress(a.tobytes()) for a in arrays.values()]
 
     @classmethod
     def from_record(cls, head: dict, blobs: list[bytes]) -> State:
         if head.get("v") != STATE_VERSION:
             return cls()
         arrays = {
-            n: np.frombuffer(b, np.dtype(dt)).reshape(shape).copy()
+            n: np.frombuffer(zstandard.ZstdDecompressor().decompress(b), np.dtype(dt)).reshape(shape).copy()
             for (n, dt, shape), b in zip(head["arrays"], blobs, strict=True)
             if n in cls.ARRAYS
         }
@@ -168,6 +171,19 @@ def changed_rows(cur: np.ndarray, ref: np.ndarray | None) -> tuple[np.ndarray, i
     return rows, best
 
 
+def _grow(blocks: np.ndarray | None) -> np.ndarray | None:
+    """The blocks and their eight neighbours."""
+    if blocks is None:
+        return None
+    out = blocks.copy()
+    out[1:] |= blocks[:-1]
+    out[:-1] |= blocks[1:]
+    grown = out.copy()
+    out[:, 1:] |= grown[:, :-1]
+    out[:, :-1] |= grown[:, 1:]
+    return out
+
+
 def row_bands(rows: np.ndarray, height: int) -> list[tuple[int, int]]:
     """Changed rows as bands to read, padded by BAND_PAD px and merged when they come close."""
     out: list[tuple[int, int]] = []
@@ -200,7 +216,7 @@ class Deriver:
                 out.error = "no video stream"
                 return out
             stream = container.streams.video[0]
-            first = True
+            first, last = True, None
             try:
                 for frame in container.decode(stream):
                     if frame.pts is None:
@@ -220,10 +236,21 @@ class Deriver:
                     ).to_ndarray()
                     out.cpu["decode"] += time.process_time() - t_dec
                     self._sample(out, state, frame, small, t)
+                    last = (frame, small, t)
                     t_dec = time.process_time()
             except av.FFmpegError as exc:  # a damaged tail: keep what decoded
                 out.error = f"decoding stopped: {exc}"
         out.cpu["decode"] += time.process_time() - t_dec
+        if (
+            self.reader is not None
+            and last
+            and state.pending_since is not None
+            and last[2] - state.pending_since >= FLUSH_MS
+        ):
+            # a change that stayed to the chunk's end is read now: the recording may end with it
+            c = time.process_time()
+            self._text(out, state, *last[:2], None, last[2], force=True)
+            out.cpu["text"] += time.process_time() - c
         if out.samples:
             out.end = max(out.end, out.samples[-1][0])
         return out
@@ -247,13 +274,21 @@ class Deriver:
             out.cpu["text"] += time.process_time() - c
         state.prev = small
 
-    def _text(self, out: Derived, state: State, frame, small: np.ndarray, motion, t: int) -> None:
-        if state.ref is not None and state.ref.shape == small.shape and not changed_blocks(small, state.ref).any():
-            state.pending_since = None
-            return
+    def _text(self, out: Derived, state: State, frame, small: np.ndarray, motion, t: int, force=False) -> None:
+        if state.ref is not None and state.ref.shape == small.shape:
+            todo = changed_blocks(small, state.ref)
+            if not todo.any():
+                state.pending_since = None
+                return
+        else:
+            todo = np.ones_like(motion) if motion is not None else None
         if state.pending_since is None:
             state.pending_since = t
-        settled = motion is not None and not motion.any()
+        if not force and todo is not None and todo.sum() < MIN_BLOCKS and t - state.pending_since < MAX_WAIT_MS:
+            return  # a small change is read once it stayed MAX_WAIT_MS (a blinking cursor never does)
+        # settled: nothing moved since the last sample in or next to what is to be read (a cursor
+        # blinking elsewhere does not hold the read back)
+        settled = force or (motion is not None and not (motion & _grow(todo)).any())
         if not (settled or t - state.pending_since >= MAX_WAIT_MS or state.profile is None):
             return
         prof = profile(frame.reformat(format="gray").to_ndarray())
