@@ -73,6 +73,7 @@ def one(size: tuple[int, int], minutes: float, fps: int, tmp: Path) -> dict:
         "total_cpu_min_per_hour": round(sum(rep.cpu.values()) / 60 / hours, 2),
         "wall_s": round(wall, 1),
         "band_reads": rep.reads["band"],
+        "lines_read": rep.reads["lines_read"],
         "rows_read_share": round(rep.reads["rows"] / (size[1] * truth.duration / 0.25), 4),
         "lines_found": rep.lines,
         "word_recall": round(len(found & shown) / len(shown), 4),

@@ -442,6 +442,66 @@ def record_a_vnc_desktop(
 
 
 # long: the smoke test's steps in the order an operator runs them, each printed as it goes
+RENDER_SCREEN = """
+import json, sys
+from pathlib import Path
+from tests import screenwork
+word, out = sys.argv[1], Path(sys.argv[2])
+steps = [screenwork.Step("type", text=f"ops@smoke:~$ grep {word} /var/log/audit.log"),
+         screenwork.Step("print", lines=[f"audit: {word} matched 3 entries"]), screenwork.Step("idle", seconds=3)]
+segs, _ = screenwork.record(out, steps, size=(640, 360), fps=5, chunk_seconds=2)
+print(json.dumps([[s.seq, str(s.path), s.duration_ms] for s in segs]))
+"""
+
+
+def search_what_a_screen_showed(env: dict, api: Api, numbers: dict, timeout: float) -> str | None:
+    """Issue 15: a pushed session shows a terminal with a word typed into it (rendered with the
+    tests' screen-work generator, encoded like the recorder does); once sealed, Dagster's insight
+    runs (run containers) read its screen and GET /v1/search finds the word at its time."""
+    word = "smoke" + random_names.token_hex(4)
+    python = ROOT / ".venv" / "bin" / "python"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run([str(python), "-c", RENDER_SCREEN, word, tmp], capture=True).stdout
+        segs = json.loads(out.strip().splitlines()[-1])
+        video = {"width": 640, "height": 360, "fps": 5}
+        body = {"name": "compose smoke screen", "source": {"kind": "push"}, "video": video, "chunk_seconds": 2}
+        sid = api.call("POST", "/v1/sessions", body)["id"]
+        api.call("POST", f"/v1/sessions/{sid}/start")
+        for seq, path, duration_ms in segs:
+            data = Path(path).read_bytes()
+            req = urllib.request.Request(
+                f"{api.base}/v1/sessions/{sid}/chunks/{seq}",
+                method="PUT",
+                data=data,
+                headers={
+                    "Authorization": f"Bearer {api.key}",
+                    "X-Content-SHA256": hashlib.sha256(data).hexdigest(),
+                    "X-Chunk-Duration-Ms": str(duration_ms),
+                },
+            )
+            urllib.request.urlopen(req, timeout=60).read()
+    api.call("POST", f"/v1/sessions/{sid}/stop")
+    if wait_state(api, sid, {"sealed", "failed"}, timeout)["state"] != "sealed":
+        return "the pushed screen session did not seal"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        hits = api.call("GET", f"/v1/search?q={word}")["items"]
+        if hits:
+            break
+        time.sleep(2)
+    else:
+        return f"the word {word} the pushed screen showed was not searchable {timeout:.0f} s after the seal"
+    numbers["search_after_sealed_s"] = round(time.monotonic() - t0, 1)
+    if hits[0]["session_id"] != sid or word not in hits[0]["text"]:
+        return f"the search hit is not the pushed screen's line: {hits[0]}"
+    numbers["search_hit"] = {"t_ms": hits[0]["t_ms"], "text": hits[0]["text"]}
+    thumb = api.call("GET", hits[0]["thumbnail"], raw=True)
+    if thumb[:3] != b"\xff\xd8\xff":
+        return "the hit's thumbnail is not a JPEG"
+    numbers["screen_session"], numbers["search_word"] = sid, word
+    return None
+
+
 def main() -> int:
     host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -562,16 +622,25 @@ def main() -> int:
         if wrong:
             say(f"the Iceberg catalog: {wrong}")
             return 1
+        wrong = search_what_a_screen_showed(env, api, numbers, timeout)
+        if wrong:
+            say(wrong)
+            return 1
+        say(f"a word on a pushed screen was found by /v1/search {numbers['search_after_sealed_s']} s after the seal")
 
         # a master-key rotation: the old KEK retired but readable, every data key rewrapped, the
         # processor and storage recreated; the session still verifies and decrypts
         t0 = time.monotonic()
         out = run([str(COMPOSE), "rotate-key"], env=env, capture=True).stdout
-        if "rewrapped 1 of 1 session data keys" not in out:
+        if "rewrapped 2 of 2 session data keys" not in out:
             say(f"rotation did not rewrap the session's data key:\n{out}")
             return 1
         numbers["rotate_key_s"] = round(time.monotonic() - t0, 1)
         again = api.call("POST", f"/v1/sessions/{sid}/verify")
+        # still found after the rotation (its data key rewrapped, the storage recreated)
+        if not api.call("GET", f"/v1/search?q={numbers['search_word']}")["items"]:
+            say("after rotation the search finds nothing")
+            return 1
         chunk0 = api.call("GET", f"/v1/sessions/{sid}/chunks/0", raw=True)
         if not again["ok"] or chunk0[:1] != b"\x47":  # an MPEG-TS packet starts with the sync byte
             say(f"after rotation: verify {again['status']}, chunk 0 starts {chunk0[:4]!r}")

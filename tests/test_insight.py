@@ -164,3 +164,14 @@ def test_chunks_derived_out_of_order_and_rerun_keep_one_version(tmp_path):
     dek = store.data_key(sid, keyring)
     recs.path(Insight.ACTIVITY, 1, derive.ACTIVITY_VERSION).write_bytes(path.read_bytes())
     assert recs.read(Insight.ACTIVITY, 1, derive.ACTIVITY_VERSION, dek=dek) is None
+
+
+def test_access_log_lines_drop_the_query_string(caplog):
+    """What someone searched for goes to the search log (with who asked), not to access logs."""
+    from services.common.app import configure_logging
+
+    configure_logging()
+    with caplog.at_level("INFO", logger="uvicorn.access"):
+        access = __import__("logging").getLogger("uvicorn.access")
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/search?q=CUST-48213", "1.1", 200)
+    assert "/v1/search?…" in caplog.text and "CUST-48213" not in caplog.text

@@ -151,7 +151,8 @@ def test_search_roles_errors_filters_and_log(live):
         assert v.get("/v1/search", params={"q": "invoice", "to": "2000-01-01T00:00:00Z"}).json()["items"] == []
     log = admin.get("/v1/search/log", params={"actor": f"key:{viewer['id']}"}).json()["items"]
     assert [e["query"] for e in log][::-1][:2] == ["invoice", "CUST-48213"]
-    assert log[-2]["filters"]["label"] == ["team=none"] and log[-1]["role"] == "viewer" and log[-1]["hits"] >= 1
+    assert log[-2]["filters"]["label"] == ["team=none"] and log[-1]["role"] == "viewer"
+    assert "hits" not in log[-1]  # what was found is not logged: that a word was on a screen is screen content
 
 
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed")

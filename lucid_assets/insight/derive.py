@@ -35,7 +35,8 @@ PIX_MIN = 2  # ... and a block with at least this many such pixels changed (code
 SCENE = 0.5  # a sample that changed this fraction of the screen is a scene change
 PROFILE_COLS = 32  # text tracking compares pixel rows as this many column-group sums ...
 ROW_DIFF = 320  # ... a group that moved by more than this (grey levels summed) is a change
-BAND_PAD = 6  # px read above and below a changed row
+BAND_PAD = 3  # px read above and below the lines a band holds
+LINE_REACH = 64  # px a band grows up or down to take in the whole line a changed row belongs to
 MIN_BLOCKS = 3  # fewer changed blocks than this since the last read is not worth reading (yet)
 FULL_FRACTION = 0.35
 MAX_WAIT_MS = 5000
@@ -44,7 +45,8 @@ FULL_EVERY_MS = 30000
 
 ACTIVITY_VERSION = f"activity/1/{SAMPLE_MS}ms/{BLOCK * SCALE}px/{PIX_DIFF}/{PIX_MIN}"
 THUMBS_VERSION = f"thumbnails/1/{THUMB_W}px/{THUMB_MS}ms"
-_TEXT_KNOBS = (PROFILE_COLS, ROW_DIFF, BAND_PAD, MIN_BLOCKS, FULL_FRACTION, MAX_WAIT_MS, FULL_EVERY_MS, FLUSH_MS)
+_TEXT_KNOBS = (PROFILE_COLS, ROW_DIFF, BAND_PAD, LINE_REACH, MIN_BLOCKS)
+_TEXT_KNOBS += (FULL_FRACTION, MAX_WAIT_MS, FULL_EVERY_MS, FLUSH_MS)
 TEXT_VERSION = "/".join(["text/1", ocr.MODEL_ID, *map(str, _TEXT_KNOBS)])
 STATE_VERSION = "state/2"
 _ZSTD = zstandard.ZstdCompressor(level=3)
@@ -184,12 +186,23 @@ def _grow(blocks: np.ndarray | None) -> np.ndarray | None:
     return out
 
 
-def row_bands(rows: np.ndarray, height: int) -> list[tuple[int, int]]:
-    """Changed rows as bands to read, padded by BAND_PAD px and merged when they come close."""
+def row_bands(rows: np.ndarray, ink: np.ndarray) -> list[tuple[int, int]]:
+    """Changed rows as bands to read: each grown to the whole text lines it touches (to the blank
+    rows around it, at most LINE_REACH px each way) plus BAND_PAD px, merged when they meet. A band
+    never takes a sliver of the next line, which the detector would read as a broken word."""
+    height = len(rows)
     out: list[tuple[int, int]] = []
-    for y in np.flatnonzero(rows):
-        lo, hi = max(0, int(y) - BAND_PAD), min(height, int(y) + 1 + BAND_PAD)
-        if out and lo <= out[-1][1] + BAND_PAD:
+    for y in np.flatnonzero(rows & ink):
+        y = int(y)
+        if out and y < out[-1][1]:
+            continue
+        lo, hi = y, y + 1
+        while lo > 0 and ink[lo - 1] and y - lo < LINE_REACH:
+            lo -= 1
+        while hi < height and ink[hi] and hi - y < LINE_REACH:
+            hi += 1
+        lo, hi = max(0, lo - BAND_PAD), min(height, hi + BAND_PAD)
+        if out and lo <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], hi))
         else:
             out.append((lo, hi))
@@ -294,7 +307,7 @@ class Deriver:
         prof = profile(frame.reformat(format="gray").to_ndarray())
         rows, dy = changed_rows(prof, state.profile)
         ink = (prof.max(axis=1) - prof.min(axis=1)) > ROW_DIFF  # a uniform row holds no text
-        bands = row_bands(rows & ink, frame.height)
+        bands = row_bands(rows, ink)
         if sum(hi - lo for lo, hi in bands) >= FULL_FRACTION * frame.height and not settled:
             if state.profile is not None and t - state.last_full < FULL_EVERY_MS:
                 return  # a large change still moving (fast scrolling): read it when it settles, or at this pace
@@ -310,9 +323,11 @@ class Deriver:
         state.lines = [ln for ln in state.lines if not cleared[mid(ln)]]
         rgb = frame.to_ndarray(format="rgb24") if bands else None
         for y0, y1 in bands:
-            self._replace(out, state, self.reader.read(rgb, region=(0, y0, frame.width, y1 - y0)), (y0, y1), t)
+            lines = self.reader.read(rgb, region=(0, y0, frame.width, y1 - y0))
+            self._replace(out, state, lines, (y0, y1), t)
             out.reads["band"] += 1
             out.reads["rows"] += y1 - y0
+            out.reads["lines_read"] += len(lines)
         state.ref, state.profile, state.pending_since = small, prof, None
 
     @staticmethod

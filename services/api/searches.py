@@ -1,5 +1,6 @@
 """The search log (issue 15): one row per search across recordings, who asked what. Read by admins
-through /v1/search/log; what was found is not kept (hits are a count)."""
+through /v1/search/log. What was found is not kept, not even a count: that the words were on someone's
+screen is itself screen content."""
 
 from __future__ import annotations
 
@@ -17,4 +18,3 @@ class SearchLogRow(SQLModel, table=True):
     query: str
     filters: str
     sessions_searched: int
-    hits: int

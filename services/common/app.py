@@ -19,11 +19,25 @@ from .guard import BodyLimit, ServiceAuth
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 
+class QueryRedacted(logging.Filter):
+    """Access-log lines keep the path, never the query string: it can hold what someone searched
+    for (/v1/search?q=..., which the search log records, with who asked) or a media link's token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
 def configure_logging() -> None:
     s = get_settings()
     logging.basicConfig(
         level=("DEBUG" if s.debug else s.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QueryRedacted) for f in access.filters):
+        access.addFilter(QueryRedacted())
 
 
 def make_app(

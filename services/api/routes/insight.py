@@ -36,7 +36,6 @@ class SearchLogEntry(BaseModel):
     query: str
     filters: dict
     sessions_searched: int
-    hits: int
 
 
 class SearchLog(BaseModel):
@@ -95,7 +94,6 @@ def search(
                 query=q,
                 filters=json.dumps(filters, sort_keys=True),
                 sessions_searched=result.sessions_searched,
-                hits=len(result.items),
             )
         )
         s.commit()

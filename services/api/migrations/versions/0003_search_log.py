@@ -1,4 +1,5 @@
-"""The search log (issue 15): every search across recordings, who ran it and what it asked.
+"""The search log (issue 15): every search across recordings, who ran it and what it asked (not
+what it found: a hit count would tell that the words were on someone's screen).
 
 Revision ID: 0003_search_log
 Revises: 0002_shares
@@ -26,7 +27,6 @@ def upgrade() -> None:
         sa.Column("query", sa.String(), nullable=False),
         sa.Column("filters", sa.String(), nullable=False),
         sa.Column("sessions_searched", sa.Integer(), nullable=False),
-        sa.Column("hits", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_search_log_actor", "search_log", ["actor"], unique=False)
