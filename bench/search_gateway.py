@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import numpy as np
 
+from bench.capacity import tree_cpu
 from bench.search import Corpus, query_sets
 from lucid_assets.core import envelope
 from lucid_assets.core.states import Insight
@@ -220,13 +221,18 @@ def queries(corpus: Corpus, n: int) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
+def cpu_ms(p: Platform) -> dict[str, float]:
+    return {name: tree_cpu(proc.pid) * 1000 for name, proc in p.procs.items()}
+
+
 # long: one query class through the gateway, straight to storage, and through the code path in process
 def measure_class(ctx: dict, qs: list[str], labels: list[str]) -> dict:
-    gw, st = ctx["gw"], ctx["st"]
+    gw, st, p, n = ctx["gw"], ctx["st"], ctx["p"], len(qs)
     sessions = ctx["team_a"] if labels else None
     lat = {"gateway": [], "storage": [], "list": [], "keys": [], "match": [], "verify": []}
     searched, hits, hit_sessions = [], [], []
-    for q in qs:
+    cpu0 = cpu_ms(p)
+    for q in qs:  # each loop apart, so the services' CPU per search is known per path
         t0 = time.perf_counter()
         r = gw.get("/v1/search", params={"q": q, "label": labels, "limit": LIMIT})
         lat["gateway"].append(time.perf_counter() - t0)
@@ -235,10 +241,14 @@ def measure_class(ctx: dict, qs: list[str], labels: list[str]) -> dict:
         searched.append(body["sessions_searched"])
         hits.append(len(body["items"]))
         hit_sessions.append(len({h["session_id"] for h in body["items"]}))
+    cpu1 = cpu_ms(p)
+    for q in qs:
         t0 = time.perf_counter()
         r = st.post("/search", json={"q": q, "sessions": sessions, "limit": LIMIT})
         lat["storage"].append(time.perf_counter() - t0)
         r.raise_for_status()
+    cpu2, search_cpu = cpu_ms(p), 0.0
+    for q in qs:
         query = parse_query(q)  # the storage route's steps (routes/insight.py _search), timed apart
         t0 = time.perf_counter()
         order = sessions if sessions is not None else ctx["index"].sessions_newest_first()
@@ -246,14 +256,20 @@ def measure_class(ctx: dict, qs: list[str], labels: list[str]) -> dict:
         keys = ctx["keys"].get(order)
         t2 = time.perf_counter()
         ctx["index"].match(query, keys, limit_chunks=max(LIMIT * 4, 200))
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         search(ctx["store"], ctx["keyring"], ctx["index"], keys, query, limit=LIMIT)
         t4 = time.perf_counter()
+        search_cpu += time.process_time() - c3
         lat["list"].append(t1 - t0)
         lat["keys"].append(t2 - t1)
         lat["match"].append(t3 - t2)
         lat["verify"].append(max(0.0, (t4 - t3) - (t3 - t2)))  # search() = match + decrypt and check
     out = {k: ms_stats(v) for k, v in lat.items()}
+    out["cpu_ms_per_search"] = {
+        "via_gateway": {k: round((cpu1[k] - cpu0[k]) / n, 1) for k in cpu0},
+        "storage_direct": round((cpu2["storage"] - cpu1["storage"]) / n, 1),
+        "inprocess_search": round(search_cpu * 1000 / n, 1),
+    }
     out["sessions_searched"] = sorted(set(searched))
     out["mean_hits"] = round(float(np.mean(hits)), 1)
     out["mean_hit_sessions"] = round(float(np.mean(hit_sessions)), 2)
@@ -302,6 +318,7 @@ def measure(args: argparse.Namespace, corpus: Corpus, p: Platform, data: Path, i
     store = ChunkStore(settings.chunk_store_path)
     keyring = Keyring.load(settings, with_signing=False)
     ctx = {
+        "p": p,
         "gw": httpx.Client(base_url=p.url("api"), headers={"Authorization": f"Bearer {viewer}"}, timeout=600),
         "st": httpx.Client(base_url=p.url("storage"), headers=p.service_headers("api"), timeout=600),
         "store": store,
@@ -372,6 +389,16 @@ def print_report(corpus: Corpus, b: dict, m: dict) -> None:
             f"  | {name} | {f('gateway')} | {f('storage')} | {f('match')} | {f('verify')} | {f('keys')} | "
             f"{c['list']['p50_ms']} | {','.join(map(str, c['sessions_searched']))} | {c['mean_hits']} | "
             f"{c['mean_hit_sessions']} | {c['zero_hit_queries']} |"
+        )
+    print("\n  CPU-ms per search (what a quiet machine would wait at least), by process")
+    print("  | queries | via gateway: api | storage | pipeline | storage POST /search alone | search() in process |")
+    print("  |---|---|---|---|---|---|")
+    for name, c in m["classes"].items():
+        cpu = c["cpu_ms_per_search"]
+        g = cpu["via_gateway"]
+        print(
+            f"  | {name} | {g['api']} | {g['storage']} | {g['pipeline']} | {cpu['storage_direct']} | "
+            f"{cpu['inprocess_search']} |"
         )
     words = ("word_common", "word_rare", "word_label_team_a")
     worst = max(m["classes"][k]["gateway"]["p95_ms"] for k in words)
