@@ -441,7 +441,6 @@ def record_a_vnc_desktop(
     return None
 
 
-# long: the smoke test's steps in the order an operator runs them, each printed as it goes
 RENDER_SCREEN = """
 import json, sys
 from pathlib import Path
@@ -502,6 +501,7 @@ def search_what_a_screen_showed(env: dict, api: Api, numbers: dict, timeout: flo
     return None
 
 
+# long: the smoke test's steps in the order an operator runs them, each printed as it goes
 def main() -> int:
     host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
