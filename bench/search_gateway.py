@@ -18,7 +18,14 @@ corpus), through the gateway."
    common words, rare words, 2-word phrases, prefixes, two words (AND), and common words with
    label=team=a; the same q straight to storage's POST /search (the server-side share); and, in
    this process, the storage code path split: list sessions, search keys (warm), index match,
-   record decryption + checks; plus the gateway's per-hit-session name lookups (pipeline GET).
+   record decryption + checks; plus the gateway's per-hit-session name lookups (pipeline GET) and
+   the pipeline listing a label filter makes. CPU-ms per search of each service (from /proc, each
+   path run as its own loop) next to the latencies: on a shared 2-core machine the CPU is the
+   load-independent part.
+
+Here (2 shared cores): the 1000 h build takes ~8 min (2,000 sessions created in ~30 s, index
+put_chunks ~330 s of it), the measurement ~3.5 min; a cached rerun only the latter (+ ~20 s when
+TEXT_VERSION changed: the cached records are renamed). --quick (50 h) takes ~1.5 min.
 
 Usage: python bench/search_gateway.py [--hours 1000 | --quick] [--queries 100] [--json out.json]
 """
