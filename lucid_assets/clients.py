@@ -37,6 +37,7 @@ from .models import (
     SearchResult,
     Session,
     SessionPage,
+    SessionSpans,
     ShredResult,
     StoredMark,
     StoredMarks,
@@ -122,6 +123,10 @@ class PipelineClient(ServiceClient):
         if state:
             params["state"] = str(state)
         return SessionPage.model_validate(self.request("GET", "/sessions", params=params))
+
+    def spans(self, *, labels: Iterable[str] = ()) -> SessionSpans:
+        """Every matching session's id, name and recording span, newest first (no paging)."""
+        return SessionSpans.model_validate(self.request("GET", "/sessions/spans", params={"label": list(labels)}))
 
     def all_sessions(self, state: str) -> list[Session]:
         """Every session in `state`, page by page."""

@@ -242,6 +242,18 @@ class Session(BaseModel):
     updated_at: Iso
 
 
+class SessionSpan(BaseModel):
+    id: str
+    name: str
+    created_at: Iso
+    started_at: Iso | None
+    stopped_at: Iso | None
+
+
+class SessionSpans(BaseModel):
+    items: list[SessionSpan]
+
+
 class SessionPage(BaseModel):
     items: list[Session]
     total: int

@@ -241,6 +241,7 @@ class TextIndex:
         os.close(fd)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        self._sids: tuple[tuple, dict[str, int]] | None = None  # (what it was read at, session -> sid)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -373,14 +374,22 @@ class TextIndex:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def _sid_map(self) -> dict[str, int]:
+        """Session -> sid, read again only when the sessions table changed (a row added or dropped;
+        a dropped newest sid that is reused shows as another session at the top). Every session row
+        has chunk rows: put_chunks writes both in one transaction, drop_session removes both."""
+        mark = self._db.execute(
+            "SELECT max(sid), count(*), (SELECT session FROM sessions ORDER BY sid DESC LIMIT 1) FROM sessions"
+        ).fetchone()
+        if self._sids is None or self._sids[0] != mark:
+            self._sids = (mark, dict(self._db.execute("SELECT session, sid FROM sessions").fetchall()))
+        return self._sids[1]
+
     def sessions_newest_first(self) -> list[str]:
-        """The same, the session indexed first last (what a search without filters walks)."""
+        """The indexed sessions, the one indexed first last (what a search without filters walks)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT session FROM sessions s WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.sid = s.sid) "
-                "ORDER BY s.sid DESC"
-            ).fetchall()
-        return [r[0] for r in rows]
+            sids = self._sid_map()
+        return sorted(sids, key=sids.__getitem__, reverse=True)
 
     def indexed_chunks(self, session_id: str) -> set[int]:
         with self._lock:
@@ -397,8 +406,8 @@ class TextIndex:
         pass the keys newest session first to get the newest hits. The caller checks every hit
         against the chunk's text with `query.matches` (adjacency, prefixes over 12 characters)."""
         with self._lock, self._snapshot():
-            sids = dict(self._db.execute("SELECT session, sid FROM sessions").fetchall())
-            wanted = [(s, sids[c], k) for s, k in keys.items() if (c := _canonical(s)) in sids]
+            sids = self._sid_map()
+            wanted = [(s, sid, k) for s, k in keys.items() if (sid := sids.get(s) or sids.get(_canonical(s)))]
             required = query.required
             found: dict[str, list[int]] = {}
             total = 0

@@ -20,6 +20,9 @@ def _iso(dt):
     return dt.isoformat() if dt else None
 
 
+iso = _iso  # what the routes answer times with
+
+
 def get_row(s: Session, session_id: str, *, lock: bool = False) -> SessionRow:
     try:
         uuid.UUID(session_id)

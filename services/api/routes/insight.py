@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlmodel import select
 
 from lucid_assets.core.states import Note, State
@@ -29,6 +30,20 @@ VTT = {200: {"content": {"text/vtt": {}}}}
 MARKABLE = (State.RECORDING, State.PAUSED, State.FINALIZING, State.PROCESSING, State.SEALED, State.FAILED)
 
 
+def _iso_only(v):
+    """A time is ISO 8601: pydantic would also take a number as seconds since 1970."""
+    if isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return v
+        raise ValueError("an ISO 8601 time (2026-12-01T09:00:00Z), not a number")
+    return v
+
+
+Time = Annotated[datetime | None, BeforeValidator(_iso_only)]
+
+
 class SearchLogEntry(BaseModel):
     at: str
     actor: str
@@ -43,18 +58,34 @@ class SearchLog(BaseModel):
 
 
 def _sessions(gw: Gateway, labels: list[str], start: datetime | None, end: datetime | None) -> list[str]:
-    """The sessions a filtered search covers, newest first (labels and a time window)."""
-    out, offset = [], 0
-    while True:
-        page = gw.pipeline.sessions(labels=labels, limit=500, offset=offset)
-        for s in page.items:
-            began = datetime.fromisoformat(s.started_at or s.created_at)
-            ended = datetime.fromisoformat(s.stopped_at) if s.stopped_at else datetime.now(UTC)
-            if (end is None or began <= end) and (start is None or ended >= start):
-                out.append(s.id)
-        offset += len(page.items)
-        if not page.items or offset >= page.total:
-            return out
+    """The sessions a filtered search covers, newest first (labels and a time window): one call for
+    ids and spans only, not pages of full sessions."""
+    out = []
+    for s in gw.pipeline.spans(labels=labels).items:
+        _NAMES[s.id] = s.name
+        began = _aware(datetime.fromisoformat(s.started_at or s.created_at))
+        ended = _aware(datetime.fromisoformat(s.stopped_at)) if s.stopped_at else datetime.now(UTC)
+        if (end is None or began <= end) and (start is None or ended >= start):
+            out.append(s.id)
+    return out
+
+
+class _Names(dict):
+    """Session id -> name (a session's name never changes), bounded."""
+
+    def __setitem__(self, key, value):
+        if len(self) >= 100_000:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_NAMES = _Names()
+
+
+def _name(gw: Gateway, session_id: str) -> str:
+    if session_id not in _NAMES:
+        _NAMES[session_id] = gw.pipeline.session(session_id).name
+    return _NAMES[session_id]
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -66,8 +97,8 @@ def search(
     gw: Gw,
     q: str = Query(..., min_length=1, max_length=500, description='words, "a phrase", prefix*'),
     label: list[LabelFilter] = Query(default=[], description="only sessions with this label (key or key=value)"),
-    start: datetime | None = Query(None, alias="from", description="only sessions recording at or after this time"),
-    end: datetime | None = Query(None, alias="to", description="only sessions recording at or before this time"),
+    start: Annotated[Time, Query(alias="from", description="only sessions recording at or after this time")] = None,
+    end: Annotated[Time, Query(alias="to", description="only sessions recording at or before this time")] = None,
     limit: int = Query(20, ge=1, le=200),
     who: Principal = Depends(viewer),
 ):
@@ -77,11 +108,8 @@ def search(
     filtered = bool(label or start or end)
     sessions = _sessions(gw, label, start, end) if filtered else None
     result = gw.storage.search(SearchQuery(q=q, sessions=sessions, limit=limit))
-    names = {}
     for hit in result.items:
-        if hit.session_id not in names:
-            names[hit.session_id] = gw.pipeline.session(hit.session_id).name
-        hit.session_name = names[hit.session_id]
+        hit.session_name = _name(gw, hit.session_id)
         hit.thumbnail = f"/v1/sessions/{hit.session_id}/thumbnail?t_ms={hit.t_ms}"
         hit.play = f"/viewer/#{hit.session_id}?t={hit.t_ms / 1000:.1f}"
     filters = {"label": label, "from": start.isoformat() if start else None, "to": end.isoformat() if end else None}

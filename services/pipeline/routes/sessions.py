@@ -17,6 +17,7 @@ from lucid_assets.models import (
     ManifestSummary,
     Session,
     SessionPage,
+    SessionSpans,
     Transition,
     VerificationSummary,
 )
@@ -64,6 +65,25 @@ def list_sessions(
             "limit": limit,
             "offset": offset,
         }
+
+
+@router.get("/spans", response_model=SessionSpans)
+def session_spans(
+    db: Db,
+    label: list[LabelFilter] = Query(default=[], description="key (has the label) or key=value"),
+    limit: int = Query(100_000, ge=1, le=1_000_000),
+):
+    """Every matching session's id, name and recording span, newest first, and nothing else: what a
+    search across sessions filters by (GET /v1/search with label/from/to), without paging full rows."""
+    cols = (SessionRow.id, SessionRow.name, SessionRow.created_at, SessionRow.started_at, SessionRow.stopped_at)
+    with db.read() as s:
+        q = select(*cols)
+        for lab in label:
+            k, _, v = lab.partition("=")
+            q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
+        rows = s.exec(q.order_by(SessionRow.created_at.desc(), SessionRow.id.desc()).limit(limit)).all()
+        keys = ("id", "name", "created_at", "started_at", "stopped_at")
+        return {"items": [dict(zip(keys, (r[0], r[1], *map(registry.iso, r[2:])), strict=True)) for r in rows]}
 
 
 @router.get("/{session_id}", response_model=Session)
