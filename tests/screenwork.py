@@ -56,8 +56,24 @@ def words_line(rng: random.Random, n: int) -> str:
     return " ".join(out)
 
 
+def office(rng: random.Random, minutes: float = 1.0) -> list[Step]:
+    """Typical screen work per minute (bench/insight.py's "typical"): two commands typed, each with a
+    few lines of output and a pause to read them, a 20-line page scrolled, half a minute idle (reading,
+    thinking): about 28 new lines a minute."""
+    steps: list[Step] = []
+    for _ in range(max(1, round(minutes))):
+        for _ in range(2):
+            steps.append(Step("type", text=f"ops@web01:~$ {words_line(rng, rng.randint(2, 4))}"))
+            steps.append(Step("print", lines=[words_line(rng, rng.randint(3, 7)) for _ in range(rng.randint(2, 4))]))
+            steps.append(Step("idle", seconds=4))
+        steps.append(Step("scroll", lines=[words_line(rng, rng.randint(3, 8)) for _ in range(20)], seconds=4))
+        steps.append(Step("idle", seconds=30))
+    return steps
+
+
 def typical(rng: random.Random, minutes: float = 1.0) -> list[Step]:
-    """A typical mix per minute: ~35 s typing commands, a page of output, ~10 s scrolling, idle."""
+    """Terminal-heavy work per unit (about 48 s): four commands typed, each with 2-6 lines of output,
+    a 40-line page scrolled, 20 s idle: about 75 new lines a minute (bench/insight.py's "heavy")."""
     steps: list[Step] = []
     for _ in range(max(1, round(minutes))):
         for _ in range(4):
