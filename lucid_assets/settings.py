@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     # the backfill schedule (cron) re-derives sealed sessions whose derivation changed or never ran
     insight_interval_seconds: int = 20
     insight_backfill_cron: str = "17 * * * *"
+    insight_follow_idle_seconds: int = 60  # a follower run ends once it found nothing to do for this long
     insight_sessions_per_run: int = 25  # the backfill policy: partitions (sessions) one backfill run takes
     executor: str = "in_process"  # or "multiprocess": one process per step
     daemon_max_age: float = 300  # seconds without a heartbeat before the daemon is unhealthy

@@ -26,6 +26,7 @@ from tests.helpers import pipeline_client, token_file
 from tests.test_dagster import _pipeline_only
 
 REPO = Path(__file__).resolve().parent.parent
+ONE_PASS = {"ops": {"derive_live": {"config": {"idle_exit_seconds": 0}}}}  # a daemon's run lingers for more
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_follower_derives_live_chunks_and_reports_each_session(setup):
     request = sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert isinstance(request, dg.RunRequest) and request.tags["lucid/sessions"] == "1"
     assert follow_insight.tags[insight_assets.INSIGHT_TAG] == "live" and FOLLOW_TAGS["dagster/priority"] == "-1"
-    result = follow_insight.execute_in_process(instance=instance, resources=resources)
+    result = follow_insight.execute_in_process(instance=instance, resources=resources, run_config=ONE_PASS)
     assert result.success
     mats = [
         e.event_specific_data.materialization
@@ -93,7 +94,7 @@ def test_asset_rerun_for_one_product_and_the_backfill_schedule(setup):
     vault = resources["vault"]
     recs = records.Records(vault.store, sid)
     if not recs.current(Insight.TEXT, derive.TEXT_VERSION):
-        assert follow_insight.execute_in_process(instance=instance, resources=resources).success
+        assert follow_insight.execute_in_process(instance=instance, resources=resources, run_config=ONE_PASS).success
     # the session ends; later the text derivation changes (its records are of an older version now)
     api.post(f"/sessions/{sid}/transitions", json={"event": "stop"})
     api.post(f"/sessions/{sid}/transitions", json={"event": "finalize", "expected_chunks": n})

@@ -102,6 +102,22 @@ class Records:
         except envelope.EnvelopeError:
             return None
 
+    def read_latest(self, product: Insight, seq: int, version: str, *, dek: bytes) -> bytes | None:
+        """The record of `version`, else the one an older derivation left (until the backfill
+        replaces it, what a reader shows: a new OCR model must not blank every older session)."""
+        data = self.read(product, seq, version, dek=dek)
+        if data is not None:
+            return data
+        for path in sorted(self.dir(product).glob(f"{seq:08d}.*.bin")):
+            try:
+                blob = path.read_bytes()
+                return envelope.open_sidecar(
+                    blob, dek=dek, kind=KINDS[product], session_id=uuid.UUID(self.session_id), seq=seq
+                )
+            except (FileNotFoundError, envelope.EnvelopeError):
+                continue
+        return None
+
     def drop(self) -> int:
         """Remove every derived record of the session (crypto-shred; the key is already gone)."""
         root = self.store.session_dir(self.session_id) / "derived"

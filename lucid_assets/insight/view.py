@@ -45,15 +45,16 @@ class SessionView:
             raise NoKey(self.session_id)
 
     def _records(self, product: Insight) -> Iterable[tuple[int, dict, list[bytes]]]:
-        for seq in sorted(self.recs.current(product, VERSIONS[product])):
-            raw = self.recs.read(product, seq, VERSIONS[product], dek=self.dek)
+        """Every chunk's record, of the current derivation where it has one, else an older one's."""
+        for seq in sorted(self.recs.versions(product)):
+            raw = self.recs.read_latest(product, seq, VERSIONS[product], dek=self.dek)
             if raw is not None:
                 head, blobs = unpack(raw)
                 yield seq, head, blobs
 
     def derived(self) -> dict[str, int]:
-        """Per product, how many chunks have a current record."""
-        return {p.value: len(self.recs.current(p, v)) for p, v in VERSIONS.items()}
+        """Per product, how many chunks have a record (of any derivation: readers show older ones)."""
+        return {p.value: len(self.recs.versions(p)) for p in VERSIONS}
 
     def text(self, start_ms: int = 0, end_ms: int | None = None) -> list[dict]:
         """Every line that appeared in [start_ms, end_ms), with its time, box, confidence and words."""
@@ -67,7 +68,7 @@ class SessionView:
         return out
 
     def chunk_lines(self, seq: int) -> list[dict]:
-        raw = self.recs.read(Insight.TEXT, seq, VERSIONS[Insight.TEXT], dek=self.dek)
+        raw = self.recs.read_latest(Insight.TEXT, seq, VERSIONS[Insight.TEXT], dek=self.dek)
         return unpack(raw)[0]["lines"] if raw is not None else []
 
     def activity(self, idle_seconds: int = IDLE_SECONDS) -> dict:

@@ -5,12 +5,14 @@ live processing (priority). Each run reports a materialization and the coverage 
 it touched, like the processing batch does."""
 
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 from pydantic import Field
 
-from lucid_assets.core.states import State
+from lucid_assets.core.states import Insight, State
 from lucid_assets.insight import session as insight
+from lucid_assets.settings import get_settings
 
 from ..resources import PipelineResource, VaultResource
 from ..sessions.batch import MAX_RUNTIME_TAG
@@ -24,39 +26,47 @@ ACTIVE = [*WAITING, dg.DagsterRunStatus.STARTED]
 
 
 class FollowConfig(dg.Config):
-    budget_seconds: int = Field(240, description="stop starting new chunks after this long; the next run goes on")
+    budget_seconds: int = Field(900, description="the run ends after this long (the sensor starts the next)")
+    poll_seconds: float = Field(5, description="how often the run looks for stored chunks without insight")
+    idle_exit_seconds: float = Field(
+        get_settings().insight_follow_idle_seconds,
+        description="the run ends once it found nothing to do for this long (0: after one pass)",
+    )
 
 
 def live_sessions(pipeline: PipelineResource) -> set[str]:
     return {s.id for state in LIVE for s in pipeline.client.all_sessions(state)}
 
 
-@dg.op(
-    description="Derive activity, thumbnails and screen text of every stored chunk that has none yet (live "
-    "sessions, and those that ended in the last hour), in chunk order per session, within a time budget."
-)
-def derive_live(
-    context: dg.OpExecutionContext, config: FollowConfig, pipeline: PipelineResource, vault: VaultResource
-) -> dg.Output:
-    cpu0, deadline = time.process_time(), time.monotonic() + config.budget_seconds
+@dataclass
+class Tally:
+    sessions: set = field(default_factory=set)
+    chunks: int = 0
+    failed: int = 0
+    catalogued: int = 0
+
+
+def _one_pass(context: dg.OpExecutionContext, pipeline: PipelineResource, vault: VaultResource, deadline, tally) -> int:
+    """Derive what the live and recent sessions' stored chunks lack; how many chunks it derived."""
     work = insight.follow_candidates(vault.store, live_sessions(pipeline))
     new = [sid for sid in work if not context.instance.has_dynamic_partition(sessions.name, sid)]
     if new:
         context.instance.add_dynamic_partitions(sessions.name, new)
-    chunks = failed = catalogued = 0
+    done = 0
     for sid, per in work.items():
         if time.monotonic() > deadline:
             break
         first = min(min(seqs) for seqs in per.values())
         seqs = [s for s in vault.store.stored_seqs(sid) if s >= first]
         rep = derive(vault, sid, set(per), seqs, deadline)
-        chunks += rep.chunks
-        failed += rep.error is not None
+        done += rep.chunks
+        tally.sessions.add(sid)
+        tally.failed += rep.error is not None
         for p in per:
             context.log_event(dg.AssetMaterialization(KEYS[p], partition=sid, metadata=rep.metadata(p)))
         if rep.error is None and pipeline.client.session(sid).state == State.SEALED:
-            catalogued += catalogue(vault, sid)
-        if KEYS[insight.Insight.TEXT] in (KEYS[p] for p in per):
+            tally.catalogued += catalogue(vault, sid)
+        if Insight.TEXT in per:
             check = coverage(rep)
             context.log_event(
                 dg.AssetCheckEvaluation(
@@ -69,14 +79,36 @@ def derive_live(
                     metadata=check.metadata,
                 )
             )
+        context.log.info(f"{sid}: {rep.chunks} chunks derived" + (f"; {rep.error}" if rep.error else ""))
+    tally.chunks += done
+    return done
+
+
+@dg.op(
+    description="Follows the live sessions: every few seconds, derives activity, thumbnails and screen text of "
+    "every stored chunk that has none yet (live sessions, and those that ended in the last hour), in chunk order "
+    "per session, reporting a materialization and the coverage check per session as it goes. One run lives while "
+    "there is work (up to its budget), so Dagster's per-run cost is paid once, not per chunk."
+)
+def derive_live(
+    context: dg.OpExecutionContext, config: FollowConfig, pipeline: PipelineResource, vault: VaultResource
+) -> dg.Output:
+    cpu0, deadline = time.process_time(), time.monotonic() + config.budget_seconds
+    tally, idle_since = Tally(), time.monotonic()
+    while time.monotonic() < deadline:
+        if _one_pass(context, pipeline, vault, deadline, tally):
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= config.idle_exit_seconds:
+            break
+        time.sleep(min(config.poll_seconds, max(0.0, deadline - time.monotonic())))
     meta = {
-        "sessions": len(work),
-        "chunks_derived": chunks,
-        "failed_sessions": failed,
-        "catalogued_sessions": catalogued,
+        "sessions": len(tally.sessions),
+        "chunks_derived": tally.chunks,
+        "failed_sessions": tally.failed,
+        "catalogued_sessions": tally.catalogued,
         "insight_cpu_s": round(time.process_time() - cpu0, 3),
     }
-    context.log.info(f"{len(work)} sessions, {chunks} chunks derived, {failed} failed")
+    context.log.info(f"{len(tally.sessions)} sessions, {tally.chunks} chunks derived, {tally.failed} failed")
     return dg.Output(None, metadata=meta)
 
 
