@@ -179,8 +179,10 @@ def crash_and_recover(env: dict, service: str, timeout: float) -> float:
 
 LAKE_CHECK = """
 import glob, json
+from lucid_assets.core.catalog import TABLES
 tables = sorted(glob.glob('/data/warehouse/**/metadata', recursive=True))
-print(json.dumps({t: sorted(p.rsplit('/', 1)[1] for p in glob.glob(t + '/00000-*.metadata.json')) for t in tables}))
+files = {t: sorted(p.rsplit('/', 1)[1] for p in glob.glob(t + '/00000-*.metadata.json')) for t in tables}
+print(json.dumps({"tables": len(TABLES), "initial": files}))
 """
 
 
@@ -199,11 +201,12 @@ def lake_is_clean(env: dict) -> str | None:
         capture=True,
     ).stdout
     try:
-        initial = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        found = json.loads(out.strip().splitlines()[-1])
+        expected, initial = found["tables"], found["initial"]
+    except (ValueError, IndexError, KeyError, TypeError):
         return f"could not list the warehouse's metadata: {out[-500:]}"
-    if len(initial) != 2 or any(len(files) != 1 for files in initial.values()):
-        return f"expected 2 tables with one 00000 metadata file each: {initial}"
+    if len(initial) != expected or any(len(files) != 1 for files in initial.values()):
+        return f"expected {expected} tables (core/catalog.py) with one 00000 metadata file each: {initial}"
     return None
 
 
