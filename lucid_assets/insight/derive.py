@@ -331,12 +331,12 @@ class Deriver:
         state.ref, state.profile, state.pending_since = small, prof, None
 
     @staticmethod
-    def _replace(out: Derived, state: State, lines: list[ocr.Line], band: tuple[int, int] | None, t: int) -> None:
-        """Lines read from the whole screen (band None) or a band replace the lines there; those
-        whose text was not there before are recorded as appearing at t."""
+    def _replace(out: Derived, state: State, lines: list[ocr.Line], band: tuple[int, int], t: int) -> None:
+        """Lines read from a band replace the lines there; those whose text was not there before are
+        recorded as appearing at t."""
 
         def inside(b: tuple[int, int, int, int]) -> bool:
-            return band is None or band[0] <= b[1] + b[3] / 2 < band[1]
+            return band[0] <= b[1] + b[3] / 2 < band[1]
 
         gone = Counter(ln.text for ln in state.lines if inside(ln.box))
         state.lines = [ln for ln in state.lines if not inside(ln.box)]

@@ -89,33 +89,27 @@ class Records:
             if old.name != keep:  # the record another version made: superseded
                 old.unlink(missing_ok=True)
 
-    def read(self, product: Insight, seq: int, version: str, *, dek: bytes) -> bytes | None:
-        """The record's plaintext; None when missing or it does not open (derived data: made again)."""
+    def _open(self, product: Insight, seq: int, path: Path, dek: bytes) -> bytes | None:
         try:
-            blob = self.path(product, seq, version).read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
+            blob = path.read_bytes()
             return envelope.open_sidecar(
                 blob, dek=dek, kind=KINDS[product], session_id=uuid.UUID(self.session_id), seq=seq
             )
-        except envelope.EnvelopeError:
+        except (FileNotFoundError, envelope.EnvelopeError):
             return None
+
+    def read(self, product: Insight, seq: int, version: str, *, dek: bytes) -> bytes | None:
+        """The record's plaintext; None when missing or it does not open (derived data: made again)."""
+        return self._open(product, seq, self.path(product, seq, version), dek)
 
     def read_latest(self, product: Insight, seq: int, version: str, *, dek: bytes) -> bytes | None:
         """The record of `version`, else the one an older derivation left (until the backfill
         replaces it, what a reader shows: a new OCR model must not blank every older session)."""
-        data = self.read(product, seq, version, dek=dek)
-        if data is not None:
-            return data
+        if (found := self.read(product, seq, version, dek=dek)) is not None:
+            return found
         for path in sorted(self.dir(product).glob(f"{seq:08d}.*.bin")):
-            try:
-                blob = path.read_bytes()
-                return envelope.open_sidecar(
-                    blob, dek=dek, kind=KINDS[product], session_id=uuid.UUID(self.session_id), seq=seq
-                )
-            except (FileNotFoundError, envelope.EnvelopeError):
-                continue
+            if (found := self._open(product, seq, path, dek)) is not None:
+                return found
         return None
 
     def drop(self) -> int:

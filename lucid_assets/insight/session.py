@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core import envelope
+from .. import playback
 from ..core.states import Insight
 from ..keyring import Keyring
-from ..store import ChunkStore, EnvelopeReader
+from ..store import ChunkStore
 from . import derive, index, ocr
 from .records import Records, pack, unpack, version_tag
 
@@ -142,13 +142,16 @@ class SessionDeriver:
     def __init__(self, store: ChunkStore, keyring: Keyring, session_id: str, text_index: index.TextIndex | None):
         self.store, self.keyring, self.sid = store, keyring, str(uuid.UUID(session_id))
         self.recs, self.index = Records(store, self.sid), text_index
-        self.reader = EnvelopeReader(store)
 
-    def _plain(self, dek: bytes, seq: int) -> bytes | None:
-        data = self.reader.read(self.sid, seq)
-        if data is None:
-            return None
-        return envelope.open_envelope(data, dek=dek, session_id=uuid.UUID(self.sid), seq=seq)[1]
+    def _t0(self, first: bytes | memoryview | None) -> int:
+        """The session's time zero: chunk 0's first presentation time (`first`: its plaintext, when
+        it is at hand); 0 when chunk 0 is gone or is not video."""
+        try:
+            if first is None:
+                first = next(playback.plain_chunks(self.store, self.keyring, self.sid, [0]))
+            return derive.first_pts_ms(first)
+        except (playback.DamagedChunk, derive.NotDecodable):
+            return 0
 
     def _state(self, dek: bytes, seq: int) -> tuple[derive.State, int | None]:
         """The state chunk seq-1 left, and the session's time zero it recorded."""
@@ -171,22 +174,20 @@ class SessionDeriver:
         dv = derive.Deriver(reader, thumbs=Insight.THUMBNAILS in products)
         state, t0 = self._state(dek, seqs[0]) if seqs else (derive.State(), None)
         prev = seqs[0] - 1 if seqs else -1
+        chunks = playback.plain_chunks(self.store, self.keyring, self.sid, seqs)  # each tag checked
         for seq in seqs:
             if deadline is not None and time.monotonic() > deadline:
                 break
             if seq != prev + 1:  # a gap in what we were given: the state of seq-1 is on disk, or none
                 state, t0 = self._state(dek, seq)
             prev = seq
-            if t0 is None:
-                first = self._plain(dek, 0)
-                try:
-                    t0 = derive.first_pts_ms(first) if first is not None else 0
-                except derive.NotDecodable:
-                    t0 = 0
-            plain = self._plain(dek, seq)
-            if plain is None:
-                rep.error = f"chunk {seq} is not in the store"
+            try:
+                plain = next(chunks)
+            except playback.DamagedChunk as exc:
+                rep.error = str(exc)
                 break
+            if t0 is None:
+                t0 = self._t0(plain if seq == 0 else None)
             out = dv.chunk(plain, t0, state)
             self._write(dek, key, seq, products, out, t0)
             self._count(rep, out)
