@@ -54,7 +54,7 @@ def one(size: tuple[int, int], minutes: float, fps: int, tmp: Path, mix: str) ->
     segs, truth = screenwork.record(tmp / f"rec{size[1]}{mix}", steps, size=size, fps=fps)
     render = time.process_time() - t0
     settings = Settings(data_dir=tmp / f"data{size[1]}{mix}", generate_keys=True)
-    keyring, store = Keyring.load(settings, with_signing=False), ChunkStore(settings.chunk_store_path)
+    keyring, store = Keyring.load(settings, with_signing=False), ChunkStore.from_settings(settings)
     sid = str(uuid.uuid4())
     dek = store.data_key(sid, keyring, create=True)
     for s in segs:

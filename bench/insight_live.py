@@ -450,7 +450,7 @@ def measure_backfill(args, tmp: Path) -> dict:
         print(
             f"[backfill] {len(sids)} sessions of {len(segs)} chunks sealed in {time.monotonic() - t:.0f} s", flush=True
         )
-        store = ChunkStore(Settings(data_dir=p.data_dir).chunk_store_path)
+        store = ChunkStore.from_settings(Settings(data_dir=p.data_dir))
         t = time.monotonic()
         wait_until(
             lambda: all_current(store, sids, Insight.TEXT, derive.TEXT_VERSION) == len(sids),

@@ -129,7 +129,7 @@ def retag(data: Path, ids: list[str], tag: str) -> float:
     """The cached text records under the current TEXT_VERSION's file name: the version is only in the
     name (not in the sealed bytes), and only records of the current version are searched."""
     t0 = time.perf_counter()
-    store = ChunkStore(Settings(data_dir=data).chunk_store_path)
+    store = ChunkStore.from_settings(Settings(data_dir=data))
     for sid in ids:
         d = Records(store, sid).dir(Insight.TEXT)
         for name in os.listdir(d):
@@ -156,7 +156,7 @@ def create_sessions(p: Platform, n: int) -> tuple[list[str], float]:
 # long: the build's steps per session (DEK, records with and without fsync, index), timed apart
 def build(args: argparse.Namespace, corpus: Corpus, p: Platform, data: Path) -> dict:
     ids, create_s = create_sessions(p, corpus.sessions)
-    store = ChunkStore(Settings(data_dir=data).chunk_store_path)
+    store = ChunkStore.from_settings(Settings(data_dir=data))
     keyring = Keyring.load(Settings(data_dir=data), with_signing=False)
     ix = open_index(store)
     t = {"dek": 0.0, "words": 0.0, "records_fsync": 0.0, "records_unsynced": 0.0, "index": 0.0}
@@ -322,7 +322,7 @@ def measure(args: argparse.Namespace, corpus: Corpus, p: Platform, data: Path, i
     viewer = r.json()["key"]
     admin.close()
     settings = Settings(data_dir=data)
-    store = ChunkStore(settings.chunk_store_path)
+    store = ChunkStore.from_settings(settings)
     keyring = Keyring.load(settings, with_signing=False)
     ctx = {
         "p": p,

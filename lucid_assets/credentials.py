@@ -1,9 +1,9 @@
 """Named remote-desktop credentials (issue 18), sealed the way a session's data is.
 
 An admin stores a login once under a name; a `vnc` or `rdp` session source names it. The storage
-service (it holds the KEK) keeps one file per credential:
+service (it holds the KEK) keeps one object per credential in the chunk store's backend (objects.py):
 
-    <chunk store>/credentials/<name>.json    (0600, in a 0700 directory, written atomically)
+    credentials/<name>.json    (on disk: 0600, in a 0700 directory, written atomically)
 
     {"v": 1, "id": <random uuid>, "name", "kind", "username", "domain",      <- clear, bound as AAD
      "created_at", "updated_at", "updated_by",                              <- clear, not bound
@@ -13,18 +13,16 @@ service (it holds the KEK) keeps one file per credential:
 The AAD is `lucid-credential\\x00` + the canonical JSON of v, id, name, kind, username and domain,
 so a file renamed, or edited to claim another name, kind or login, does not open. The password is
 never written anywhere in the clear. KEK rotation rewraps `key` only (`rewrap`); `kek_ids` tells
-`keyring.prune_retired` which retired KEKs credentials still need."""
+`keyring.prune_retired` which retired KEKs credentials still need. Writers (the storage service, a
+rotation run) compare-and-swap each object, so a rewrap never undoes a replace."""
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +33,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .core import keys
 from .core.states import CredentialKind
-from .files import atomic_write, fsync_dir
 from .models import CREDENTIAL_NAME
+from .objects import LocalObjects, Objects
 
 if TYPE_CHECKING:
     from .keyring import Keyring
 
 VERSION = 1
+PREFIX = "credentials"
+_TRIES = 20  # compare-and-swap attempts before a write gives up (only a storm of writers gets there)
 _NAME = re.compile(CREDENTIAL_NAME)
 _FIELDS = {"v", "id", "name", "kind", "username", "domain", "created_at", "updated_at", "updated_by"}
 _FIELDS |= {"key", "nonce", "sealed"}
@@ -61,6 +61,10 @@ class CredentialExists(CredentialError):
 
 class CredentialDamaged(CredentialError):
     """The file is malformed, or does not open as the credential it claims to be (edited or renamed)."""
+
+    def __init__(self, message: str, tag: str | None = None):
+        super().__init__(message)
+        self.tag = tag  # the damaged object's tag: a replacement swaps exactly it
 
 
 class CredentialKeyUnavailable(CredentialError):
@@ -93,36 +97,30 @@ def valid_name(name: str) -> bool:
 
 
 class CredentialStore:
-    def __init__(self, chunk_store_root: Path):
-        self.dir = Path(chunk_store_root) / "credentials"
+    def __init__(self, objects: Objects | Path):
+        self.objects: Objects = objects if hasattr(objects, "put") else LocalObjects(Path(objects))
+        if (d := self.objects.local_path(PREFIX)) is not None:
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
 
-    def path(self, name: str) -> Path:
+    def key(self, name: str) -> str:
         if not valid_name(name):
             raise CredentialNotFound(f"no credential is named {name[:80]!r}: a name matches {CREDENTIAL_NAME}")
-        return self.dir / f"{name}.json"
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Writers (the storage service, a rotation run) take turns: a rewrap never undoes a replace."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return f"{PREFIX}/{name}.json"
 
     def names(self) -> list[str]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(p.stem for p in self.dir.glob("*.json") if valid_name(p.stem))
+        names = (e.key.rsplit("/", 1)[1] for e in self.objects.list(PREFIX))
+        return sorted(n[:-5] for n in names if n.endswith(".json") and valid_name(n[:-5]))
 
     def _load(self, name: str) -> dict:
-        try:
-            raw = self.path(name).read_bytes()
-        except FileNotFoundError:
-            raise CredentialNotFound(f"no credential is named {name!r}") from None
+        return self._load_tagged(name)[0]
+
+    def _load_tagged(self, name: str) -> tuple[dict, str]:
+        """The parsed document and its tag (for a compare-and-swap write)."""
+        got = self.objects.get_tagged(self.key(name))
+        if got is None:
+            raise CredentialNotFound(f"no credential is named {name!r}")
+        raw, tag = got
         try:
             doc = json.loads(raw)
             if not isinstance(doc, dict) or set(doc) != _FIELDS or doc["v"] != VERSION:
@@ -134,8 +132,8 @@ class CredentialStore:
             if not isinstance(doc["key"], dict) or not isinstance(doc["key"].get("kek_id"), str):
                 raise ValueError("no wrapped key")
         except (ValueError, TypeError, KeyError):
-            raise CredentialDamaged(f"the stored credential {name!r} is malformed") from None
-        return doc
+            raise CredentialDamaged(f"the stored credential {name!r} is malformed", tag) from None
+        return doc, tag
 
     @staticmethod
     def _info(doc: dict) -> dict:
@@ -180,16 +178,16 @@ class CredentialStore:
     ) -> dict:
         """Create or replace `name` (exists=False: create only; True: replace only). A fresh key and
         nonce every time; a replaced credential keeps its id and created_at."""
-        path = self.path(name)
+        key = self.key(name)
         if keyring.settings is not None:
             keyring.reload()  # a long-running service wraps under the KEK active now, not at its start
-        with self._locked():
+        for _ in range(_TRIES):
             try:
-                old = self._load(name)
+                old, tag = self._load_tagged(name)
             except CredentialNotFound:
-                old = None
-            except CredentialDamaged:
-                old = {}  # replaced by a good one (a new id)
+                old, tag = None, None
+            except CredentialDamaged as exc:
+                old, tag = {}, exc.tag  # replaced by a good one (a new id)
             if exists is False and old is not None:
                 raise CredentialExists(f"a credential named {name!r} exists; PUT replaces it")
             if exists is True and old is None:
@@ -206,25 +204,20 @@ class CredentialStore:
                 "updated_at": now,
                 "updated_by": actor,
             }
-            key, nonce = keys.new_dek(), os.urandom(12)
-            sealed = AESGCM(key).encrypt(nonce, _canonical({"password": password}), _aad(doc))
-            doc["key"] = json.loads(keyring.wrap(key, uuid.UUID(doc["id"])))
+            secret, nonce = keys.new_dek(), os.urandom(12)
+            sealed = AESGCM(secret).encrypt(nonce, _canonical({"password": password}), _aad(doc))
+            doc["key"] = json.loads(keyring.wrap(secret, uuid.UUID(doc["id"])))
             doc["nonce"] = base64.b64encode(nonce).decode()
             doc["sealed"] = base64.b64encode(sealed).decode()
-            atomic_write(path, _canonical(doc))
-        return self._info(doc)
+            if self.objects.put(key, _canonical(doc), exclusive=tag is None, if_match=tag):
+                return self._info(doc)
+        raise CredentialError(f"the credential {name!r} kept changing while it was written; try again")
 
     def delete(self, name: str) -> dict:
-        """Remove it (overwritten first, like a session's data key); returns what it was."""
-        path = self.path(name)
-        with self._locked():
-            doc = self._load(name)
-            with open(path, "r+b") as f:
-                f.write(os.urandom(max(1, os.fstat(f.fileno()).st_size)))
-                f.flush()
-                os.fsync(f.fileno())
-            path.unlink()
-            fsync_dir(self.dir)
+        """Remove it (overwritten first on disk, every version in a bucket, like a session's data key);
+        returns what it was."""
+        doc = self._load(name)
+        self.objects.delete(self.key(name), scrub=True)
         return self._info(doc)
 
     def open(self, name: str, keyring: Keyring) -> Opened:
@@ -263,19 +256,22 @@ class CredentialStore:
         Returns how many were rewrapped and the names still under another KEK (damaged ones)."""
         done, left = 0, []
         for name in self.names():
-            with self._locked():
+            for _ in range(_TRIES):
                 try:
-                    doc = self._load(name)
+                    doc, tag = self._load_tagged(name)
                     if doc["key"]["kek_id"] == keyring.active.key_id:
-                        continue
+                        break
                     sid = uuid.UUID(doc["id"])
-                    key = keyring.unwrap(_canonical(doc["key"]), sid)
+                    secret = keyring.unwrap(_canonical(doc["key"]), sid)
                 except CredentialNotFound:
-                    continue
+                    break
                 except (CredentialError, keys.KeyMaterialError):
                     left.append(name)
-                    continue
-                doc["key"] = json.loads(keyring.wrap(key, sid))
-                atomic_write(self.path(name), _canonical(doc))
-                done += 1
+                    break
+                doc["key"] = json.loads(keyring.wrap(secret, sid))
+                if self.objects.put(self.key(name), _canonical(doc), if_match=tag):
+                    done += 1
+                    break
+            else:
+                left.append(name)
         return done, left

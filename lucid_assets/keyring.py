@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .core import keys
 from .credentials import CredentialStore
+from .objects import open_objects
 from .settings import Settings
 
 log = logging.getLogger("lucid.keys")
@@ -104,7 +105,7 @@ def rotate_kek(settings: Settings) -> tuple[str, str]:
 
 def prune_retired(settings: Settings, in_use: set[str]) -> list[Path]:
     """Delete retired KEK files that no wrapped DEK (`in_use`) and no stored credential names any more."""
-    in_use = set(in_use) | CredentialStore(settings.chunk_store_path).kek_ids()
+    in_use = set(in_use) | CredentialStore(open_objects(settings.chunk_store_location, settings)).kek_ids()
     removed = []
     if settings.keyring_path.is_dir():
         for path in sorted(settings.keyring_path.glob("*.key")):

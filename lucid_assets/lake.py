@@ -6,6 +6,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +23,21 @@ from sqlalchemy.exc import IntegrityError
 
 from .core import catalog as schema
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 log = logging.getLogger("lucid.lake")
+
+
+def s3_props(s: Settings) -> dict[str, str]:
+    """PyIceberg's FileIO properties for the settings' S3 endpoint (pyarrow's S3 filesystem)."""
+    cfg = s.s3_config
+    props = {"s3.region": cfg.region, "s3.path-style-access": "true" if cfg.path_style else "false"}
+    if cfg.endpoint:
+        props["s3.endpoint"] = cfg.endpoint
+    if cfg.access_key_id:
+        props |= {"s3.access-key-id": cfg.access_key_id, "s3.secret-access-key": cfg.secret_access_key or ""}
+    return props
 
 
 class Lake:
@@ -31,10 +46,32 @@ class Lake:
         self._ready = False
 
     @classmethod
-    def sql(cls, uri: str, warehouse: str) -> Lake:
+    def sql(cls, uri: str, warehouse: str, **props: str) -> Lake:
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return cls(SqlCatalog("lucid", uri=uri, warehouse=warehouse))
+        return cls(SqlCatalog("lucid", uri=uri, warehouse=warehouse, **props))
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Lake:
+        """The settings' catalog: a SqlCatalog (SQLite, PostgreSQL) or an Iceberg REST catalog, over a
+        local or S3 warehouse."""
+        props = s3_props(s) if s.warehouse_uri.startswith("s3://") or s.catalog.startswith("http") else {}
+        if not s.catalog.startswith(("http://", "https://")):
+            return cls.sql(s.catalog, s.warehouse_uri, **props)
+        from pyiceberg.catalog.rest import RestCatalog
+
+        rest = {"uri": s.catalog, "warehouse": s.warehouse_uri, **props}
+        if s.catalog_sigv4:
+            cfg = s.s3_config
+            rest |= {
+                "rest.sigv4-enabled": "true",
+                "rest.signing-region": cfg.region,
+                "rest.signing-name": s.catalog_signing_name,
+                "client.region": cfg.region,
+                "client.access-key-id": cfg.access_key_id or "",
+                "client.secret-access-key": cfg.secret_access_key or "",
+            }
+        return cls(RestCatalog("lucid", **rest))
 
     def ensure_tables(self) -> None:
         """Load the `lucid` tables, creating each only when the catalog has none yet. Every run and

@@ -339,7 +339,7 @@ class Mp4Export:
         self.dek = store.data_key(session_id, keyring)
         if self.dek is None:
             raise DamagedChunk(f"session {session_id} has no data key (crypto-shredded)")
-        key = (str(store.root), session_id, cache_key) if cache_key else None
+        key = (store.location, session_id, cache_key) if cache_key else None
         with self._facts_lock:
             facts = self._facts.get(key) if key else None
             if facts is not None:

@@ -398,7 +398,7 @@ def session_row(vault: Vault, s: Sealed) -> dict:
         "stored_bytes": body["stored_bytes"],
         "duration_ms": body["duration_ms"],
         "merkle_root": body["merkle"]["root"],
-        "manifest_uri": vault.store.manifest_path(session.id, s.version).as_uri(),
+        "manifest_uri": vault.store.manifest_uri(session.id, s.version),
         "manifest_sha256": hashlib.sha256(s.data).hexdigest(),
         "signing_key_id": s.doc["signature"]["key_id"],
         "encoder": session.encoder,

@@ -31,14 +31,17 @@ def _ts(iso: str | None) -> datetime | None:
 def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict], list[dict]]:
     manifests = []
     for v in store.manifest_versions(sid):
-        data = store.manifest_path(sid, v).read_bytes()
+        data = store.read_manifest(sid, v)
+        if data is None:  # removed meanwhile
+            continue
         manifests.append((v, data, json.loads(data)))
     listed = {c["seq"]: c for c in manifests[-1][2]["body"]["chunks"]} if manifests else {}
     dek = store.data_key(sid, keyring)
-    chunks = []
+    chunks, stamps = [], {e.key: e.mtime for e in store.objects.list(f"{sid}/chunks")}
     for seq in store.stored_seqs(sid):
-        path = store.envelope_path(sid, seq)
-        data = path.read_bytes()
+        data = store.read_envelope(sid, seq)
+        if data is None:
+            continue
         header = envelope.parse_header(data)
         entry = listed.get(seq)
         if entry is not None:
@@ -50,7 +53,7 @@ def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict],
             duration = 0
         else:
             continue
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        mtime = datetime.fromtimestamp(stamps.get(store.envelope_key(sid, seq), 0.0), UTC)
         chunks.append(
             {
                 "session_id": sid,
@@ -80,7 +83,7 @@ def rows_for(store: ChunkStore, keyring: Keyring, sid: str) -> tuple[list[dict],
                 "stored_bytes": body["stored_bytes"],
                 "duration_ms": body["duration_ms"],
                 "merkle_root": body["merkle"]["root"],
-                "manifest_uri": store.manifest_path(sid, version).as_uri(),
+                "manifest_uri": store.manifest_uri(sid, version),
                 "manifest_sha256": hashlib.sha256(data).hexdigest(),
                 "signing_key_id": doc["signature"]["key_id"],
                 "encoder": head.get("encoder"),
@@ -116,7 +119,7 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
 def insight_rows(store: ChunkStore, keyring: Keyring, sid: str, text_index) -> list[dict]:
     """The session's lucid.session_insight row from its sealed insight records (none when it has
     none, or no data key any more)."""
-    if not (store.session_dir(sid) / "derived").is_dir():
+    if not store.objects.list(store.derived_prefix(sid)):
         return []
     try:
         view = SessionView(store, keyring, sid)

@@ -54,9 +54,21 @@ class Settings(BaseSettings):
     generate_keys: bool = False  # the embedded default generates missing keys; compose does not
     database_url: str | None = None  # pipeline registry
     api_database_url: str | None = None  # gateway's API keys
+    # the Iceberg catalog: sqlite:///FILE or postgresql+psycopg://... (a SqlCatalog), or http(s)://...
+    # (an Iceberg REST catalog; with catalog_sigv4 it is signed with the S3 keys below)
     catalog_uri: str | None = None
-    warehouse: str | None = None
-    chunk_store: Path | None = None
+    catalog_sigv4: bool = False
+    catalog_signing_name: str = "s3tables"  # SeaweedFS's REST catalog refuses "s3"
+    warehouse: str | None = None  # file:///DIR or s3://BUCKET[/PREFIX]
+    chunk_store: str | None = None  # a directory, or s3://BUCKET[/PREFIX]
+    # an S3-compatible object store (issue 17): any endpoint, path-style addressing by default
+    s3_endpoint: str | None = None  # unset: AWS's own
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_secret_access_key_file: Path | None = None  # the same, read from a (secret) file
+    s3_path_style: bool = True
+    insight_index: Path | None = None  # the screen-text search index (SQLite); default below
     recordings_dir: Path | None = None
 
     pipeline_url: str = local_url("pipeline")
@@ -155,8 +167,29 @@ class Settings(BaseSettings):
         return self.warehouse or (self.data_dir.resolve() / "warehouse").as_uri()
 
     @property
-    def chunk_store_path(self) -> Path:
-        return Path(self._d(self.chunk_store, "chunks")).resolve()
+    def chunk_store_location(self) -> str:
+        """A resolved directory, or an s3:// address."""
+        if self.chunk_store and self.chunk_store.startswith("s3://"):
+            return self.chunk_store
+        return str(Path(self._d(self.chunk_store, "chunks")).resolve())
+
+    @property
+    def insight_index_path(self) -> Path:
+        """Next to a local chunk store (as before issue 17); under data_dir when the store is a bucket."""
+        if self.insight_index is not None:
+            return self.insight_index.resolve()
+        if self.chunk_store_location.startswith("s3://"):
+            return (self.data_dir / "insight" / "text-index.sqlite").resolve()
+        return Path(self.chunk_store_location) / ".insight" / "text-index.sqlite"
+
+    @property
+    def s3_config(self):
+        from .objects import S3Config
+
+        secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        if self.s3_secret_access_key_file is not None:
+            secret = self.s3_secret_access_key_file.read_text().strip()
+        return S3Config(self.s3_endpoint, self.s3_region, self.s3_access_key_id, secret, self.s3_path_style)
 
     @property
     def encoder_order(self) -> tuple[str, ...]:

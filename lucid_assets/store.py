@@ -1,13 +1,16 @@
-"""The chunk store: envelopes, wrapped data keys and signed manifests under one root.
+"""The chunk store: envelopes, wrapped data keys and signed manifests, as objects (`objects.py`) in
+a local directory (the embedded default) or an S3-compatible bucket.
 
-    <root>/<session>/dek.json            wrapped data key (deleting it crypto-shreds the session)
-    <root>/<session>/chunks/<seq>.luce   envelopes, seq zero-padded to 8 digits
-    <root>/<session>/manifest.v<N>.json  signed manifests, one per version
-    <root>/<session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
-    <root>/<session>/mp4/<seq>.plan      MP4 export plans (derived; sealed under the data key)
-    <root>/<session>/derived/<product>/<seq>.<version>.bin  insight records (issue 15; sealed likewise)
+    <session>/dek.json            wrapped data key (deleting it crypto-shreds the session)
+    <session>/chunks/<seq>.luce   envelopes, seq zero-padded to 8 digits
+    <session>/manifest.v<N>.json  signed manifests, one per version
+    <session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
+    <session>/mp4/<seq>.plan      MP4 export plans (derived; sealed under the data key)
+    <session>/derived/<product>/<seq>.<version>.bin  insight records (issue 15; sealed likewise)
+    credentials/<name>.json       named remote-desktop credentials (credentials.py)
 
-Every write goes to a temporary name, is fsynced, then renamed, so a reader never sees half a file.
+A reader never sees half an object, and first-writer-wins writes (data key, manifest version,
+checkpoint) are exclusive on both backends (objects.py says how).
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core import keys as corekeys
-from .files import atomic_write, fsync_dir, is_atomic_tmp, is_uuid
+from .files import is_atomic_tmp, is_uuid
 from .keyring import Keyring
+from .objects import LocalObjects, Objects, open_objects
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 _MANIFEST = re.compile(r"manifest\.v(\d+)\.json$")
 
@@ -29,14 +36,18 @@ _MANIFEST = re.compile(r"manifest\.v(\d+)\.json$")
 class EnvelopeReader:
     """Reads many envelopes through one buffer (a streaming reader's envelopes are consumed one at
     a time: no fresh allocation, no page faults per chunk). A returned view stays valid until the
-    next read."""
+    next read. A bucket's envelopes come whole from each GET."""
 
     def __init__(self, store: ChunkStore):
         self.store, self.buf = store, bytearray(0)
 
     def read(self, session_id: str, seq: int) -> memoryview | None:
+        path = self.store.objects.local_path(self.store.envelope_key(session_id, seq))
+        if path is None:
+            data = self.store.read_envelope(session_id, seq)
+            return None if data is None else memoryview(data)
         try:
-            f = open(self.store.envelope_path(session_id, seq), "rb", buffering=0)  # noqa: SIM115 - closed below
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return None
         with f:
@@ -55,86 +66,127 @@ class EnvelopeReader:
 
 
 class ChunkStore:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path | str | Objects, *, index_path: Path | None = None):
+        self.objects: Objects = root if hasattr(root, "put") else LocalObjects(Path(root))
+        local = self.objects.local_path("x")
+        self._index_path = index_path or (local.parent / ".insight" / "text-index.sqlite" if local else None)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ChunkStore:
+        return cls(open_objects(s.chunk_store_location, s), index_path=s.insight_index_path)
+
+    @property
+    def location(self) -> str:
+        """Where it is (a directory's URI or s3://bucket/prefix/): for logs, caches and metadata."""
+        return self.objects.uri("x")[:-1]
+
+    @property
+    def root(self) -> Path:
+        """The directory of a local store (tests and the stale-temporary-file sweep work on it)."""
+        local = self.objects.local_path("x")
+        if local is None:
+            raise AttributeError(f"{self.location} is a bucket, not a directory")
+        return local.parent
+
+    @property
+    def is_local(self) -> bool:
+        return self.objects.local_path("x") is not None
+
+    @property
+    def index_path(self) -> Path:
+        if self._index_path is None:
+            raise ValueError("a chunk store in a bucket needs an explicit insight index path (settings.insight_index)")
+        return self._index_path
+
+    @staticmethod
+    def _sid(session_id: str) -> str:
+        return str(uuid.UUID(session_id))
 
     def session_dir(self, session_id: str) -> Path:
-        return self.root / str(uuid.UUID(session_id))
+        """A local store's session directory (tests tamper with files through it)."""
+        return self.root / self._sid(session_id)
+
+    # --- envelopes ----------------------------------------------------------------------------
+    def envelope_key(self, session_id: str, seq: int) -> str:
+        return f"{self._sid(session_id)}/chunks/{seq:08d}.luce"
 
     def envelope_path(self, session_id: str, seq: int) -> Path:
-        return self.session_dir(session_id) / "chunks" / f"{seq:08d}.luce"
+        return self.root / self.envelope_key(session_id, seq)
 
     def envelope_uri(self, session_id: str, seq: int) -> str:
-        return self.envelope_path(session_id, seq).as_uri()
+        return self.objects.uri(self.envelope_key(session_id, seq))
 
     def write_envelope(self, session_id: str, seq: int, data: bytes) -> None:
-        atomic_write(self.envelope_path(session_id, seq), data)
+        self.objects.put(self.envelope_key(session_id, seq), data)
 
     def read_envelope(self, session_id: str, seq: int) -> bytes | None:
-        try:
-            return self.envelope_path(session_id, seq).read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.objects.get(self.envelope_key(session_id, seq))
 
     def read_envelope_tail(self, session_id: str, seq: int, size: int) -> bytes | None:
         """The last `size` bytes of an envelope (its GCM tag), without reading the rest."""
-        try:
-            with open(self.envelope_path(session_id, seq), "rb", buffering=0) as f:
-                f.seek(-size, os.SEEK_END)
-                return f.read(size)
-        except OSError:  # missing, or shorter than a tag
-            return None
+        return self.objects.read_range(self.envelope_key(session_id, seq), -size, size)
 
     def read_envelope_head(self, session_id: str, seq: int, size: int) -> bytes | None:
         """The first `size` bytes of an envelope (its header), without reading the rest."""
-        try:
-            with open(self.envelope_path(session_id, seq), "rb", buffering=0) as f:
-                return f.read(size)
-        except FileNotFoundError:
-            return None
+        return self.objects.read_range(self.envelope_key(session_id, seq), 0, size)
 
     def stored_seqs(self, session_id: str) -> list[int]:
-        d = self.session_dir(session_id) / "chunks"
-        if not d.is_dir():
-            return []
-        return sorted(int(p.stem) for p in d.glob("*.luce") if p.stem.isdigit())
+        out = []
+        for e in self.objects.list(f"{self._sid(session_id)}/chunks"):
+            name = e.key.rsplit("/", 1)[1]
+            if name.endswith(".luce") and name[:-5].isdigit():
+                out.append(int(name[:-5]))
+        return sorted(out)
+
+    def last_write(self, session_id: str) -> float | None:
+        """When the newest envelope was stored (seconds since the epoch), or None without any. A
+        directory's mtime says it in one stat; a bucket is listed."""
+        if (d := self.objects.local_path(f"{self._sid(session_id)}/chunks")) is not None:
+            try:
+                return d.stat().st_mtime
+            except FileNotFoundError:
+                return None
+        return max((e.mtime for e in self.objects.list(f"{self._sid(session_id)}/chunks")), default=None)
 
     # --- MP4 export plans (derived from the plaintext, sealed under the session's data key) ---------
-    def mp4_index_path(self, session_id: str, seq: int) -> Path:
-        return self.session_dir(session_id) / "mp4" / f"{seq:08d}.plan"
+    def mp4_index_key(self, session_id: str, seq: int) -> str:
+        return f"{self._sid(session_id)}/mp4/{seq:08d}.plan"
 
     def read_mp4_index(self, session_id: str, seq: int) -> bytes | None:
-        try:
-            return self.mp4_index_path(session_id, seq).read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.objects.get(self.mp4_index_key(session_id, seq))
 
     def write_mp4_index(self, session_id: str, seq: int, blob: bytes) -> None:
-        atomic_write(self.mp4_index_path(session_id, seq), blob)
+        self.objects.put(self.mp4_index_key(session_id, seq), blob)
 
     def drop_mp4_index(self, session_id: str, seq: int) -> None:
-        self.mp4_index_path(session_id, seq).unlink(missing_ok=True)
+        self.objects.delete(self.mp4_index_key(session_id, seq))
 
     def drop_legacy_mp4_indexes(self, session_id: str) -> int:
         """Remove the plain-JSON MP4 indexes an earlier release kept (`mp4/<seq>.json`)."""
-        old = list((self.session_dir(session_id) / "mp4").glob("*.json"))
-        for path in old:
-            path.unlink(missing_ok=True)
+        old = [e.key for e in self.objects.list(f"{self._sid(session_id)}/mp4") if e.key.endswith(".json")]
+        for key in old:
+            self.objects.delete(key)
         return len(old)
 
+    # --- derived records (insight) ------------------------------------------------------------
+    def derived_prefix(self, session_id: str, product: str | None = None) -> str:
+        return f"{self._sid(session_id)}/derived" + (f"/{product}" if product else "")
+
     # --- data keys --------------------------------------------------------------------------
-    def dek_path(self, session_id: str) -> Path:
-        return self.session_dir(session_id) / "dek.json"
+    def dek_key(self, session_id: str) -> str:
+        return f"{self._sid(session_id)}/dek.json"
+
+    def has_data_key(self, session_id: str) -> bool:
+        return self.objects.stat(self.dek_key(session_id)) is not None
 
     def sessions(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_uuid(p.name))
+        return [name for name in self.objects.dirs("") if is_uuid(name)]
 
     def dek_kek_id(self, session_id: str) -> str | None:
+        raw = self.objects.get(self.dek_key(session_id))
         try:
-            return json.loads(self.dek_path(session_id).read_bytes()).get("kek_id")
-        except (FileNotFoundError, ValueError, AttributeError):
+            return json.loads(raw).get("kek_id") if raw is not None else None
+        except (ValueError, AttributeError):
             return None
 
     def rewrap(self, session_id: str, keyring: Keyring) -> bool:
@@ -143,60 +195,63 @@ class ChunkStore:
         if kek_id is None or kek_id == keyring.active.key_id:
             return False
         dek = self.data_key(session_id, keyring)
-        atomic_write(self.dek_path(session_id), keyring.wrap(dek, uuid.UUID(session_id)))
+        self.objects.put(self.dek_key(session_id), keyring.wrap(dek, uuid.UUID(session_id)))
         return True
 
     def shred(self, session_id: str) -> dict:
         """Crypto-shred: destroy the DEK first (the contents are unrecoverable from that moment),
-        then remove the envelopes. Manifests and checkpoints stay: they hold hashes only and let
-        verify say "shredded" rather than "corrupt"."""
-        d = self.session_dir(session_id)
-        dek = self.dek_path(session_id)
-        had_key = dek.exists()
-        if had_key:
-            with open(dek, "r+b") as f:  # overwrite before unlinking, for what that is worth on this disk
-                f.write(os.urandom(max(1, os.fstat(f.fileno()).st_size)))
-                f.flush()
-                os.fsync(f.fileno())
-            dek.unlink()
-        n = len(self.stored_seqs(session_id))
-        shutil.rmtree(d / "chunks", ignore_errors=True)
-        shutil.rmtree(d / "mp4", ignore_errors=True)
-        shutil.rmtree(d / "derived", ignore_errors=True)  # insight records (issue 15): sealed, and now unreadable
-        if d.exists():
-            fsync_dir(d)
+        then remove the envelopes, export plans and insight records. Manifests and checkpoints stay:
+        they hold hashes only and let verify say "shredded" rather than "corrupt"."""
+        sid = self._sid(session_id)
+        had_key = self.objects.delete(self.dek_key(sid), scrub=True)
+        n = len(self.stored_seqs(sid))
+        for part in ("chunks", "mp4", "derived"):  # derived: insight records (issue 15), sealed and now unreadable
+            self.objects.delete_prefix(f"{sid}/{part}")
         return {"data_key_destroyed": had_key, "envelopes_removed": n}
 
     def data_key(self, session_id: str, keyring: Keyring, *, create: bool = False) -> bytes | None:
         """The session's DEK; with create, makes one if none exists (first writer wins)."""
         sid = uuid.UUID(session_id)
-        path = self.dek_path(session_id)
-        if create and not path.exists():
-            atomic_write(path, keyring.wrap(corekeys.new_dek(), sid), exclusive=True)
-        try:
-            wrapped = path.read_bytes()
-        except FileNotFoundError:
+        key = self.dek_key(session_id)
+        wrapped = self.objects.get(key)
+        if wrapped is None and create:
+            self.objects.put(key, keyring.wrap(corekeys.new_dek(), sid), exclusive=True)
+            wrapped = self.objects.get(key)
+        if wrapped is None:
             return None
         return keyring.unwrap(wrapped, sid)
 
     # --- manifests --------------------------------------------------------------------------
     def manifest_versions(self, session_id: str) -> list[int]:
-        d = self.session_dir(session_id)
-        if not d.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _MANIFEST.match(p.name)))
+        sid = self._sid(session_id)
+        out = []
+        for e in self.objects.list(sid):
+            rest = e.key[len(sid) + 1 :]
+            if "/" not in rest and (m := _MANIFEST.match(rest)):
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def manifest_key(self, session_id: str, version: int) -> str:
+        return f"{self._sid(session_id)}/manifest.v{version}.json"
+
+    def manifest_uri(self, session_id: str, version: int) -> str:
+        return self.objects.uri(self.manifest_key(session_id, version))
 
     def manifest_path(self, session_id: str, version: int) -> Path:
-        return self.session_dir(session_id) / f"manifest.v{version}.json"
+        return self.root / self.manifest_key(session_id, version)
+
+    def read_manifest(self, session_id: str, version: int) -> bytes | None:
+        return self.objects.get(self.manifest_key(session_id, version))
 
     def write_manifest(self, session_id: str, version: int, data: bytes) -> bool:
-        return atomic_write(self.manifest_path(session_id, version), data, exclusive=True)
+        return self.objects.put(self.manifest_key(session_id, version), data, exclusive=True)
 
     def latest_manifest(self, session_id: str) -> tuple[int, bytes] | None:
         versions = self.manifest_versions(session_id)
         if not versions:
             return None
-        return versions[-1], self.manifest_path(session_id, versions[-1]).read_bytes()
+        data = self.read_manifest(session_id, versions[-1])
+        return None if data is None else (versions[-1], data)
 
     def latest_manifest_doc(self, session_id: str) -> dict | None:
         found = self.latest_manifest(session_id)
@@ -208,38 +263,41 @@ class ChunkStore:
             return {"body": {}, "signature": {}, "_error": "manifest is not valid JSON"}
 
     # --- checkpoints ------------------------------------------------------------------------
+    def checkpoint_key(self, session_id: str, tree_size: int) -> str:
+        return f"{self._sid(session_id)}/checkpoints/{tree_size:08d}.json"
+
     def checkpoint_path(self, session_id: str, tree_size: int) -> Path:
-        return self.session_dir(session_id) / "checkpoints" / f"{tree_size:08d}.json"
+        return self.root / self.checkpoint_key(session_id, tree_size)
 
     def write_checkpoint(self, session_id: str, tree_size: int, data: bytes) -> bool:
-        return atomic_write(self.checkpoint_path(session_id, tree_size), data, exclusive=True)
+        return self.objects.put(self.checkpoint_key(session_id, tree_size), data, exclusive=True)
 
-    def supersede_checkpoints(self, session_id: str, label: str) -> Path | None:
+    def supersede_checkpoints(self, session_id: str, label: str) -> str | None:
         """Set the current checkpoint chain aside (kept as a record) so a forced reprocess starts a
-        new one."""
-        d = self.session_dir(session_id) / "checkpoints"
-        if not d.is_dir():
+        new one. Returns where it went."""
+        sid = self._sid(session_id)
+        if not self.objects.move_prefix(f"{sid}/checkpoints", f"{sid}/checkpoints.superseded-{label}"):
             return None
-        target = d.with_name(f"checkpoints.superseded-{label}")
-        d.rename(target)
-        fsync_dir(d.parent)
-        return target
+        return self.objects.uri(f"{sid}/checkpoints.superseded-{label}")
 
     def checkpoint_files(self, session_id: str) -> dict[str, bytes]:
-        """Every file of the live checkpoint directory by name (superseded chains are a record, not
+        """Every object of the live checkpoint chain by name (superseded chains are a record, not
         part of it), except atomic_write's temporary files, which nothing reads."""
-        d = self.checkpoint_path(session_id, 0).parent
-        if not d.is_dir():
-            return {}
-        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and not is_atomic_tmp(p.name)}
+        out = {}
+        for e in self.objects.list(f"{self._sid(session_id)}/checkpoints"):
+            name = e.key.rsplit("/", 1)[1]
+            if e.key.count("/") == 2 and not is_atomic_tmp(name) and (data := self.objects.get(e.key)) is not None:
+                out[name] = data
+        return out
 
     def checkpoints(self, session_id: str) -> list[dict]:
-        """Every checkpoint, oldest first; an unreadable file is returned as an error entry."""
-        d = self.session_dir(session_id) / "checkpoints"
+        """Every checkpoint, oldest first; an unreadable one is returned as an error entry."""
         out = []
-        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        for name, data in self.checkpoint_files(session_id).items():
+            if not name.endswith(".json"):
+                continue
             try:
-                out.append(json.loads(p.read_bytes()))
+                out.append(json.loads(data))
             except ValueError:
-                out.append({"body": {"tree_size": int(p.stem)}, "signature": {}, "_error": "not valid JSON"})
+                out.append({"body": {"tree_size": int(name[:-5])}, "signature": {}, "_error": "not valid JSON"})
         return out

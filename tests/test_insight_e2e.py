@@ -224,7 +224,7 @@ def test_viewer_search_hit_opens_the_frame_with_that_text(live, artifacts):
 def test_schedule_tick_backfills_a_changed_derivation(live):
     p, admin, sid, segs, *_ = live
     wait_for(lambda: admin.get(f"/v1/sessions/{sid}/text").json()["chunks_derived"] == len(segs), 300, "derivation")
-    store = ChunkStore(Settings(data_dir=p.data_dir).chunk_store_path)
+    store = ChunkStore.from_settings(Settings(data_dir=p.data_dir))
     recs = records.Records(store, sid)
     for path in recs.dir(Insight.TEXT).glob("*.bin"):  # as if an older OCR model had made them
         path.rename(recs.path(Insight.TEXT, int(path.name.split(".")[0]), "text/0/an-older-model"))
@@ -248,6 +248,6 @@ def test_shredded_session_is_found_no_more(live):
     for q in ("db07", "CUST-48213", "cust*", '"restart pipeline"'):
         assert admin.get("/v1/search", params={"q": q}).json()["items"] == [], q
     assert admin.get(f"/v1/sessions/{sid}/text").status_code == 410
-    store = ChunkStore(Settings(data_dir=p.data_dir).chunk_store_path)
+    store = ChunkStore.from_settings(Settings(data_dir=p.data_dir))
     assert not (store.session_dir(sid) / "derived").exists()
     assert sid not in open_index(store).sessions()  # the storage dropped its index rows

@@ -293,7 +293,7 @@ def test_lucid_plans_makes_what_a_store_lacks(tmp_path):
     segs = record_segments(tmp_path / "segs", fps=10, seconds=4, chunk_seconds=2, size=(160, 120))
     settings = Settings(data_dir=tmp_path, generate_keys=True)
     keyring = Keyring.load(settings)
-    store, sid = ChunkStore(settings.chunk_store_path), str(uuid.uuid4())
+    store, sid = ChunkStore.from_settings(settings), str(uuid.uuid4())
     dek = store.data_key(sid, keyring, create=True)
     for seq, s in enumerate(segs):
         store.write_envelope(sid, seq, envelope.seal(s.path.read_bytes(), dek=dek, session_id=uuid.UUID(sid), seq=seq))

@@ -60,7 +60,7 @@ def test_storage_start_cleans_the_chunk_store(tmp_path, monkeypatch):
     monkeypatch.setenv("LUCID_GENERATE_KEYS", "1")
     get_settings.cache_clear()
     try:
-        files = _litter(get_settings().chunk_store_path)
+        files = _litter(Path(get_settings().chunk_store_location))
         from services.storage.app import create_app
 
         create_app()
@@ -79,7 +79,7 @@ def test_reconcile_sensor_cleans_even_with_the_pipeline_down(tmp_path, monkeypat
     monkeypatch.setenv("LUCID_PIPELINE_URL", f"http://127.0.0.1:{free_port()}")
     get_settings.cache_clear()
     try:
-        files = _litter(get_settings().chunk_store_path)
+        files = _litter(Path(get_settings().chunk_store_location))
         resources = defs().resources
         with dg.instance_for_test() as instance:
             context = dg.build_sensor_context(

@@ -9,6 +9,7 @@ from pydantic import PrivateAttr
 from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.keyring import Keyring
 from lucid_assets.lake import Lake
+from lucid_assets.objects import open_objects
 from lucid_assets.processing import Vault
 from lucid_assets.settings import Settings, get_settings
 from lucid_assets.store import ChunkStore
@@ -71,7 +72,7 @@ class VaultResource(dg.ConfigurableResource):
             keyring_dir=str(s.keyring_path),
             signing_key_file=str(s.signing_key_path),
             generate_keys=s.generate_keys,
-            chunk_store=str(s.chunk_store_path),
+            chunk_store=s.chunk_store_location,
             catalog_uri=s.catalog,
             warehouse=s.warehouse_uri,
             workers=s.process_workers,
@@ -85,6 +86,9 @@ class VaultResource(dg.ConfigurableResource):
             keyring_dir=Path(self.keyring_dir) if self.keyring_dir else None,
             signing_key_file=Path(self.signing_key_file),
             generate_keys=self.generate_keys,
+            chunk_store=self.chunk_store,
+            catalog_uri=self.catalog_uri,
+            warehouse=self.warehouse,
         )
 
     @property
@@ -95,12 +99,13 @@ class VaultResource(dg.ConfigurableResource):
 
     @property
     def store(self) -> ChunkStore:
-        return ChunkStore(Path(self.chunk_store))
+        s = self.settings()
+        return ChunkStore(open_objects(self.chunk_store, s), index_path=s.insight_index_path)
 
     @property
     def lake(self) -> Lake:
         if self._lake is None:
-            self._lake = Lake.sql(self.catalog_uri, self.warehouse)
+            self._lake = Lake.from_settings(self.settings())
         return self._lake
 
     @property

@@ -158,7 +158,8 @@ class EvidenceBundle:
             _small(top + "manifest.json", manifest_bytes),
         ]
         for v in range(1, version):
-            members.append(_small(f"{top}manifests/v{v}.json", store.manifest_path(session_id, v).read_bytes()))
+            if (older := store.read_manifest(session_id, v)) is not None:
+                members.append(_small(f"{top}manifests/v{v}.json", older))
         for name, data in store.checkpoint_files(session_id).items():
             members.append(_small(f"{top}checkpoints/{name}", data))
         audit = b"".join(canonical_json(r) + b"\n" for r in audit_rows[:signed_entries])

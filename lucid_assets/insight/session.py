@@ -30,8 +30,9 @@ PRODUCTS = tuple(VERSIONS)
 
 
 def index_path(store: ChunkStore) -> Path:
-    """The keyed-token index of every session's screen text, beside the sessions."""
-    return store.root / ".insight" / "text-index.sqlite"
+    """The keyed-token index of every session's screen text: beside a local store's sessions, under
+    data_dir with a bucket (settings.insight_index_path)."""
+    return store.index_path
 
 
 def open_index(store: ChunkStore) -> index.TextIndex:
@@ -74,12 +75,10 @@ def follow_candidates(
     now, out = time.time(), {}
     for sid in store.sessions():
         if sid not in live:
-            try:
-                if now - (store.session_dir(sid) / "chunks").stat().st_mtime > recent_seconds:
-                    continue
-            except FileNotFoundError:
+            last = store.last_write(sid)
+            if last is None or now - last > recent_seconds:
                 continue
-        if store.dek_path(sid).exists() and (work := todo(store, sid, new_only=True)):
+        if store.has_data_key(sid) and (work := todo(store, sid, new_only=True)):
             out[sid] = work
     return out
 
@@ -89,7 +88,7 @@ def backfill_candidates(store: ChunkStore, exclude: set[str]) -> dict[Insight, l
     missing or of another version: what a backfill re-derives."""
     out: dict[Insight, list[str]] = {}
     for sid in store.sessions():
-        if sid in exclude or not store.dek_path(sid).exists():
+        if sid in exclude or not store.has_data_key(sid):
             continue
         for p in todo(store, sid):
             out.setdefault(p, []).append(sid)

@@ -3,9 +3,11 @@ exports), verification, and crypto-shredding."""
 
 from __future__ import annotations
 
+import asyncio
+
 from lucid_assets.files import clean_stale_tmp
 from lucid_assets.settings import get_settings
-from services.common.app import make_app, peer_check, writable_dir_check
+from services.common.app import make_app, peer_check
 
 from .deps import Storage
 from .routes import chunks, credentials, exports, insight, integrity
@@ -14,7 +16,11 @@ from .routes import chunks, credentials, exports, insight, integrity
 def create_app():
     settings = get_settings()
     storage = Storage.from_settings(settings)
-    clean_stale_tmp(storage.store.root)  # what a process killed mid-write left in the chunk store
+    if storage.store.is_local:  # what a process killed mid-write left in the chunk store (a bucket has none)
+        clean_stale_tmp(storage.store.root)
+
+    async def store_check():
+        return await asyncio.to_thread(storage.store.objects.check)
 
     async def catalog_check():
         storage.lake.ensure_tables()
@@ -23,7 +29,7 @@ def create_app():
     app = make_app(
         "storage",
         checks={
-            "chunk_store": writable_dir_check(storage.store.root),
+            "chunk_store": store_check,
             "catalog": catalog_check,
             "pipeline": peer_check(settings.pipeline_url),
         },

@@ -37,10 +37,10 @@ class Storage:
 
     @classmethod
     def from_settings(cls, s: Settings) -> Storage:
-        store, keyring = ChunkStore(s.chunk_store_path), Keyring.load(s, with_signing=False)
+        store, keyring = ChunkStore.from_settings(s), Keyring.load(s, with_signing=False)
         return cls(
             store=store,
-            lake=Lake.sql(s.catalog, s.warehouse_uri),
+            lake=Lake.from_settings(s),
             keyring=keyring,
             public_key=Keyring.public_key(s),
             pipeline=PipelineClient(s.pipeline_url, token=own_token(s, STORAGE)),

@@ -18,7 +18,7 @@ def rewrap_data_keys(context: dg.OpExecutionContext, vault: VaultResource) -> dg
     rewrapped = [sid for sid in sessions if store.rewrap(sid, keyring)]
     still_old = [sid for sid in sessions if (k := store.dek_kek_id(sid)) and k != keyring.active.key_id]
     # the remote-desktop credentials' keys too (only names reach the log and metadata)
-    credentials = CredentialStore(store.root)
+    credentials = CredentialStore(store.objects)
     creds_rewrapped, creds_left = credentials.rewrap(keyring)
     if still_old:
         raise dg.Failure(f"{len(still_old)} data keys are still wrapped by a retired KEK: {still_old[:5]}")

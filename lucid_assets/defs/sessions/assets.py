@@ -81,7 +81,7 @@ def manifest_metadata(s: processing.Sealed, vault: VaultResource) -> dict:
         "duration_ms": body["duration_ms"],
         "encoder": s.work.session.encoder or "",
         "signing_key_id": s.doc["signature"]["key_id"],
-        "manifest": dg.MetadataValue.path(str(vault.store.manifest_path(sid, s.version))),
+        "manifest": dg.MetadataValue.path(vault.store.manifest_uri(sid, s.version)),
         "session_view": dg.MetadataValue.url(f"{vault.api_url}/viewer/#{sid}"),
     }
 

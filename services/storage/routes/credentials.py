@@ -37,7 +37,7 @@ OPENABLE = ", ".join(sorted(CREDENTIAL_OPENABLE))
 
 
 def store(ctx) -> CredentialStore:
-    return CredentialStore(ctx.store.root)
+    return CredentialStore(ctx.store.objects)
 
 
 @contextmanager
