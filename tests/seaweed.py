@@ -53,6 +53,11 @@ class Backend:
     def settings(self) -> dict:
         return {"chunk_store": self.chunk_store, "warehouse": self.warehouse, "catalog_uri": self.catalog_url}
 
+    def settings_with_keys(self) -> dict:
+        """settings() plus the endpoint and keys (what the environment gives a deployed process)."""
+        keys = {"s3_access_key_id": ACCESS_KEY, "s3_secret_access_key": SECRET_KEY, "s3_region": REGION}
+        return {**self.settings(), **keys, "s3_endpoint": self.s3_url, "catalog_sigv4": True}
+
     @staticmethod
     def credentials_env() -> dict[str, str]:
         return {
@@ -90,7 +95,8 @@ class SeaweedFS:
     def start(self, timeout: float = 30) -> SeaweedFS:
         conf = self.dir / "s3.json"
         ident = {"name": "lucid", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
-        conf.write_text(json.dumps({"identities": [{**ident, "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        actions = ["Admin", "Read", "Write", "List", "Tagging"]
+        conf.write_text(json.dumps({"identities": [{**ident, "actions": actions}]}))
         (self.dir / "data").mkdir()
         argv = [self.weed, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         argv += [f"-s3.config={conf}", "-webdav=false", "-admin.ui=false", "-bucket=lucid"]

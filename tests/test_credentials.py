@@ -5,7 +5,6 @@ open, and KEK rotation (with pruning) keeps them opening."""
 
 import json
 import os
-import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -16,8 +15,8 @@ import pytest
 from lucid_assets.clients import StorageClient
 from lucid_assets.credentials import CredentialDamaged, CredentialExists, CredentialNotFound, CredentialStore
 from lucid_assets.keyring import Keyring, prune_retired, rotate_kek
-from lucid_assets.settings import Settings
 from lucid_assets.objects import open_objects
+from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from lucid_assets.trust import RECORDER, own_token
 from tests.conftest import client_for, settings_for
@@ -39,8 +38,8 @@ def test_sealed_at_rest_and_bound_to_name_kind_and_login(tmp_path, backend):
     info = store.put("desk-1", kind="rdp", username="alice", domain="CORP", password=PASSWORD, keyring=keyring)
     assert info["name"] == "desk-1" and info["kind"] == "rdp" and info["kek_id"] == keyring.active.key_id
     assert "password" not in info and PASSWORD not in json.dumps(info)
-    read = lambda name: store.objects.get(store.key(name))  # noqa: E731
-    write = lambda name, data: store.objects.put(store.key(name), data)  # noqa: E731
+    read = lambda name: store.objects.get(store.key(name))
+    write = lambda name, data: store.objects.put(store.key(name), data)
     raw = read("desk-1")
     assert PASSWORD.encode() not in raw
     if backend is None:
@@ -268,8 +267,8 @@ def test_only_the_recorder_opens_it_and_only_for_a_live_session_naming_it(platfo
 @pytest.mark.e2e
 def test_a_tampered_file_does_not_open(platform, admin, stored, answers):
     store = CredentialStore(Path(Settings(data_dir=platform.data_dir).chunk_store_location))
-    get = lambda name: store.objects.get(store.key(name))  # noqa: E731
-    put = lambda name, data: store.objects.put(store.key(name), data)  # noqa: E731
+    get = lambda name: store.objects.get(store.key(name))
+    put = lambda name, data: store.objects.put(store.key(name), data)
     doc = json.loads(get("lab-vnc"))
     put("copied", json.dumps({**doc, "name": "copied"}).encode())  # renamed, name edited to fit
     sid = create(admin, "tampered", source=vnc("copied"))

@@ -20,7 +20,7 @@ from lucid_assets.rebuild import NOT_DETERMINED, rebuild
 from lucid_assets.settings import Settings
 from lucid_assets.verification import verify_stored
 from services.launcher import SERVICES, Platform
-from tests.conftest import free_port
+from tests.conftest import free_port, settings_for
 from tests.helpers import pipeline_client, record_segments, token_file
 
 
@@ -51,7 +51,8 @@ def fresh_pipeline(tmp_path_factory):
     p.stop()
 
 
-def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
+def test_sensor_and_assets_seal_a_session_idempotently(fresh_pipeline, tmp_path, backend):
+    pipeline = fresh_pipeline  # the sensor must see this test's session alone
     api = pipeline_client(pipeline)
     sid = api.post(
         "/sessions", json={"name": "dagster", "video": {"width": 160, "height": 120, "fps": 10}, "chunk_seconds": 2}
@@ -78,7 +79,7 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
         == "processing"
     )
 
-    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    settings = settings_for(tmp_path / "data", backend)
     resources = {
         "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
         "vault": VaultResource.from_settings(settings),
@@ -99,8 +100,8 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
         )
         assert first.success
         vault = resources["vault"]
-        manifest_path = vault.store.manifest_path(sid, 1)
-        manifest_bytes = manifest_path.read_bytes()
+        manifest_bytes = vault.store.read_manifest(sid, 1)
+        assert vault.store.manifest_uri(sid, 1).startswith("s3://" if backend else "file://")
         envelopes = {s: vault.store.read_envelope(sid, s) for s in range(3)}
         assert not any(seg.path.exists() for seg in segs), "staging removed after storing"
 
@@ -117,7 +118,7 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
             and e.event_specific_data.check_name == "chunks_readable_and_complete"
         ][0]
         assert rechecked.passed and rechecked.metadata["chunks_reread"].value == 0  # nothing new: nothing re-read
-        assert manifest_path.read_bytes() == manifest_bytes
+        assert vault.store.read_manifest(sid, 1) == manifest_bytes
         assert vault.store.manifest_versions(sid) == [1]
         assert {s: vault.store.read_envelope(sid, s) for s in range(3)} == envelopes
         assert [r["seq"] for r in vault.lake.rows(catalog.CHUNKS, sid)] == [0, 1, 2]
@@ -154,10 +155,9 @@ def test_sensor_and_assets_seal_a_session_idempotently(pipeline, tmp_path):
         assert keep(fresh.rows(name, sid)) == keep(vault.lake.rows(name, sid)), name
     assert rebuild(fresh, vault.store, keyring)[catalog.CHUNKS] == 3 and len(fresh.rows(catalog.CHUNKS, sid)) == 3
 
-    path = vault.store.envelope_path(sid, 1)
     damaged = bytearray(envelopes[1])
     damaged[200] ^= 0x04
-    path.write_bytes(bytes(damaged))
+    vault.store.write_envelope(sid, 1, bytes(damaged))
     report = verify_stored(vault.store, keyring, keyring.signing.public_key(), sid, audit_rows=events).as_dict()
     assert not report["ok"] and [c["seq"] for c in report["chunks"] if not c["ok"]] == [1]
     assert any("chunk 1: envelope hash differs" in p for p in report["problems"])
@@ -206,11 +206,11 @@ def test_failed_materialization_reports_why(pipeline, tmp_path):
         assert "staging file" in failure and "is gone" in failure
 
 
-def test_rotate_data_keys_job_rewraps_every_dek(tmp_path):
+def test_rotate_data_keys_job_rewraps_every_dek(tmp_path, backend):
     from lucid_assets.defs.keys.rotation import rotate_data_keys
     from lucid_assets.keyring import prune_retired, rotate_kek
 
-    settings = Settings(data_dir=tmp_path, generate_keys=True)
+    settings = settings_for(tmp_path, backend)
     vault = VaultResource.from_settings(settings)
     sids = [str(uuid.uuid4()) for _ in range(3)]
     deks = {sid: vault.store.data_key(sid, vault.keyring, create=True) for sid in sids}
@@ -398,10 +398,10 @@ def test_retention_dry_run_lists_and_real_run_shreds(pipeline, tmp_path):
     assert "retention of 1 days" in events[-1]["detail"]["reason"]
 
 
-def test_maintenance_and_rebuild_jobs_run(tmp_path):
+def test_maintenance_and_rebuild_jobs_run(tmp_path, backend):
     from lucid_assets.defs.catalog.maintenance import iceberg_maintenance, rebuild_catalog
 
-    vault = VaultResource.from_settings(Settings(data_dir=tmp_path, generate_keys=True))
+    vault = VaultResource.from_settings(settings_for(tmp_path, backend))
     now = datetime.now(UTC)
     sid = str(uuid.uuid4())
     for seq in range(5):
@@ -471,10 +471,10 @@ def test_archive_drops_only_old_sealed_partitions(pipeline):
     assert api.get(f"/sessions/{sealed}").json()["state"] == "sealed"  # everything else is kept
 
 
-def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeline, tmp_path):
+def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeline, tmp_path, backend):
     api = pipeline_client(pipeline)
     sid = recorded_and_finalized(api, tmp_path, "forced")
-    settings = Settings(data_dir=tmp_path / "data", generate_keys=True)
+    settings = settings_for(tmp_path / "data", backend)
     vault = VaultResource.from_settings(settings)
     resources = {
         "pipeline": PipelineResource(url=pipeline.url("pipeline"), token_file=token_file(pipeline)),
@@ -486,7 +486,7 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
         assert dg.materialize(
             [stored_chunks, session_manifest], partition_key=sid, instance=instance, resources=resources
         ).success
-        v1 = vault.store.manifest_path(sid, 1).read_bytes()
+        v1 = vault.store.read_manifest(sid, 1)
         before = {s: vault.store.read_envelope(sid, s) for s in range(2)}
         assert dg.materialize(
             [stored_chunks, session_manifest],
@@ -496,7 +496,7 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
             run_config=force,
         ).success
     assert vault.store.manifest_versions(sid) == [1, 2]
-    assert vault.store.manifest_path(sid, 1).read_bytes() == v1  # the old version's record is kept
+    assert vault.store.read_manifest(sid, 1) == v1  # the old version's record is kept
     after = {s: vault.store.read_envelope(sid, s) for s in range(2)}
     assert all(after[s] != before[s] for s in range(2))  # new envelopes (new nonces)
     rows = vault.lake.rows(catalog.CHUNKS, sid)
@@ -516,7 +516,9 @@ def test_forced_reprocess_writes_new_envelopes_and_a_new_manifest_version(pipeli
         registry_manifest_sha256=state["manifest_sha256"],
     ).as_dict()
     assert report["ok"], report["problems"]
-    assert list((vault.store.session_dir(sid)).glob("checkpoints.superseded-*"))  # the old chain, kept
+    superseded = [d for d in vault.store.objects.dirs(sid) if d.startswith("checkpoints.superseded-")]
+    assert len(superseded) == 1 and vault.store.objects.list(f"{sid}/{superseded[0]}")  # the old chain, kept
+    assert vault.store.checkpoints(sid)  # and a new one
 
 
 def test_a_premature_manual_run_does_not_fail_a_recording_session(pipeline, tmp_path):

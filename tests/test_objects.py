@@ -69,7 +69,8 @@ def test_ranges_heads_and_tails(objects):
 def test_list_dirs_delete_and_move(objects):
     for key in ("a/chunks/00000000.luce", "a/chunks/00000001.luce", "a/manifest.v1.json", "b/dek.json", "top"):
         objects.put(key, key.encode())
-    assert [e.key for e in objects.list("a")] == ["a/chunks/00000000.luce", "a/chunks/00000001.luce", "a/manifest.v1.json"]
+    everything = ["a/chunks/00000000.luce", "a/chunks/00000001.luce", "a/manifest.v1.json"]
+    assert [e.key for e in objects.list("a")] == everything
     assert [e.key for e in objects.list("a/chunks/")] == ["a/chunks/00000000.luce", "a/chunks/00000001.luce"]
     assert objects.list("nothing") == [] and objects.dirs("nothing") == []
     assert objects.dirs("") == ["a", "b"] and objects.dirs("a") == ["chunks"]
@@ -97,7 +98,9 @@ def test_ready_check(objects):
 def test_unreachable_endpoint_is_a_clear_error(seaweed, monkeypatch, tmp_path):
     from lucid_assets.settings import Settings
 
-    s = Settings(data_dir=tmp_path, s3_endpoint="http://127.0.0.1:9", s3_access_key_id="k", s3_secret_access_key="sek-ret")
+    s = Settings(
+        data_dir=tmp_path, s3_endpoint="http://127.0.0.1:9", s3_access_key_id="k", s3_secret_access_key="sek-ret"
+    )
     bad = open_objects("s3://lucid/x", s)
     with pytest.raises(ObjectStoreError) as err:
         bad.get("a")
