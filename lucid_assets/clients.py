@@ -6,6 +6,7 @@ no Dagster: an error answer is a `ServiceError` carrying the peer's status and J
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +40,7 @@ from .models import (
     SessionPage,
     SessionSpans,
     ShredResult,
+    Staged,
     StoredMark,
     StoredMarks,
     TextPage,
@@ -213,6 +215,19 @@ class StorageClient(ServiceClient):
 
     def search(self, query: SearchQuery) -> SearchResult:
         return SearchResult.model_validate(self.send("POST", "/search", query))
+
+    def stage(self, session_id: str, seq: int, path: Path, sha256: str) -> Staged:
+        """Upload a finished segment file (the recorder, issue 17): streamed, checked against sha256."""
+        with open(path, "rb") as f:
+            return Staged.model_validate(
+                self.request(
+                    "PUT",
+                    f"/sessions/{session_id}/staging/{seq}",
+                    content=f,
+                    headers={"X-Content-SHA256": sha256, "Content-Length": str(path.stat().st_size)},
+                    timeout=httpx.Timeout(300.0, connect=5.0),
+                )
+            )
 
     def shred(self, session_id: str) -> ShredResult:
         return ShredResult.model_validate(

@@ -296,6 +296,16 @@ class Registration(BaseModel):
     chunk: RegisteredChunk
 
 
+class Staged(BaseModel):
+    """A recorder's segment, sealed in the chunk store's staging area (issue 17: hosts share no
+    filesystem): what the recorder registers as the chunk's path."""
+
+    path: str = Field(..., description="the staged object's reference, registered as the chunk's path")
+    sha256: str
+    size: int
+    created: bool = Field(..., description="false: identical bytes were already staged under this seq")
+
+
 class PushResult(BaseModel):
     created: bool = Field(..., description="false: identical bytes were already stored under this seq")
     chunk: Chunk

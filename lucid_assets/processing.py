@@ -30,7 +30,7 @@ from .core.verify import Report
 from .keyring import Keyring
 from .lake import Lake
 from .models import AuditEntry, ManifestSummary, RegisteredChunk, Session, StoredMark
-from .store import ChunkStore
+from .store import STAGED, ChunkStore
 from .verification import verify_stored
 
 log = logging.getLogger("lucid.processing")
@@ -141,13 +141,9 @@ def envelope_chunk(vault: Vault, sid: str, dek: bytes, chunk: RegisteredChunk, f
         except envelope.EnvelopeError:
             pass
     if data is None:
-        staging = Path(chunk.path)
-        try:
-            raw = staging.read_bytes()
-        except FileNotFoundError:
-            raise ProcessingError(f"chunk {seq}: staging file {staging} is gone and no valid envelope exists") from None
+        raw = read_staging(vault, sid, dek, chunk)
         if hashlib.sha256(raw).hexdigest() != chunk.sha256:
-            raise ProcessingError(f"chunk {seq}: staging file {staging} does not match its registered SHA-256")
+            raise ProcessingError(f"chunk {seq}: staging file {chunk.path} does not match its registered SHA-256")
     if data is None or force:
         data = envelope.seal(raw, dek=dek, session_id=uuid.UUID(sid), seq=seq)
         vault.store.write_envelope(sid, seq, data)
@@ -167,6 +163,32 @@ def envelope_chunk(vault: Vault, sid: str, dek: bytes, chunk: RegisteredChunk, f
         "recorded_at": _ts(chunk.registered_at),
         "stored_at": datetime.now(UTC),
     }
+
+
+def read_staging(vault: Vault, sid: str, dek: bytes, chunk: RegisteredChunk) -> bytes:
+    """The registered segment's bytes: a file on a filesystem this host shares with the recorder, or
+    the sealed object a recorder on another host uploaded to the chunk store (store.STAGED)."""
+    if not chunk.path.startswith(STAGED):
+        try:
+            return Path(chunk.path).read_bytes()
+        except FileNotFoundError:
+            raise ProcessingError(
+                f"chunk {chunk.seq}: staging file {chunk.path} is gone and no valid envelope exists"
+            ) from None
+    try:
+        raw = vault.store.read_staged(sid, chunk.seq, dek=dek)
+    except envelope.EnvelopeError:
+        raise ProcessingError(f"chunk {chunk.seq}: the staged upload does not open under the session's key") from None
+    if raw is None:
+        raise ProcessingError(f"chunk {chunk.seq}: staging file {chunk.path} is gone and no valid envelope exists")
+    return raw
+
+
+def drop_staging(vault: Vault, sid: str, chunk: RegisteredChunk) -> None:
+    if chunk.path.startswith(STAGED):
+        vault.store.drop_staged(sid, chunk.seq)
+    else:
+        Path(chunk.path).unlink(missing_ok=True)
 
 
 def _plan_export(vault: Vault, sid: str, seq: int, raw: bytes, dek: bytes, data: bytes) -> None:
@@ -221,7 +243,7 @@ def _catalogue(vault: Vault, works: list[Work]) -> None:
             w.appended = added.get(w.sid, 0)
 
 
-def _mark_stored(client: PipelineClient, works: list[Work]) -> None:
+def _mark_stored(vault: Vault, client: PipelineClient, works: list[Work]) -> None:
     """Tell the registry in one call (one transaction) which chunks are now durable and catalogued."""
     for w in _going(works):
         known = {c.seq: c for c in w.todo}
@@ -241,7 +263,7 @@ def _mark_stored(client: PipelineClient, works: list[Work]) -> None:
         client.mark_stored(marks)
     for w in _going(works):
         for c in w.chunks:
-            Path(c.path).unlink(missing_ok=True)  # durable and catalogued: staging can go
+            drop_staging(vault, w.sid, c)  # durable and catalogued: staging can go
 
 
 def publish_checkpoint(vault: Vault, sid: str, rows: list[dict]) -> dict | None:
@@ -291,7 +313,7 @@ def store(client: PipelineClient, vault: Vault, works: list[Work]) -> list[Work]
     """The `stored_chunks` work for every session of the batch; returns the works."""
     _envelope_all(vault, works)
     _catalogue(vault, works)
-    _mark_stored(client, works)
+    _mark_stored(vault, client, works)
     for w in _going(works):
         try:
             w.checkpoint = publish_checkpoint(vault, w.sid, w.totals())

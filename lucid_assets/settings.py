@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # the first admin key, if the operator wants to choose it
     api_key_file: Path | None = None  # the same, read from a (secret) file
     chunk_seconds: int = 10
+    # issue 17: the recorder uploads each finished segment to the storage service (sealed into the chunk
+    # store's staging area) before registering it, so no filesystem is shared between its host and the
+    # processing hosts; off: segments stay on the recordings volume that processing reads (embedded default)
+    upload_segments: bool = False
     encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins
     url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
     # a `url` source never reaches loopback, link-local or private addresses (the platform's own

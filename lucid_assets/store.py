@@ -7,6 +7,8 @@ a local directory (the embedded default) or an S3-compatible bucket.
     <session>/checkpoints/<size>.json  signed checkpoints, size zero-padded to 8 digits
     <session>/mp4/<seq>.plan      MP4 export plans (derived; sealed under the data key)
     <session>/derived/<product>/<seq>.<version>.bin  insight records (issue 15; sealed likewise)
+    <session>/staging/<seq>.seg   a recorder's uploaded segment until it is stored (issue 17: hosts
+                                  share no filesystem; sealed under the data key, kind `stag`)
     credentials/<name>.json       named remote-desktop credentials (credentials.py)
 
 A reader never sees half an object, and first-writer-wins writes (data key, manifest version,
@@ -22,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core import envelope
 from .core import keys as corekeys
 from .files import is_atomic_tmp, is_uuid
 from .keyring import Keyring
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 _MANIFEST = re.compile(r"manifest\.v(\d+)\.json$")
+# a registered chunk's `path` that names its staged object in the chunk store, not a local file
+STAGED = "chunk-store:"
+_STAGED_KIND = b"stag"
 
 
 class EnvelopeReader:
@@ -148,6 +154,28 @@ class ChunkStore:
                 return None
         return max((e.mtime for e in self.objects.list(f"{self._sid(session_id)}/chunks")), default=None)
 
+    # --- staged segments (uploaded by a recorder on another host; dropped once stored) -----------
+    def staging_key(self, session_id: str, seq: int) -> str:
+        return f"{self._sid(session_id)}/staging/{seq:08d}.seg"
+
+    def staged_ref(self, session_id: str, seq: int) -> str:
+        return STAGED + self.staging_key(session_id, seq)
+
+    def write_staged(self, session_id: str, seq: int, raw: bytes, *, dek: bytes) -> bool:
+        """Seal and place the segment unless one is there (first writer wins: False)."""
+        blob = envelope.seal_sidecar(raw, dek=dek, kind=_STAGED_KIND, session_id=uuid.UUID(session_id), seq=seq)
+        return self.objects.put(self.staging_key(session_id, seq), blob, exclusive=True)
+
+    def read_staged(self, session_id: str, seq: int, *, dek: bytes) -> bytes | None:
+        """The staged segment's bytes; None when there is none. A damaged one raises EnvelopeError."""
+        blob = self.objects.get(self.staging_key(session_id, seq))
+        if blob is None:
+            return None
+        return envelope.open_sidecar(blob, dek=dek, kind=_STAGED_KIND, session_id=uuid.UUID(session_id), seq=seq)
+
+    def drop_staged(self, session_id: str, seq: int) -> None:
+        self.objects.delete(self.staging_key(session_id, seq))
+
     # --- MP4 export plans (derived from the plaintext, sealed under the session's data key) ---------
     def mp4_index_key(self, session_id: str, seq: int) -> str:
         return f"{self._sid(session_id)}/mp4/{seq:08d}.plan"
@@ -205,7 +233,8 @@ class ChunkStore:
         sid = self._sid(session_id)
         had_key = self.objects.delete(self.dek_key(sid), scrub=True)
         n = len(self.stored_seqs(sid))
-        for part in ("chunks", "mp4", "derived"):  # derived: insight records (issue 15), sealed and now unreadable
+        # derived: insight records (issue 15); staging: uploaded segments (issue 17); all sealed, now unreadable
+        for part in ("chunks", "mp4", "derived", "staging"):
             self.objects.delete_prefix(f"{sid}/{part}")
         return {"data_key_destroyed": had_key, "envelopes_removed": n}
 

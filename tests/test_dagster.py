@@ -587,7 +587,7 @@ def test_one_batch_run_reports_each_session_it_touched_and_no_other(fresh_pipeli
         assert sorted(p for p, _ in mats["stored_chunks"]) == sorted([live, final])
         assert [p for p, _ in mats["session_manifest"]] == [final]
         manifest = mats["session_manifest"][0][1].materialization.metadata["manifest"].value
-        assert manifest == str(resources["vault"].store.manifest_path(final, 1))
+        assert manifest == resources["vault"].store.manifest_uri(final, 1)
         assert idle not in {p for ev in mats.values() for p, _ in ev}
         checks = _events(instance, result.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
         assert all(c.passed for ev in checks.values() for _, c in ev)

@@ -16,6 +16,7 @@ import re
 import struct
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core import envelope
 from ..core.states import Insight
@@ -64,6 +65,13 @@ class Records:
 
     def key(self, product: Insight, seq: int, version: str) -> str:
         return f"{self.prefix(product)}/{seq:08d}.{version_tag(version)}.bin"
+
+    def dir(self, product: Insight) -> Path:
+        """A local store's directory of the product (tests edit records through it)."""
+        return self.store.root / self.prefix(product)
+
+    def path(self, product: Insight, seq: int, version: str) -> Path:
+        return self.store.root / self.key(product, seq, version)
 
     def _keys(self, product: Insight, seq: int | None = None) -> list[str]:
         start = f"{seq:08d}." if seq is not None else ""

@@ -210,7 +210,7 @@ class SessionDeriver:
         head, blobs = out.state.to_record()
         self.recs.write(Insight.STATE, seq, derive.STATE_VERSION, pack({**head, "t0": t0}, blobs), dek=dek)
         if seq > 0:  # only the newest state is read again (by the next chunk): the older one goes
-            self.recs.path(Insight.STATE, seq - 1, derive.STATE_VERSION).unlink(missing_ok=True)
+            self.store.objects.delete(self.recs.key(Insight.STATE, seq - 1, derive.STATE_VERSION))
 
     @staticmethod
     def _count(rep: Report, out: derive.Derived) -> None:

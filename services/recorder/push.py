@@ -15,32 +15,10 @@ from lucid_assets.core.states import REGISTRABLE
 from lucid_assets.files import publish
 from lucid_assets.models import Session
 from services.common.errors import ApiError
-from services.common.ids import MAX_CHUNK_DURATION_MS, MAX_SEQ
+from services.common.uploads import declared
 
 from .capture import Segment, segment_name
 from .recorder import Recorder
-
-
-def declared(request: Request, seq: int, limit: int) -> tuple[str, int]:
-    """The upload's declared SHA-256 and duration, every header checked before a byte is read or
-    written."""
-    want = request.headers.get("x-content-sha256", "").lower()
-    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
-        raise ApiError(422, "invalid_request", "header X-Content-SHA256 must be the chunk's SHA-256 in hex")
-    if seq < 0 or seq > MAX_SEQ:
-        raise ApiError(422, "invalid_request", f"seq must be between 0 and {MAX_SEQ}")
-    try:
-        duration_ms = int(request.headers.get("x-chunk-duration-ms", "0"))
-        length = int(request.headers.get("content-length", "0"))
-    except ValueError:
-        raise ApiError(422, "invalid_request", "X-Chunk-Duration-Ms and Content-Length must be integers") from None
-    if not 0 <= duration_ms <= MAX_CHUNK_DURATION_MS:
-        raise ApiError(422, "invalid_request", f"X-Chunk-Duration-Ms must be between 0 and {MAX_CHUNK_DURATION_MS}")
-    if length < 0:
-        raise ApiError(422, "invalid_request", "Content-Length must not be negative")
-    if length > limit:
-        raise ApiError(413, "chunk_too_large", f"chunk is {length} bytes; the limit is {limit}")
-    return want, duration_ms
 
 
 def check_pushable(session: Session) -> None:

@@ -29,6 +29,18 @@ SHUTDOWN_MARK = ".recorder-shutdown"
 SHUTDOWN_REASON = "recorder stopped (SIGTERM: platform stopped or restarted) while recording"
 
 
+def _retrying(call):
+    """A peer restarting (503) is waited out for ~30 s; any other refusal is raised at once."""
+    for attempt in range(REGISTER_TRIES):
+        try:
+            return call()
+        except ServiceError as exc:
+            if exc.status != 503 or attempt == REGISTER_TRIES - 1:
+                raise
+            time.sleep(min(5, 0.2 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 class Recorder:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -47,24 +59,26 @@ class Recorder:
         return self.pipeline.transition(session_id, event, **extra)
 
     def register(self, session_id: str, seg: Segment) -> Registration:
+        """Register a finished segment. With upload_segments (hosts share no filesystem) it is staged
+        with the storage service first, registered under the staged reference, and only then removed
+        from this host's disk: a crash at any point leaves it on disk for recovery to redo."""
+        path = str(seg.path)
+        if self.settings.upload_segments:
+            path = _retrying(lambda: self.storage.stage(session_id, seg.seq, seg.path, seg.sha256)).path
         body = RegisterChunk(
             seq=seg.seq,
             sha256=seg.sha256,
             size=seg.size,
             frames=seg.frames,
             duration_ms=seg.duration_ms,
-            path=str(seg.path),
+            path=path,
             dropped_frames=seg.dropped_frames,
             salvaged=seg.salvaged,
         )
-        for attempt in range(REGISTER_TRIES):
-            try:
-                return self.pipeline.register_chunk(session_id, body)
-            except ServiceError as exc:
-                if exc.status != 503 or attempt == REGISTER_TRIES - 1:
-                    raise
-                time.sleep(min(5, 0.2 * 2**attempt))
-        raise AssertionError("unreachable")
+        registration = _retrying(lambda: self.pipeline.register_chunk(session_id, body))
+        if self.settings.upload_segments:
+            seg.path.unlink(missing_ok=True)  # staged and registered: no longer this host's to keep
+        return registration
 
     def register_patiently(self, session_id: str, seg: Segment) -> Registration:
         """A capture's segment: a pipeline that is unreachable (503: restarting after a crash) is

@@ -34,6 +34,7 @@ class Storage:
     recordings: Path
     text_index: TextIndex
     search_keys: SearchKeys
+    max_chunk_bytes: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> Storage:
@@ -47,6 +48,7 @@ class Storage:
             recordings=s.recordings_path,
             text_index=open_index(store),
             search_keys=SearchKeys(store, keyring),
+            max_chunk_bytes=s.max_chunk_bytes,
         )
 
     def dek(self, sid: str) -> bytes:

@@ -74,7 +74,7 @@ async def push_chunk(
     seq: Seq,
     request: Request,
     rec: Rec,
-    _sha256: ChunkSha256,  # declared and checked here; push.declared reads them again with the body
+    _sha256: ChunkSha256,  # declared and checked here; uploads.declared reads them again with the body
     _duration_ms: ChunkDurationMs = 0,
 ):
     seg, placed = await push.receive(rec, session_id, seq, request)
