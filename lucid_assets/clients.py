@@ -30,6 +30,9 @@ from .models import (
     OpenCredential,
     PendingPage,
     Proof,
+    RecorderBeat,
+    RecorderInfo,
+    RecorderList,
     RegisterChunk,
     RegisteredChunk,
     RegisteredChunkList,
@@ -187,6 +190,13 @@ class PipelineClient(ServiceClient):
 
     def events(self, session_id: str) -> list[AuditEntry]:
         return EventList.model_validate(self.request("GET", f"/sessions/{session_id}/events")).items
+
+    def beat(self, beat: RecorderBeat) -> RecorderInfo:
+        """A recorder's heartbeat (who it is, the pipeline takes from its token)."""
+        return RecorderInfo.model_validate(self.send("PUT", "/recorders/self", beat))
+
+    def recorders(self) -> list[RecorderInfo]:
+        return RecorderList.model_validate(self.request("GET", "/recorders")).items
 
     def work(self, *, after: int, limit: int = 500) -> list[WorkItem]:
         return WorkPage.model_validate(self.request("GET", "/work", params={"after": after, "limit": limit})).items

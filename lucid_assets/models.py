@@ -21,7 +21,17 @@ from pydantic import (
 )
 
 from .core import manifest
-from .core.states import ChunkState, CredentialKind, Event, Note, ShareStatus, State, VerifyStatus, WorkReason
+from .core.states import (
+    ChunkState,
+    CredentialKind,
+    Event,
+    Note,
+    ShareStatus,
+    SourceKind,
+    State,
+    VerifyStatus,
+    WorkReason,
+)
 
 LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
 
@@ -238,6 +248,7 @@ class Session(BaseModel):
     manifest_sha256: Sha256 | None
     failure_reason: str | None
     end_reason: str | None
+    recorder: str | None = Field(None, description="the recorder that records (or recorded) it")
     verification: VerificationSummary | None = Field(None, description="the last verification's outcome")
     updated_at: Iso
 
@@ -294,6 +305,31 @@ class RegisteredChunkList(BaseModel):
 class Registration(BaseModel):
     created: bool = Field(..., description="false: identical bytes were already registered under this seq")
     chunk: RegisteredChunk
+
+
+class RecorderBeat(Strict):
+    """A recorder's heartbeat (issue 17): where the gateway reaches it and what it takes. Who it is
+    comes from its service token, not from this body."""
+
+    url: str = Field(..., pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512)
+    capacity: StrictInt = Field(..., ge=1, le=1024, description="sessions it records at once")
+    sources: list[SourceKind] = Field(..., max_length=16, description="the source kinds it can open")
+
+
+class RecorderInfo(BaseModel):
+    name: str
+    url: str
+    capacity: int
+    sources: list[SourceKind]
+    live: int = Field(..., description="its sessions now recording or paused")
+    alive: bool = Field(..., description="heartbeat within the lapse time")
+    first_seen: Iso
+    heartbeat_at: Iso
+    lapsed_at: Iso | None
+
+
+class RecorderList(BaseModel):
+    items: list[RecorderInfo]
 
 
 class Staged(BaseModel):

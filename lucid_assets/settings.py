@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     # store's staging area) before registering it, so no filesystem is shared between its host and the
     # processing hosts; off: segments stay on the recordings volume that processing reads (embedded default)
     upload_segments: bool = False
+    # many recorders (issue 17): this recorder's id (its token is keys/service/recorder-<id>.token; unset:
+    # the first recorder, `recorder`), the URL the gateway reaches it at, how many sessions it takes
+    recorder_id: str | None = None
+    recorder_advertise_url: str | None = None  # default: recorder_url
+    recorder_capacity: int = 4
+    recorder_heartbeat_seconds: float = 5
+    recorder_lapse_seconds: float = 30  # no heartbeat for this long: its live sessions are finalized
     encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins
     url_file_roots: str = ""  # colon-separated directories a `url` source may read files from
     # a `url` source never reaches loopback, link-local or private addresses (the platform's own

@@ -7,7 +7,11 @@ compromised recorder cannot act as the gateway, and the pipeline can refuse the 
 
 Embedded default: `<data>/keys/service/<caller>.token` and `tokens.json`, made once (0600 in a
 0700 directory) by `ensure_tokens`. Compose: the same files from `lucid secrets`, given to each
-container as secrets (`LUCID_SERVICE_TOKEN_FILE`, `LUCID_SERVICE_TOKENS_FILE`)."""
+container as secrets (`LUCID_SERVICE_TOKEN_FILE`, `LUCID_SERVICE_TOKENS_FILE`).
+
+Many recorders (issue 17): each further recorder has a token of its own, `recorder-<id>`
+(`add_recorder`); its role is `recorder`, its identity is the token's name. The pipeline records which
+recorder owns a session from that identity, never from anything the recorder says."""
 
 from __future__ import annotations
 
@@ -29,7 +33,27 @@ from .settings import Settings
 API, RECORDER, STORAGE, DAGSTER = "api", "recorder", "storage", "dagster"
 CALLERS = (API, RECORDER, STORAGE, DAGSTER)
 PREFIX = "lucid-svc"
-_TOKEN = re.compile(rf"^{PREFIX}\.([a-z]+)\.[A-Za-z0-9_-]{{43}}$")
+_TOKEN = re.compile(rf"^{PREFIX}\.([a-z]+(?:-[a-z0-9]{{1,32}})?)\.[A-Za-z0-9_-]{{43}}$")
+RECORDER_ID = re.compile(r"[a-z0-9]{1,32}")
+
+
+def _named(name: str) -> bool:
+    """A caller identity a token may carry (`api`, `recorder-b`)."""
+    return _TOKEN.match(f"{PREFIX}.{name}.{'A' * 43}") is not None
+
+
+def role_of(name: str) -> str:
+    """The role of a caller's identity: `recorder-b` is a recorder."""
+    return name.split("-", 1)[0]
+
+
+def recorder_name(recorder_id: str | None) -> str:
+    """The identity of the recorder with this id (none: the first recorder, `recorder`)."""
+    if not recorder_id:
+        return RECORDER
+    if not RECORDER_ID.fullmatch(recorder_id):
+        raise TrustError(f"a recorder id is 1-32 lower-case letters and digits, not {recorder_id[:40]!r}")
+    return f"{RECORDER}-{recorder_id}"
 
 
 class TrustError(Exception):
@@ -57,11 +81,24 @@ def make_token_files(directory: Path) -> list[str]:
         if not path.exists() and atomic_write(path, (new_token(caller) + "\n").encode(), exclusive=True):
             created.append(path.name)
     table = directory / "tokens.json"
-    want = {c: digest(read_token(directory / f"{c}.token")) for c in CALLERS}
+    names = list(CALLERS) + sorted(p.stem for p in directory.glob(f"{RECORDER}-*.token") if _named(p.stem))
+    want = {c: digest(read_token(directory / f"{c}.token")) for c in names}
     if not table.exists() or TokenTable.read(table).digests != want:
         atomic_write(table, json.dumps(want, indent=2, sort_keys=True).encode())  # replaced in one rename
         created.append(table.name)
     return created
+
+
+def add_recorder(directory: Path, recorder_id: str) -> Path:
+    """A further recorder's own token (`recorder-<id>.token`), in the table the services check (they
+    read it when they start). Returns the token file to hand that recorder's host."""
+    name = recorder_name(recorder_id)
+    path = directory / f"{name}.token"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        atomic_write(path, (new_token(name) + "\n").encode(), exclusive=True)
+    make_token_files(directory)
+    return path
 
 
 def ensure_tokens(settings: Settings) -> list[str]:
@@ -81,6 +118,8 @@ def read_token(path: Path) -> str:
 
 
 def token_path(settings: Settings, caller: str) -> Path:
+    if caller == RECORDER:
+        caller = recorder_name(settings.recorder_id)
     return settings.service_token_file or settings.service_keys_path / f"{caller}.token"
 
 
@@ -106,7 +145,7 @@ class TokenTable:
             raise TrustError(f"service token table {path}: {exc}") from None
         if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
             raise TrustError(f"service token table {path} is not a {{caller: sha256}} object")
-        return cls({k: v for k, v in raw.items() if k in CALLERS})
+        return cls({k: v for k, v in raw.items() if role_of(k) in CALLERS and _named(k)})
 
     @classmethod
     def load(cls, settings: Settings) -> TokenTable:
@@ -114,7 +153,7 @@ class TokenTable:
         return cls.read(settings.service_tokens_path)
 
     def caller(self, authorization: str | None) -> str | None:
-        """The caller an `Authorization` header authenticates, or None."""
+        """The caller's identity an `Authorization` header authenticates (`api`, `recorder-b`), or None."""
         if not authorization:
             return None
         scheme, _, token = authorization.partition(" ")

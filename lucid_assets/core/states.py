@@ -138,6 +138,18 @@ def next_state(state: State | str, event: Event | str) -> State:
         raise IllegalTransition(State(state), Event(event)) from None
 
 
+class SourceKind(StrEnum):
+    """What a session records from (the `kind` of its source, lucid_assets/models.py); a recorder
+    announces the kinds it can open (issue 17: the gateway places a session on one that can)."""
+
+    TESTSRC = "testsrc"
+    X11 = "x11"
+    URL = "url"
+    PUSH = "push"
+    VNC = "vnc"
+    RDP = "rdp"
+
+
 class CredentialKind(StrEnum):
     """What a stored remote-desktop credential is for (issue 18): the same words as the session
     source kinds it serves (`VncSource.kind`, `RdpSource.kind`)."""

@@ -20,7 +20,7 @@ from . import links
 from .auth import ensure_admin_key
 from .deps import Gateway
 from .edge import Edge, Metrics
-from .routes import credentials, insight, keys, media, metrics, sessions, shares
+from .routes import credentials, insight, keys, media, metrics, recorders, sessions, shares
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -54,7 +54,7 @@ def create_app():
         pipeline=PipelineClient(s.pipeline_url, token=token),
         storage=StorageClient(s.storage_url, token=token),
     )
-    for module in (sessions, media, keys, metrics, shares, credentials, insight):
+    for module in (sessions, media, keys, metrics, shares, credentials, insight, recorders):
         app.include_router(module.router)
     app.include_router(shares.shared)
     app.state.metrics = Metrics()

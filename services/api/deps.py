@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from lucid_assets.clients import PipelineClient, StorageClient
 from lucid_assets.settings import Settings
 from services.common.db import Database
+from services.common.errors import ApiError
 
 
 @dataclass
@@ -28,6 +29,32 @@ class Gateway:
     @property
     def recorder_url(self) -> str:
         return self.settings.recorder_url
+
+    def recorder_for(self, session_id: str, *, placing: bool = False) -> str:
+        """The URL of the recorder that owns the session; placing (a start), the least-loaded live
+        recorder that can open its source (issue 17). With no recorder announced at all, the one
+        configured recorder (recorder_url)."""
+        session = self.pipeline.session(session_id)
+        fleet = self.pipeline.recorders()
+        if session.recorder is not None:
+            owner = next((r for r in fleet if r.name == session.recorder), None)
+            if owner is None or not owner.alive:
+                raise ApiError(
+                    503,
+                    "recorder_unavailable",
+                    f"session {session_id} is recorded by {session.recorder}, whose heartbeat has lapsed",
+                    state=session.state,
+                )
+            return owner.url
+        if not placing or not fleet:
+            return self.settings.recorder_url
+        kind = session.source.get("kind")
+        able = [r for r in fleet if r.alive and kind in r.sources]
+        free = [r for r in able if r.live < r.capacity]
+        if not free:
+            why = "every recorder that can is at capacity" if able else f"no live recorder can open a {kind} source"
+            raise ApiError(503, "no_recorder", f"session {session_id} cannot start: {why}", state=session.state)
+        return min(free, key=lambda r: (r.live / r.capacity, r.live, r.name)).url
 
 
 def get_gateway(request: Request) -> Gateway:

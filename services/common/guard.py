@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from fastapi import Depends, Request
 
-from lucid_assets.trust import TokenTable
+from lucid_assets.trust import TokenTable, role_of
 
 from .errors import ApiError
 
@@ -113,16 +113,31 @@ class ServiceAuth:
 
 
 def caller(request: Request) -> str:
+    """The authenticated caller's identity (`dagster`, `recorder`, `recorder-b`)."""
     return request.state.caller
 
 
+def role(request: Request) -> str:
+    """The authenticated caller's role (`recorder-b` is a recorder)."""
+    return role_of(request.state.caller)
+
+
 def allow(*callers: str):
-    """A route dependency: 403 unless the authenticated caller is one of `callers`."""
+    """A route dependency: 403 unless the authenticated caller's role is one of `callers`."""
 
     def dependency(request: Request) -> str:
         who = caller(request)
-        if who not in callers:
+        if role_of(who) not in callers:
             raise ApiError(403, "forbidden", f"the {who} service may not call this (allowed: {', '.join(callers)})")
         return who
 
     return Depends(dependency)
+
+
+def check_recorder(request: Request, session) -> None:
+    """A recorder acts only on the sessions it records (issue 17: the pipeline records the owner from
+    the recorder's authenticated identity at its start); 403 for another recorder."""
+    who = caller(request)
+    if session.recorder is not None and session.recorder != who:
+        detail = f"session {session.id} is recorded by {session.recorder}; {who} may not act on it"
+        raise ApiError(403, "not_owner", detail, state=session.state)

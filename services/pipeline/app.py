@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from sqlmodel import select
 
 from lucid_assets.settings import get_settings
@@ -9,8 +11,9 @@ from services.common import migrate
 from services.common.app import make_app
 from services.common.db import Database
 
+from . import fleet
 from .models import SessionRow
-from .routes import chunks, sessions, work
+from .routes import chunks, recorders, sessions, work
 
 
 def create_app(database_url: str | None = None):
@@ -23,8 +26,14 @@ def create_app(database_url: str | None = None):
             s.exec(select(SessionRow.id).limit(1)).all()
         return True, "registry database reachable"
 
+    # the watch over the recorders' heartbeats (issue 17), for the life of the process
+    lapse = get_settings().recorder_lapse_seconds
+    stop = threading.Event()
+    threading.Thread(target=fleet.watch, args=(db, lapse, stop), name="recorder-watch", daemon=True).start()
+
     app = make_app("pipeline", checks={"database": db_check})
     app.state.db = db
-    for module in (sessions, chunks, work):
+    app.state.stop_watch = stop
+    for module in (sessions, chunks, work, recorders):
         app.include_router(module.router)
     return app

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from lucid_assets.clients import ACTOR_HEADER
 from lucid_assets.core.states import Event, Note
-from lucid_assets.trust import API, DAGSTER, RECORDER, STORAGE
+from lucid_assets.trust import API, DAGSTER, RECORDER, STORAGE, role_of
 from services.common.db import Database
 from services.common.errors import ApiError
 from services.common.guard import allow, caller
@@ -66,10 +66,10 @@ NOTES_BY_CALLER: dict[str, frozenset[Note]] = {
 
 
 def may_note(who: str, note: Note) -> None:
-    if note not in NOTES_BY_CALLER.get(who, frozenset()):
+    if note not in NOTES_BY_CALLER.get(role_of(who), frozenset()):
         raise ApiError(403, "forbidden", f"the {who} service may not write a {note.value} audit note")
 
 
 def may(who: str, event: Event) -> None:
-    if event not in EVENTS_BY_CALLER.get(who, frozenset()):
+    if event not in EVENTS_BY_CALLER.get(role_of(who), frozenset()):
         raise ApiError(403, "forbidden", f"the {who} service may not {event.value} a session")

@@ -38,6 +38,8 @@ class SessionRow(SQLModel, table=True):
     failure_reason: str | None = None
     verification: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # last verify
     end_reason: str | None = None  # why the recording ended: operator stop, source ended, recorder restart
+    # added in 0004 (issue 17): the recorder that started it (its authenticated identity, never a claim)
+    recorder: str | None = Field(default=None, index=True)
 
 
 class ChunkRow(SQLModel, table=True):
@@ -82,4 +84,17 @@ class WorkItem(SQLModel, table=True):
     created_at: datetime = Field(default_factory=now)
 
 
-TABLES = (SessionRow, ChunkRow, AuditRow, WorkItem)
+class RecorderRow(SQLModel, table=True):
+    """A recorder that announced itself (added in 0004, issue 17): its identity is its service token's."""
+
+    __tablename__ = "recorders"
+    name: str = Field(primary_key=True)  # recorder, recorder-<id>
+    url: str
+    capacity: int
+    sources: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # SourceKind values
+    first_seen: datetime = Field(default_factory=now)
+    heartbeat_at: datetime = Field(default_factory=now)
+    lapsed_at: datetime | None = None  # its heartbeat lapsed and its live sessions were finalized
+
+
+TABLES = (SessionRow, ChunkRow, AuditRow, WorkItem, RecorderRow)

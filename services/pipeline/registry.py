@@ -92,6 +92,7 @@ def to_dict(row: SessionRow, t: dict | None) -> dict:
         "manifest_sha256": row.manifest_sha256,
         "failure_reason": row.failure_reason,
         "end_reason": row.end_reason,
+        "recorder": row.recorder,
         "verification": row.verification,
         "updated_at": _iso(row.updated_at),
     }

@@ -28,6 +28,7 @@ def create_app():
         rec.encoders.update(await run_in_threadpool(probe_encoders, settings.encoder_order))
         # only the directories that exist before this process records: a session started since is its own
         threading.Thread(target=recover, args=(rec, leftovers(rec.recordings)), name="recover", daemon=True).start()
+        threading.Thread(target=rec.heartbeats, name="heartbeat", daemon=True).start()  # issue 17
         yield
         await run_in_threadpool(rec.shutdown)  # SIGTERM: end the captures cleanly, saying why
 

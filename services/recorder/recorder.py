@@ -4,13 +4,14 @@ life is told to the pipeline (start, segments, end, finalize). Routes and crash 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 
 from lucid_assets.clients import PipelineClient, ServiceError, StorageClient
-from lucid_assets.core.states import LIVE, Event, Note, State
-from lucid_assets.models import AuditNote, RegisterChunk, Registration, Session
+from lucid_assets.core.states import LIVE, Event, Note, SourceKind, State
+from lucid_assets.models import AuditNote, RecorderBeat, RegisterChunk, Registration, Session
 from lucid_assets.settings import Settings
 from lucid_assets.trust import RECORDER, own_token
 from services.common.errors import ApiError
@@ -39,6 +40,18 @@ def _retrying(call):
                 raise
             time.sleep(min(5, 0.2 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+def openable_sources() -> list[SourceKind]:
+    """The source kinds this host can open: remote desktops need their viewer and Xvfb installed."""
+    kinds = [SourceKind.TESTSRC, SourceKind.URL, SourceKind.PUSH, SourceKind.X11]
+    if shutil.which("Xvfb"):
+        kinds += [
+            k
+            for k, viewer in ((SourceKind.VNC, "xtigervncviewer"), (SourceKind.RDP, "xfreerdp"))
+            if shutil.which(viewer)
+        ]
+    return kinds
 
 
 class Recorder:
@@ -114,6 +127,30 @@ class Recorder:
                 state=State.FINALIZING,
             )
         return self.transition(session_id, Event.FINALIZE, expected_chunks=expected, reason=reason)
+
+    # --- the fleet (issue 17) ---------------------------------------------------------------------
+    def beat(self) -> RecorderBeat:
+        s = self.settings
+        return RecorderBeat(
+            url=s.recorder_advertise_url or s.recorder_url, capacity=s.recorder_capacity, sources=openable_sources()
+        )
+
+    def heartbeats(self) -> None:
+        """Announce this recorder to the pipeline now and every recorder_heartbeat_seconds until
+        shutdown (a thread); a pipeline outage is logged once and waited out."""
+        failing = False
+        while True:
+            try:
+                self.pipeline.beat(self.beat())
+                if failing:
+                    log.warning("heartbeat: the pipeline hears this recorder again")
+                failing = False
+            except ServiceError as exc:
+                if not failing:
+                    log.warning("heartbeat not delivered: %s", exc)
+                failing = True
+            if self.closing.wait(self.settings.recorder_heartbeat_seconds):
+                return
 
     # --- captures ----------------------------------------------------------------------------
     def active(self, session_id: str) -> Capture | None:

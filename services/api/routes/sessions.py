@@ -79,7 +79,8 @@ def get_session(session_id: SessionId, gw: Gw, _: Principal = Depends(viewer)):
 
 def _control(event: Event):
     async def control(session_id: SessionId, gw: Gw, _: Principal = Depends(operator)):
-        return await call("POST", f"{gw.recorder_url}/recordings/{session_id}/{event}")
+        url = await run_in_threadpool(gw.recorder_for, session_id, placing=event == Event.START)
+        return await call("POST", f"{url}/recordings/{session_id}/{event}")
 
     control.__name__ = f"{event}_session"
     return control
@@ -141,9 +142,8 @@ async def push_chunk(
     headers = {"x-content-sha256": x_content_sha256, "x-chunk-duration-ms": str(x_chunk_duration_ms)}
     if declared:
         headers["content-length"] = declared
-    body = await call(
-        "PUT", f"{gw.recorder_url}/recordings/{session_id}/chunks/{seq}", headers=headers, content=request.stream()
-    )
+    url = await run_in_threadpool(gw.recorder_for, session_id)
+    body = await call("PUT", f"{url}/recordings/{session_id}/chunks/{seq}", headers=headers, content=request.stream())
     response.status_code = 201 if body["created"] else 200
     return body
 

@@ -9,17 +9,18 @@ from lucid_assets.models import RegisterChunk, RegisteredChunkList, Registration
 from services.common.errors import ERRORS
 from services.common.ids import SessionId
 
-from .. import registry
-from ..deps import ANY, RECORDER, Db, allow
+from .. import fleet, registry
+from ..deps import ANY, RECORDER, Caller, Db, allow
 from ..models import ChunkRow
 
 router = APIRouter(prefix="/sessions/{session_id}/chunks", tags=["chunks"], responses=ERRORS, dependencies=[ANY])
 
 
 @router.post("", response_model=Registration, dependencies=[allow(RECORDER)])
-def register_chunk(session_id: SessionId, body: RegisterChunk, db: Db):
+def register_chunk(session_id: SessionId, body: RegisterChunk, db: Db, who: Caller):
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
+        fleet.check_owner(row, who)
         chunk, created = registry.register_chunk(s, row, body)
         s.flush()
         return {"created": created, "chunk": registry.chunk_dict(chunk)}

@@ -24,7 +24,7 @@ from lucid_assets.models import (
 from services.common.errors import ERRORS
 from services.common.ids import MAX_OFFSET, LabelFilter, SessionId
 
-from .. import registry
+from .. import fleet, registry
 from ..deps import ANY, API, DAGSTER, RECORDER, STORAGE, Actor, Caller, Db, actor_of, allow, may, may_note
 from ..models import AuditRow, SessionRow
 
@@ -98,6 +98,7 @@ def transition(session_id: SessionId, body: Transition, db: Db, request: Request
     actor = actor_of(request)
     with db.write() as s:
         row = registry.get_row(s, session_id, lock=True)
+        fleet.check_owner(row, who, body.event)
         registry.transition(s, row, body, actor)
         s.flush()
         return registry.session_dict(s, row)

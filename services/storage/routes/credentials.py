@@ -25,7 +25,7 @@ from lucid_assets.credentials import (
 from lucid_assets.models import CredentialIn, CredentialInfo, CredentialList, CredentialSecret, OpenCredential
 from lucid_assets.trust import API, RECORDER
 from services.common.errors import ERRORS, ApiError
-from services.common.guard import allow
+from services.common.guard import allow, check_recorder
 from services.common.ids import session_id
 
 from ..deps import Ctx
@@ -117,9 +117,10 @@ def delete_credential(name: str, request: Request, ctx: Ctx):
     dependencies=[allow(RECORDER)],
     summary="The recorder opens the credential its session's source names (the only answer with a password)",
 )
-def open_credential(name: str, body: OpenCredential, ctx: Ctx):
+def open_credential(name: str, body: OpenCredential, ctx: Ctx, request: Request):
     sid = session_id(body.session_id)
     session = ctx.pipeline.session(sid)  # 404 for an unknown session, as the pipeline says it
+    check_recorder(request, session)
     if session.state not in CREDENTIAL_OPENABLE:
         raise ApiError(
             409,

@@ -15,7 +15,7 @@ from lucid_assets.core.states import REGISTRABLE
 from lucid_assets.models import Staged
 from lucid_assets.trust import RECORDER
 from services.common.errors import ERRORS, ApiError
-from services.common.guard import allow
+from services.common.guard import allow, check_recorder
 from services.common.ids import Seq
 from services.common.uploads import declared
 
@@ -34,6 +34,7 @@ async def stage(sid: Sid, seq: Seq, request: Request, ctx: Ctx) -> Staged:
     limit = ctx.max_chunk_bytes
     want, _ = declared(request, seq, limit)
     session = await run_in_threadpool(ctx.pipeline.session, sid)
+    check_recorder(request, session)
     if session.state not in REGISTRABLE:
         raise ApiError(
             409, "illegal_state", f"segments are staged while recording, not while {session.state}", state=session.state
