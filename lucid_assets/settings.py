@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # the first recorder, `recorder`), the URL the gateway reaches it at, how many sessions it takes
     recorder_id: str | None = None
     recorder_advertise_url: str | None = None  # default: recorder_url
-    recorder_capacity: int = 4
+    recorder_capacity: int = 4  # sessions it records well at once: the gateway places by load over capacity
     recorder_heartbeat_seconds: float = 5
     recorder_lapse_seconds: float = 30  # no heartbeat for this long: its live sessions are finalized
     encoders: str = "h264_v4l2m2m,h264_nvenc,libx264"  # probed in this order; the first that opens wins

@@ -17,10 +17,14 @@ checkpoint) are exclusive on both backends (objects.py says how).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +73,16 @@ class EnvelopeReader:
             if n == len(view):  # the file is larger than it was when stat'ed
                 return memoryview(bytes(view) + f.read())
             return view[:n]
+
+
+def in_parallel(fn, items: Iterable, workers: int = 16) -> list:
+    """fn over items with up to `workers` in flight, results in order (a bucket's small reads are
+    network round trips: one after another, a 30-minute session's 180 header reads took 1.5-2 s)."""
+    items = list(items)
+    if len(items) < 2 or workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 class ChunkStore:
@@ -135,6 +149,20 @@ class ChunkStore:
     def read_envelope_head(self, session_id: str, seq: int, size: int) -> bytes | None:
         """The first `size` bytes of an envelope (its header), without reading the rest."""
         return self.objects.read_range(self.envelope_key(session_id, seq), 0, size)
+
+    def read_ahead(self, session_id: str, seqs: Iterable[int], depth: int = 3) -> Iterator[tuple[int, bytes | None]]:
+        """(seq, envelope or None) in order with up to `depth` reads in flight: a bucket's next
+        envelopes arrive while the current one is decrypted and sent. Memory: `depth` envelopes."""
+        pending: deque = deque()
+        rest = iter(seqs)
+        with ThreadPoolExecutor(max_workers=depth) as pool:
+            for seq in itertools.islice(rest, depth):
+                pending.append((seq, pool.submit(self.read_envelope, session_id, seq)))
+            while pending:
+                seq, got = pending.popleft()
+                if (following := next(rest, None)) is not None:
+                    pending.append((following, pool.submit(self.read_envelope, session_id, following)))
+                yield seq, got.result()
 
     def stored_seqs(self, session_id: str) -> list[int]:
         out = []

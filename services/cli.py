@@ -80,6 +80,8 @@ def _operator_settings(s: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, Path):
             value = value.resolve()  # the children run in the checkout, not in this directory
+        elif name == "chunk_store" and "://" not in value:  # a directory (not a bucket): made absolute too
+            value = Path(value).resolve()
         out[f"LUCID_{name.upper()}"] = str(value)
     return out
 
@@ -368,6 +370,13 @@ def cmd_plans(args) -> int:
 
 
 SECRET_FILES = ("master.key", "signing.key", "signing.pub", "link.key", "admin-api-key")
+S3_ACCESS_KEY_ID = "lucid"  # the scale overlay's S3 identity (its secret key is a secret file)
+
+
+def _s3_identities(secret: str) -> bytes:
+    """SeaweedFS's identity file (-s3.config): one identity, the Lucid services', with every right."""
+    ident = {"name": "lucid", "credentials": [{"accessKey": S3_ACCESS_KEY_ID, "secretKey": secret.strip()}]}
+    return json.dumps({"identities": [{**ident, "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}).encode()
 
 
 def cmd_secrets(args) -> int:
@@ -397,10 +406,25 @@ def cmd_secrets(args) -> int:
             print(f"lucid: created {path} (mode 0600)")
         if uid is not None:
             os.chown(path, uid, gid)
+    if args.scale:  # the S3 secret key, the object store's identity file holding it (SeaweedFS's s3.json)
+        scale = {
+            "s3-secret-key": lambda p: keys.write_private_file(p, (new_key() + "\n").encode()),
+            "s3.json": lambda p: keys.write_private_file(p, _s3_identities((out / "s3-secret-key").read_text())),
+        }
+        for name, make in scale.items():
+            if (out / name).exists():
+                print(f"lucid: kept {out / name}")
+            else:
+                make(out / name)
+                print(f"lucid: created {out / name} (mode 0600)")
+            if uid is not None:
+                os.chown(out / name, uid, gid)
     # each component's service token and the table of their digests (lucid_assets/trust.py)
     service = out / "service"
     for name in trust.make_token_files(service):
         print(f"lucid: created {service / name} (mode 0600)")
+    if args.scale and not (service / "recorder-b.token").exists():
+        print(f"lucid: created {trust.add_recorder(service, 'b')} (mode 0600; tokens.json names it)")
     for path in (service, *service.iterdir()):
         if uid is not None:
             os.chown(path, uid, gid)
@@ -451,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     sec = sub.add_parser("secrets", help="create the secret files of a compose deployment (never overwrites)")
     sec.add_argument("dir")
     sec.add_argument("--owner", help="UID:GID to own the files (the images run as 65532:65532)")
+    sec.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale-out overlay's (docker-compose.scale.yml): the S3 key and a second recorder's token",
+    )
     sec.set_defaults(fn=cmd_secrets)
     args = p.parse_args(argv)
     return args.fn(args)

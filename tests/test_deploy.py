@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lucid_assets import trust
 from lucid_assets.core import keys
 from lucid_assets.core.manifest import sign, verify_signature
 from lucid_assets.keyring import Keyring
@@ -85,6 +86,22 @@ def test_secrets_made_once_private_and_matching(tmp_path, capsys):
     assert keys.public_pem(signing) == first["signing.pub"]
     keys.load_kek(out / "master.key")
     assert len(first["link.key"]) == 32 and len(first["admin-api-key"].strip()) >= 24
+
+
+def test_scale_secrets_add_the_s3_key_and_a_second_recorder(tmp_path):
+    out = tmp_path / "secrets"
+    assert lucid(["--data-dir", str(tmp_path / "d"), "secrets", str(out), "--scale"]) == 0
+    secret = (out / "s3-secret-key").read_text().strip()
+    ident = json.loads((out / "s3.json").read_text())["identities"][0]
+    assert ident["credentials"] == [{"accessKey": "lucid", "secretKey": secret}] and len(secret) >= 24
+    for name in ("s3-secret-key", "s3.json", "service/recorder-b.token"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+    table = json.loads((out / "service" / "tokens.json").read_text())
+    assert set(table) == set(CALLERS) | {"recorder-b"}
+    assert table["recorder-b"] == trust.digest(trust.read_token(out / "service" / "recorder-b.token"))
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert lucid(["--data-dir", str(tmp_path / "d"), "secrets", str(out), "--scale"]) == 0
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # made once
 
 
 def test_public_key_only_verification(tmp_path):

@@ -29,6 +29,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "released_v0_1"
 ROWS = json.loads((FIXTURE / "rows.json").read_text())
 OWN_TABLES = {"pipeline": ["sessions", "chunks", "audit_log", "work_queue"], "api": ["api_keys"]}
 LATER_TABLES = ["shares", "search_log"]  # made by revisions after 0.1 (no rows in the 0.1 fixture)
+LATER_PIPELINE = ["recorders"]  # likewise, in the pipeline's database (issue 17)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -163,6 +164,7 @@ def test_empty_database_upgrades_to_exactly_the_models(url):
         "alembic_version_pipeline",
         "alembic_version_api",
         *OWN_TABLES["pipeline"],
+        *LATER_PIPELINE,
         "api_keys",
         *LATER_TABLES,
     }
@@ -188,7 +190,7 @@ def test_a_model_change_without_a_migration_is_caught(url, monkeypatch):
 
 def test_both_environments_in_one_database(url):
     migrate.upgrade(url, "pipeline")
-    assert tables(url) == {"alembic_version_pipeline", *OWN_TABLES["pipeline"]}
+    assert tables(url) == {"alembic_version_pipeline", *OWN_TABLES["pipeline"], *LATER_PIPELINE}
     load_released(url, "api")  # the compose database: 0.1's api_keys beside a migrated registry
     pipeline_rows = raw_rows(url, "pipeline")
     assert migrate.upgrade(url, "api").adopted
@@ -196,6 +198,7 @@ def test_both_environments_in_one_database(url):
         "alembic_version_pipeline",
         "alembic_version_api",
         *OWN_TABLES["pipeline"],
+        *LATER_PIPELINE,
         "api_keys",
         *LATER_TABLES,
     }

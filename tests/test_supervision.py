@@ -221,7 +221,7 @@ def test_a_killed_launcher_takes_supervisord_and_the_platform_with_it(tmp_path):
 
 
 def test_lucid_up_hands_the_operators_settings_to_the_components(tmp_path):
-    s = Settings(encoders="libx264", api_key="k", url_file_roots="/media", data_dir=tmp_path, chunk_store=Path("c"))
+    s = Settings(encoders="libx264", api_key="k", url_file_roots="/media", data_dir=tmp_path, chunk_store="c")
     env = _operator_settings(s)
     assert env == {
         "LUCID_ENCODERS": "libx264",
@@ -229,6 +229,11 @@ def test_lucid_up_hands_the_operators_settings_to_the_components(tmp_path):
         "LUCID_URL_FILE_ROOTS": "/media",
         "LUCID_CHUNK_STORE": str(Path("c").resolve()),
     }  # the data directory and the service URLs are the launcher's own
+    bucket = Settings(data_dir=tmp_path, chunk_store="s3://lucid/chunks", s3_secret_access_key="sek")
+    assert _operator_settings(bucket) == {
+        "LUCID_CHUNK_STORE": "s3://lucid/chunks",
+        "LUCID_S3_SECRET_ACCESS_KEY": "sek",
+    }  # a bucket is no path
 
 
 @pytest.mark.parametrize("argv", [["demo", "--seconds", "1"], ["verify", "00000000-0000-4000-8000-000000000000"]])

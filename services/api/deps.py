@@ -36,9 +36,9 @@ class Gateway:
         configured recorder (recorder_url)."""
         session = self.pipeline.session(session_id)
         fleet = self.pipeline.recorders()
-        if session.recorder is not None:
-            owner = next((r for r in fleet if r.name == session.recorder), None)
-            if owner is None or not owner.alive:
+        owner = next((r for r in fleet if r.name == session.recorder), None)
+        if owner is not None:  # one that never announced itself is the configured one (below)
+            if not owner.alive:
                 raise ApiError(
                     503,
                     "recorder_unavailable",
@@ -46,15 +46,15 @@ class Gateway:
                     state=session.state,
                 )
             return owner.url
-        if not placing or not fleet:
+        if not placing or session.recorder is not None or not fleet:
             return self.settings.recorder_url
         kind = session.source.get("kind")
         able = [r for r in fleet if r.alive and kind in r.sources]
-        free = [r for r in able if r.live < r.capacity]
-        if not free:
-            why = "every recorder that can is at capacity" if able else f"no live recorder can open a {kind} source"
+        if not able:
+            why = f"no live recorder can open a {kind} source"
             raise ApiError(503, "no_recorder", f"session {session_id} cannot start: {why}", state=session.state)
-        return min(free, key=lambda r: (r.live / r.capacity, r.live, r.name)).url
+        # capacity weighs the choice; it refuses nothing (a recorder over it records more slowly, not worse)
+        return min(able, key=lambda r: (r.live / r.capacity, r.live, r.name)).url
 
 
 def get_gateway(request: Request) -> Gateway:

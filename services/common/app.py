@@ -30,6 +30,18 @@ class QueryRedacted(logging.Filter):
         return True
 
 
+class QuietHeartbeats(logging.Filter):
+    """A recorder's heartbeat (every few seconds, issue 17) answered 200 is no news: those request
+    lines are dropped from the client log (a failed one is still logged, as is every other call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # httpx: 'HTTP Request: %s %s "%s %d %s"' % (method, url, http_version, status, reason)
+        if not isinstance(args, tuple) or len(args) < 4:
+            return True
+        return not (str(args[1]).endswith("/recorders/self") and args[3] == 200)
+
+
 def configure_logging() -> None:
     s = get_settings()
     logging.basicConfig(
@@ -38,6 +50,9 @@ def configure_logging() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, QueryRedacted) for f in access.filters):
         access.addFilter(QueryRedacted())
+    client = logging.getLogger("httpx")
+    if not any(isinstance(f, QuietHeartbeats) for f in client.filters):
+        client.addFilter(QuietHeartbeats())
 
 
 def make_app(

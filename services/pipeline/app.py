@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import asynccontextmanager
 
 from sqlmodel import select
 
@@ -26,14 +27,19 @@ def create_app(database_url: str | None = None):
             s.exec(select(SessionRow.id).limit(1)).all()
         return True, "registry database reachable"
 
-    # the watch over the recorders' heartbeats (issue 17), for the life of the process
-    lapse = get_settings().recorder_lapse_seconds
-    stop = threading.Event()
-    threading.Thread(target=fleet.watch, args=(db, lapse, stop), name="recorder-watch", daemon=True).start()
+    @asynccontextmanager
+    async def lifespan(_app):
+        """The watch over the recorders' heartbeats (issue 17), while the service serves."""
+        stop = threading.Event()
+        lapse = get_settings().recorder_lapse_seconds
+        watch = threading.Thread(target=fleet.watch, args=(db, lapse, stop), name="recorder-watch", daemon=True)
+        watch.start()
+        yield
+        stop.set()
+        watch.join(10)
 
-    app = make_app("pipeline", checks={"database": db_check})
+    app = make_app("pipeline", checks={"database": db_check}, lifespan=lifespan)
     app.state.db = db
-    app.state.stop_watch = stop
     for module in (sessions, chunks, work, recorders):
         app.include_router(module.router)
     return app

@@ -149,7 +149,8 @@ class Recorder:
                 if not failing:
                     log.warning("heartbeat not delivered: %s", exc)
                 failing = True
-            if self.closing.wait(self.settings.recorder_heartbeat_seconds):
+            # until the pipeline has heard it once (it may start after this recorder), every second
+            if self.closing.wait(1 if failing else self.settings.recorder_heartbeat_seconds):
                 return
 
     # --- captures ----------------------------------------------------------------------------
