@@ -16,6 +16,10 @@ Goal (issue 13): 100 sessions, put -> stored p95 <= 60 s, stop -> sealed p95 <= 
 <= 1.2 busy cores, orchestration <= 0.1 CPU-s per chunk; 1 session: stop -> sealed <= 15 s.
 
 Usage: python bench/capacity.py [--sessions 1,10,30,100] [--minutes 3] [--interval 10] [--compose]
+                                [--workers 1,2] [--json out.json]
+--workers (issue 17): each N is run once per processing-worker count W, each on a fresh platform whose
+Dagster instance admits W `lucid/batch` runs at once (max_concurrent_runs raised by W - 1, the other
+limits as in dagster_home/dagster.yaml); the figures per (N, W) are followed by W / first-W ratios.
 With --compose, the same against the compose stack (build/scripts/build-all-session-images.sh first,
 PLATFORM=linux/amd64 on a PC): CPU per container from its cgroup, run containers included.
 """
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
+import math
 import os
 import subprocess
 import sys
@@ -37,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from services.launcher import SERVICES, Platform
+from services.launcher import REPO, SERVICES, Platform
 from tests.conftest import free_port
 from tests.helpers import record_segments
 
@@ -146,6 +152,25 @@ def wait_sealed(api: httpx.Client, sids: list[str], timeout: float) -> dict[str,
     return done
 
 
+def figures(lat: list[float], sealed: list[float], failures: list[str], busy: float, cpu: dict, chunks: int) -> dict:
+    """The figures compared across worker counts (and written with --json)."""
+    orch = sum(cpu.get(k, 0.0) for k in ORCHESTRATION)
+    ours = sum(v for k, v in cpu.items() if k not in ORCHESTRATION + SHARED)
+    return {
+        "chunks": chunks,
+        "failures": len(failures),
+        "put_stored_p50_s": pct(lat, 50),
+        "put_stored_p95_s": pct(lat, 95),
+        "stop_sealed_p50_s": pct(sealed, 50),
+        "stop_sealed_p95_s": pct(sealed, 95),
+        "busy_cores": busy,
+        "cpu_s_per_chunk": (orch + ours) / max(chunks, 1),
+        "orchestration_cpu_s_per_chunk": orch / max(chunks, 1),
+        "lucid_cpu_s_per_chunk": ours / max(chunks, 1),
+        "cpu_s_per_chunk_by_process": {k: v / max(chunks, 1) for k, v in cpu.items()},
+    }
+
+
 def report(
     n: int,
     args,
@@ -193,17 +218,43 @@ def report(
         print(f"  {'MET' if max(sealed, default=99) <= 15 else 'MISS'} one session: stop -> sealed <= 15 s")
 
 
+BATCH_TAG = "lucid/batch"
+
+
+def worker_overrides(workers: int) -> dict:
+    """dagster.yaml overrides for `workers` concurrent batch runs (processing workers). The launcher's
+    merge replaces lists whole, so the full tag_concurrency_limits list is rebuilt from dagster.yaml
+    with only the batch limit changed; max_concurrent_runs grows by the extra batch slots, so the
+    room left for insight and other runs is unchanged."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text())["run_coordinator"]["config"]
+    limits = [dict(lim) for lim in config["tag_concurrency_limits"]]
+    batch = [lim for lim in limits if lim["key"] == BATCH_TAG]
+    if len(batch) != 1:
+        raise SystemExit(f"dagster.yaml has {len(batch)} {BATCH_TAG} limits, expected one")
+    extra = workers - batch[0]["limit"]
+    batch[0]["limit"] = workers
+    return {
+        "run_coordinator": {
+            "config": {"max_concurrent_runs": config["max_concurrent_runs"] + extra, "tag_concurrency_limits": limits}
+        }
+    }
+
+
 class Embedded:
     """`lucid up`'s platform: four services, Dagster's daemon and webserver, SQLite, runs as processes."""
 
     name = "embedded default"
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, workers: int = 1):
+        self.name = f"embedded default, {workers} processing worker{'s' if workers != 1 else ''}"
         self.p = Platform(
             data_dir=tmp,
             ports={s: free_port() for s in SERVICES},
             dagster_port=free_port(),
             extra_env={"LUCID_API_KEY": KEY},
+            instance_overrides=worker_overrides(workers),
         )
         self.key = KEY
 
@@ -310,7 +361,7 @@ class Compose:
 
 
 # long: a benchmark's steps in order, each printed as it runs
-def measure(n: int, args, chunk: bytes, target) -> None:
+def measure(n: int, args, chunk: bytes, target) -> dict:
     target.start()
     try:
         auth = {"Authorization": f"Bearer {target.key}"}
@@ -350,6 +401,7 @@ def measure(n: int, args, chunk: bytes, target) -> None:
         cpu["processing (in runs)"] = work
         print(f"\n[{target.name}] {runs} Dagster runs")
         report(n, args, chunk, pushed, lat, sealed, failures, (ingest, window), busy, cpu, chunks)
+        return {"runs": runs, **figures(lat, sealed, failures, busy, cpu, chunks)}
     finally:
         target.stop()
 
@@ -382,14 +434,75 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=10)
     ap.add_argument("--seal-timeout", type=float, default=600)
     ap.add_argument("--compose", action="store_true", help="the compose stack (images built beforehand)")
+    ap.add_argument("--workers", default="1", help="processing workers (concurrent batch runs) to compare, e.g. 1,2")
+    ap.add_argument("--json", type=Path, help="also write the figures per (sessions, workers) here")
     args = ap.parse_args()
+    try:
+        sessions = [int(x) for x in args.sessions.split(",")]
+        workers = [int(x) for x in args.workers.split(",")]
+    except ValueError:
+        ap.error("--sessions and --workers take comma-separated counts, e.g. 1,2")
+    if any(w < 1 for w in workers) or len(set(workers)) != len(workers):
+        ap.error("--workers: distinct counts, each at least 1")
+    if args.compose and workers != [1]:
+        ap.error("--workers applies to the embedded platform only (its dagster.yaml is written per run)")
     with tempfile.TemporaryDirectory() as tmp:
         chunk = sample_chunk(Path(tmp))
-    for n in (int(x) for x in args.sessions.split(",")):
-        # a process killed at the end may still be closing files under it: cleanup is best effort
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-            measure(n, args, chunk, (Compose if args.compose else Embedded)(Path(tmp)))
+    results: dict[tuple[int, int], dict] = {}
+    for n in sessions:
+        for w in workers:
+            # a process killed at the end may still be closing files under it: cleanup is best effort
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
+                target = Compose(Path(tmp)) if args.compose else Embedded(Path(tmp), w)
+                results[n, w] = measure(n, args, chunk, target)
+    ratios = compare(results, sessions, workers)
+    if args.json:
+        out = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "results": [{"sessions": n, "workers": w, **r} for (n, w), r in results.items()],
+            "ratios": ratios,
+        }
+        args.json.write_text(json.dumps(no_nan(out), indent=2, allow_nan=False) + "\n")
     return 0
+
+
+def no_nan(value):
+    """NaN (a percentile of nothing) as JSON null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [no_nan(v) for v in value]
+    return value
+
+
+RATIOS = {
+    "put_stored_p95_s": "put -> stored p95",
+    "stop_sealed_p95_s": "stop -> sealed p95",
+    "busy_cores": "busy cores",
+    "cpu_s_per_chunk": "CPU-s per chunk",
+}
+
+
+def compare(results: dict[tuple[int, int], dict], sessions: list[int], workers: list[int]) -> list[dict]:
+    """Each worker count against the first (W / W0) per N, printed and returned (None: no figure)."""
+    if len(workers) < 2:
+        return []
+    base, out = workers[0], []
+    print(f"\n== processing workers: each count against {base} (ratio < 1: less than with {base})")
+    for n in sessions:
+        for w in workers[1:]:
+            row: dict = {"sessions": n, "workers": w, "against": base}
+            for key in RATIOS:
+                a, b = results[n, w][key], results[n, base][key]
+                row[key] = a / b if b and math.isfinite(a) and math.isfinite(b) else None
+            print(
+                f"  {n} sessions, {w} / {base} workers: "
+                + ", ".join(f"{label} {'n/a' if row[k] is None else f'{row[k]:.2f}'}" for k, label in RATIOS.items())
+            )
+            out.append(row)
+    return out
 
 
 if __name__ == "__main__":
