@@ -93,7 +93,7 @@ def test_mark_deleted_removes_chunk_rows_and_stamps_the_session(tmp_path, backen
 
 def test_compaction_rewrites_small_files_without_changing_results(tmp_path, backend):
     lake = Lake.from_settings(settings_for(tmp_path, backend))
-    sids = [str(uuid.uuid4()) for _ in range(20)]
+    sids = [str(uuid.uuid4()) for _ in range(12)]
     for sid in sids:
         for seq in range(3):  # one small file per chunk, as live batches leave them
             lake.append_missing(catalog.CHUNKS, sid, rows(sid, seq + 1), key="seq")
@@ -104,10 +104,10 @@ def test_compaction_rewrites_small_files_without_changing_results(tmp_path, back
     table = lake.table(catalog.CHUNKS)
     after = table.scan().to_arrow().sort_by([("session_id", "ascending"), ("seq", "ascending")])
     assert after.equals(before)  # the same rows, values and types
-    assert result["files_before"] == files_before == 60
-    assert result["files_after"] == len(list(table.scan().plan_files())) <= 16  # one file per bucket
+    assert result["files_before"] == files_before == 36
+    assert result["files_after"] == len(list(table.scan().plan_files())) < 16  # at most one file per bucket
     assert [r["seq"] for r in lake.rows(catalog.CHUNKS, sids[3])] == [0, 1, 2]  # lookups still prune and work
-    assert lake.expire_snapshots(catalog.CHUNKS, datetime.now(UTC)) > 50
+    assert lake.expire_snapshots(catalog.CHUNKS, datetime.now(UTC)) > 30
     assert len(lake.table(catalog.CHUNKS).metadata.snapshots) == 1
     assert (
         lake.table(catalog.CHUNKS)
