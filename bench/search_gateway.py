@@ -61,6 +61,7 @@ from lucid_assets.settings import Settings
 from lucid_assets.store import ChunkStore
 from services.launcher import SERVICES, Platform
 from tests.conftest import free_port
+from tests.helpers import start_platform
 
 ADMIN = "bench-admin-key-0123456789abcdef"
 RUN = ("pipeline", "storage", "api")
@@ -87,14 +88,7 @@ def start(data: Path) -> Platform:
         daemon=False,
         extra_env={"LUCID_API_KEY": ADMIN},
     )
-    try:
-        p.start(timeout=180)
-    except Exception:
-        p.stop()
-        for log in sorted(p.logs.glob("*.log")):
-            print(f"==== {log.name}\n{log.read_text()[-3000:]}")
-        raise
-    return p
+    return start_platform(p)
 
 
 def text_head(corpus: Corpus, words: np.ndarray, seq: int) -> dict:

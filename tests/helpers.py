@@ -121,3 +121,15 @@ def pipeline_client(platform, **kw):
 def token_file(platform, caller: str = "dagster") -> str:
     """The service token file a Dagster resource of this platform reads."""
     return str(platform.data_dir / "keys" / "service" / f"{caller}.token")
+
+
+def start_platform(p, timeout: float = 180):
+    """Start a Platform; if it does not come up, stop it and print the tail of every log first."""
+    try:
+        p.start(timeout=timeout)
+    except Exception:
+        p.stop()
+        for log in sorted(p.logs.glob("*.log")):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    return p

@@ -8,6 +8,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def find_bin() -> str | None:
@@ -49,3 +52,20 @@ class TempPostgres:
             self._run(f"{self.bin}/pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database of its own on the test server (its URL), dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    db = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {db}"))
+    try:
+        yield admin.url.set(database=db).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP DATABASE {db} WITH (FORCE)"))
+        admin.dispose()

@@ -15,6 +15,7 @@ from pyiceberg.expressions import EqualTo
 from lucid_assets.core import catalog
 from lucid_assets.lake import Lake
 from tests.conftest import settings_for
+from tests.pg import fresh_database
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -127,14 +128,8 @@ def catalog_uri(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.db'}"
         return
-    admin = sa.create_engine(request.getfixturevalue("postgres_url"), isolation_level="AUTOCOMMIT")
-    db = f"lake_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE DATABASE {db}"))
-    yield admin.url.set(database=db).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE {db} WITH (FORCE)"))
-    admin.dispose()
+    with fresh_database(request.getfixturevalue("postgres_url"), "lake") as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,23 +17,12 @@ import pytest
 from lucid_assets import trust
 from services.launcher import SERVICES, Platform
 from tests.conftest import free_port
-from tests.helpers import create, wait_state
+from tests.helpers import create, start_platform, wait_state
 
 pytestmark = pytest.mark.e2e
 ADMIN_KEY = "test-admin-key-recorders-0123456789"
 QUIET = {"LUCID_INSIGHT_INTERVAL_SECONDS": "3600", "LUCID_INSIGHT_BACKFILL_CRON": "0 0 1 1 *"}
 LAPSE = 8
-
-
-def _start(p: Platform) -> Platform:
-    try:
-        p.start(timeout=180)
-    except Exception:
-        p.stop()
-        for log in sorted(p.logs.glob("*.log")):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +40,13 @@ def fleet(tmp_path_factory):
         webserver=False,
         extra_env={**QUIET, "LUCID_API_KEY": ADMIN_KEY, "LUCID_RECORDER_LAPSE_SECONDS": str(LAPSE)},
     )
-    started = [_start(main)]
+    started = [start_platform(main)]
     recorders = {}
     try:
         for rid in ("a", "b"):
             d = tmp_path_factory.mktemp(f"recorder-{rid}")
             shutil.copytree(keys, d / "keys" / "service")  # what that host is given: the service credentials
-            recorders[rid] = _start(
+            recorders[rid] = start_platform(
                 Platform(
                     data_dir=d,
                     ports={**ports, "recorder": free_port()},

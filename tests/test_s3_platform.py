@@ -13,19 +13,18 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from lucid_assets.core import catalog
 from lucid_assets.lake import Lake
 from lucid_assets.settings import Settings
 from services.launcher import SERVICES, Platform
 from tests.conftest import free_port
-from tests.helpers import decode, record
+from tests.helpers import decode, record, start_platform
+from tests.pg import fresh_database
 from tests.seaweed import SECRET_KEY
 
 pytestmark = pytest.mark.e2e
@@ -35,32 +34,15 @@ QUIET = {"LUCID_INSIGHT_INTERVAL_SECONDS": "3600", "LUCID_INSIGHT_BACKFILL_CRON"
 
 @pytest.fixture(scope="module")
 def registry_db(postgres_url):
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    db = f"two_hosts_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE DATABASE {db}"))
-    yield admin.url.set(database=db).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE {db} WITH (FORCE)"))
-    admin.dispose()
-
-
-def _start(p: Platform) -> Platform:
-    try:
-        p.start(timeout=180)
-    except Exception:
-        p.stop()
-        for log in sorted(p.logs.glob("*.log")):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
-    return p
+    with fresh_database(postgres_url, "two_hosts") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def hosts(seaweed, registry_db, tmp_path_factory):
     backend = seaweed.backend()
     ports = {n: free_port() for n in SERVICES}
-    b = _start(
+    b = start_platform(
         Platform(
             data_dir=tmp_path_factory.mktemp("host-b"),
             ports=ports,
@@ -73,7 +55,7 @@ def hosts(seaweed, registry_db, tmp_path_factory):
     # what a deployment hands the recorder's host: the service credentials (its own token and the
     # table it checks its callers against), nothing else of host B
     shutil.copytree(b.data_dir / "keys" / "service", a_dir / "keys" / "service")
-    a = _start(
+    a = start_platform(
         Platform(
             data_dir=a_dir,
             ports=ports,

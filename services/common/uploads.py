@@ -3,6 +3,9 @@ recorder's push ingest and the storage service's staging both take uploads this 
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+
 from fastapi import Request
 
 from .errors import ApiError
@@ -29,3 +32,18 @@ def declared(request: Request, seq: int, limit: int) -> tuple[str, int]:
     if length > limit:
         raise ApiError(413, "chunk_too_large", f"chunk is {length} bytes; the limit is {limit}")
     return want, duration_ms
+
+
+async def receive_checked(request: Request, limit: int, want: str, sink: Callable[[bytes], object]) -> int:
+    """Stream the body into `sink`, hashing it: 413 once it passes `limit`, 422 if it does not hash to
+    the declared SHA-256 (the caller discards what the sink took). Returns its size."""
+    digest, size = hashlib.sha256(), 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "chunk_too_large", f"chunk exceeds the limit of {limit} bytes")
+        digest.update(part)
+        sink(part)
+    if digest.hexdigest() != want:
+        raise ApiError(422, "sha256_mismatch", f"the body hashes to {digest.hexdigest()}, not {want}")
+    return size

@@ -15,7 +15,7 @@ from lucid_assets.core.states import REGISTRABLE
 from lucid_assets.files import publish
 from lucid_assets.models import Session
 from services.common.errors import ApiError
-from services.common.uploads import declared
+from services.common.uploads import declared, receive_checked
 
 from .capture import Segment, segment_name
 from .recorder import Recorder
@@ -41,17 +41,9 @@ async def receive(rec: Recorder, session_id: str, seq: int, request: Request) ->
     d = rec.recordings / session_id
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{segment_name(seq)}.partial-{uuid.uuid4().hex}"
-    digest, size = hashlib.sha256(), 0
     try:
         with open(tmp, "wb") as f:
-            async for part in request.stream():
-                size += len(part)
-                if size > limit:
-                    raise ApiError(413, "chunk_too_large", f"chunk exceeds the limit of {limit} bytes")
-                digest.update(part)
-                f.write(part)
-        if digest.hexdigest() != want:
-            raise ApiError(422, "sha256_mismatch", f"the body hashes to {digest.hexdigest()}, not {want}")
+            size = await receive_checked(request, limit, want, f.write)
         final = d / segment_name(seq)
         placed = await run_in_threadpool(place, tmp, final, want)
     finally:

@@ -17,7 +17,7 @@ from lucid_assets.trust import RECORDER
 from services.common.errors import ERRORS, ApiError
 from services.common.guard import allow, check_recorder
 from services.common.ids import Seq
-from services.common.uploads import declared
+from services.common.uploads import declared, receive_checked
 
 from ..deps import Ctx, Sid
 
@@ -39,15 +39,8 @@ async def stage(sid: Sid, seq: Seq, request: Request, ctx: Ctx) -> Staged:
         raise ApiError(
             409, "illegal_state", f"segments are staged while recording, not while {session.state}", state=session.state
         )
-    parts, size, digest = [], 0, hashlib.sha256()
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "chunk_too_large", f"chunk exceeds the limit of {limit} bytes")
-        digest.update(part)
-        parts.append(part)
-    if digest.hexdigest() != want:
-        raise ApiError(422, "sha256_mismatch", f"the body hashes to {digest.hexdigest()}, not {want}")
+    parts: list[bytes] = []
+    size = await receive_checked(request, limit, want, parts.append)
     created = await run_in_threadpool(_place, ctx, sid, seq, b"".join(parts), want)
     return Staged(path=ctx.store.staged_ref(sid, seq), sha256=want, size=size, created=created)
 
