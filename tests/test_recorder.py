@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from services.launcher import SERVICES, Platform
+from services.recorder.remote import _displays_in_use
 from tests.conftest import MAX_CHUNK, free_port
 from tests.helpers import create, decode, download, pipeline_client, record, wait_state
 
@@ -56,20 +57,21 @@ def xdisplay():
         if os.environ.get("CI"):
             pytest.fail("Xvfb/xclock missing: scripts/test installs xvfb and x11-apps")
         pytest.skip("Xvfb not installed")
-    num = next(
-        n
-        for n in range(90, 200)
-        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock")
-    )
+    # a number no X server holds (a killed server's stale lock does not count: the recorder's own rule),
+    # and Xvfb says when it listens (-displayfd) rather than a socket file that may be a stale one
+    used = _displays_in_use()
+    num = next(n for n in range(90, 1000) if n not in used)
+    ready_r, ready_w = os.pipe()
     xvfb = subprocess.Popen(
-        ["Xvfb", f":{num}", "-screen", "0", "320x240x24", "-nolisten", "tcp"],
+        ["Xvfb", f":{num}", "-displayfd", str(ready_w), "-screen", "0", "320x240x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        pass_fds=(ready_w,),
     )
-    deadline = time.monotonic() + 10
-    while not os.path.exists(f"/tmp/.X11-unix/X{num}"):
-        assert time.monotonic() < deadline and xvfb.poll() is None, "Xvfb did not start"
-        time.sleep(0.1)
+    os.close(ready_w)
+    with os.fdopen(ready_r) as ready:
+        said = ready.readline().strip()  # the display number, once it accepts clients; "" if it died
+    assert said == str(num) and xvfb.poll() is None, "Xvfb did not start"
     clock = subprocess.Popen(
         ["xclock", "-update", "1", "-digital", "-geometry", "300x80+5+5"],
         env={**os.environ, "DISPLAY": f":{num}"},
