@@ -18,6 +18,7 @@ spec.loader.exec_module(chaos)
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_every_component_killed_once_loses_nothing_but_the_recorders_last_second(tmp_path):
     report = chaos.run_components(
         sessions=3,

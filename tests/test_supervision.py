@@ -122,6 +122,7 @@ def loose_modes(root: Path) -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_lucid_up_restarts_what_dies_and_recordings_go_on(lucid_up):
     data, ports, proc = lucid_up["data"], lucid_up["ports"], lucid_up["proc"]
     sup = supervisor(data)
