@@ -707,6 +707,11 @@ def main() -> int:
         if started and not args.keep:
             runs_finished(env, timeout=180)  # a run container still on the network would keep it (and its volumes)
             run([str(COMPOSE), "down", "-v", "--remove-orphans"], env=env, check=False)
+            late = run_containers(env)  # a run launched after the wait kept the network: it and its volumes
+            if late:
+                say(f"{len(late)} run containers started after the last wait: removed, then down again")
+                run(["docker", "rm", "-f", *late], env=env, check=False)
+                run([str(COMPOSE), "down", "-v", "--remove-orphans"], env=env, check=False)
         if not args.keep:
             shutil.rmtree(secrets, ignore_errors=True)
 

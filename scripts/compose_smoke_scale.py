@@ -176,6 +176,10 @@ def main() -> int:
         if started and not args.keep:
             smoke.runs_finished(env, timeout=180)
             compose(env, "down", "-v", "--remove-orphans", check=False)
+            late = smoke.run_containers(env)  # a run launched after the wait kept the network
+            if late:
+                smoke.run(["docker", "rm", "-f", *late], env=env, check=False)
+                compose(env, "down", "-v", "--remove-orphans", check=False)
         if not args.keep:
             shutil.rmtree(secrets, ignore_errors=True)
 
