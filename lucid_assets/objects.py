@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ class Objects(Protocol):
     def stat(self, key: str) -> Entry | None: ...
     def list(self, prefix: str) -> list[Entry]: ...
     def dirs(self, prefix: str) -> list[str]: ...
+    def files(self, prefix: str) -> list[Entry]: ...
     def delete(self, key: str, *, scrub: bool = False) -> bool: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def move_prefix(self, src: str, dst: str) -> int: ...
@@ -164,6 +166,25 @@ class LocalObjects:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+    def files(self, prefix: str) -> list[Entry]:
+        """The objects directly under `prefix` (a "directory"), not those of its subdirectories."""
+        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        out = []
+        try:
+            children = list(base.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for p in children:
+            if is_atomic_tmp(p.name) or p.name == ".cas.lock":
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                out.append(Entry(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: e.key)
 
     def delete(self, key: str, *, scrub: bool = False) -> bool:
         path = self.path(key)
@@ -370,6 +391,13 @@ class S3Objects:
         for page in self._pages(p, Delimiter="/"):
             out += [c["Prefix"][len(p) :].rstrip("/") for c in page.get("CommonPrefixes", [])]
         return sorted(out)
+
+    def files(self, prefix: str) -> list[Entry]:
+        p, out = self._p(prefix), []
+        for page in self._pages(p, Delimiter="/"):
+            for o in page.get("Contents", []):
+                out.append(Entry(o["Key"][len(self.prefix) :], int(o["Size"]), o["LastModified"].timestamp()))
+        return sorted(out, key=lambda e: e.key)
 
     def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):

@@ -119,7 +119,7 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
 def insight_rows(store: ChunkStore, keyring: Keyring, sid: str, text_index) -> list[dict]:
     """The session's lucid.session_insight row from its sealed insight records (none when it has
     none, or no data key any more)."""
-    if not store.objects.list(store.derived_prefix(sid)):
+    if not store.objects.dirs(store.derived_prefix(sid)):  # one directory per product; no listing of them all
         return []
     try:
         view = SessionView(store, keyring, sid)

@@ -88,8 +88,8 @@ def in_parallel(fn, items: Iterable, workers: int = 16) -> list:
 class ChunkStore:
     def __init__(self, root: Path | str | Objects, *, index_path: Path | None = None):
         self.objects: Objects = root if hasattr(root, "put") else LocalObjects(Path(root))
-        local = self.objects.local_path("x")
-        self._index_path = index_path or (local.parent / ".insight" / "text-index.sqlite" if local else None)
+        local = self.objects.root if isinstance(self.objects, LocalObjects) else None
+        self._index_path = index_path or (local / ".insight" / "text-index.sqlite" if local else None)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ChunkStore:
@@ -103,14 +103,13 @@ class ChunkStore:
     @property
     def root(self) -> Path:
         """The directory of a local store (tests and the stale-temporary-file sweep work on it)."""
-        local = self.objects.local_path("x")
-        if local is None:
+        if not isinstance(self.objects, LocalObjects):
             raise AttributeError(f"{self.location} is a bucket, not a directory")
-        return local.parent
+        return self.objects.root
 
     @property
     def is_local(self) -> bool:
-        return self.objects.local_path("x") is not None
+        return isinstance(self.objects, LocalObjects)
 
     @property
     def index_path(self) -> Path:
@@ -282,9 +281,8 @@ class ChunkStore:
     def manifest_versions(self, session_id: str) -> list[int]:
         sid = self._sid(session_id)
         out = []
-        for e in self.objects.list(sid):
-            rest = e.key[len(sid) + 1 :]
-            if "/" not in rest and (m := _MANIFEST.match(rest)):
+        for e in self.objects.files(sid):
+            if m := _MANIFEST.match(e.key[len(sid) + 1 :]):
                 out.append(int(m.group(1)))
         return sorted(out)
 
@@ -341,9 +339,9 @@ class ChunkStore:
         """Every object of the live checkpoint chain by name (superseded chains are a record, not
         part of it), except atomic_write's temporary files, which nothing reads."""
         out = {}
-        for e in self.objects.list(f"{self._sid(session_id)}/checkpoints"):
+        for e in self.objects.files(f"{self._sid(session_id)}/checkpoints"):
             name = e.key.rsplit("/", 1)[1]
-            if e.key.count("/") == 2 and not is_atomic_tmp(name) and (data := self.objects.get(e.key)) is not None:
+            if not is_atomic_tmp(name) and (data := self.objects.get(e.key)) is not None:
                 out[name] = data
         return out
 

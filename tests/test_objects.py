@@ -74,6 +74,9 @@ def test_list_dirs_delete_and_move(objects):
     assert [e.key for e in objects.list("a/chunks/")] == ["a/chunks/00000000.luce", "a/chunks/00000001.luce"]
     assert objects.list("nothing") == [] and objects.dirs("nothing") == []
     assert objects.dirs("") == ["a", "b"] and objects.dirs("a") == ["chunks"]
+    assert [e.key for e in objects.files("a")] == ["a/manifest.v1.json"], "not the subdirectory's objects"
+    assert [e.key for e in objects.files("")] == ["top"] and objects.files("nothing") == []
+    assert [e.key for e in objects.files("a/chunks/")] == everything[:2]
     assert all(e.mtime > 1e9 and e.size > 0 for e in objects.list(""))
     assert objects.move_prefix("a/chunks", "a/chunks.superseded-x") == 2
     assert objects.list("a/chunks/") == [] and len(objects.list("a/chunks.superseded-x")) == 2

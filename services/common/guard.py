@@ -117,11 +117,6 @@ def caller(request: Request) -> str:
     return request.state.caller
 
 
-def role(request: Request) -> str:
-    """The authenticated caller's role (`recorder-b` is a recorder)."""
-    return role_of(request.state.caller)
-
-
 def allow(*callers: str):
     """A route dependency: 403 unless the authenticated caller's role is one of `callers`."""
 
@@ -137,7 +132,11 @@ def allow(*callers: str):
 def check_recorder(request: Request, session) -> None:
     """A recorder acts only on the sessions it records (issue 17: the pipeline records the owner from
     the recorder's authenticated identity at its start); 403 for another recorder."""
-    who = caller(request)
+    refuse_other_recorder(session, caller(request))
+
+
+def refuse_other_recorder(session, who: str) -> None:
+    """403 not_owner when `session` is recorded by a recorder other than `who`."""
     if session.recorder is not None and session.recorder != who:
         detail = f"session {session.id} is recorded by {session.recorder}; {who} may not act on it"
         raise ApiError(403, "not_owner", detail, state=session.state)

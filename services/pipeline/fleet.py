@@ -21,6 +21,7 @@ from lucid_assets.models import RecorderBeat, Transition
 from lucid_assets.trust import RECORDER, role_of
 from services.common.db import Database
 from services.common.errors import ApiError
+from services.common.guard import refuse_other_recorder
 
 from . import registry
 from .models import ChunkRow, RecorderRow, SessionRow, now
@@ -82,9 +83,7 @@ def check_owner(row: SessionRow, who: str, event: Event | None = None) -> None:
     if event == Event.START and row.state == State.CREATED:
         row.recorder = who
         return
-    if row.recorder is not None and row.recorder != who:
-        detail = f"session {row.id} is recorded by {row.recorder}; {who} may not act on it"
-        raise ApiError(403, "not_owner", detail, state=row.state)
+    refuse_other_recorder(row, who)
 
 
 def _orphaned(s: Session, row: SessionRow, name: str, since: datetime, lapse: float) -> None:
