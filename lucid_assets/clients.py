@@ -25,6 +25,8 @@ from .models import (
     CredentialList,
     CredentialSecret,
     EventList,
+    Lease,
+    LeaseRenewal,
     ManifestSummary,
     Marked,
     OpenCredential,
@@ -50,6 +52,7 @@ from .models import (
     Transition,
     VerificationSummary,
     VerifyReport,
+    WorkClaim,
     WorkItem,
     WorkPage,
 )
@@ -175,6 +178,18 @@ class PipelineClient(ServiceClient):
     def pending(self, *, limit: int = 200) -> PendingPage:
         """Sessions with work for a processing batch, sealing first, then the longest waiting."""
         return PendingPage.model_validate(self.request("GET", "/work/pending", params={"limit": limit}))
+
+    def claim(self, holder: str, *, limit: int = 200, lease_seconds: int = 120) -> PendingPage:
+        """Pending sessions no other run holds, now held by `holder` (issue 17)."""
+        body = WorkClaim(holder=holder, limit=limit, lease_seconds=lease_seconds)
+        return PendingPage.model_validate(self.send("POST", "/work/claims", body))
+
+    def renew_claims(self, holder: str, *, lease_seconds: int = 120) -> Lease:
+        body = LeaseRenewal(lease_seconds=lease_seconds)
+        return Lease.model_validate(self.send("PUT", f"/work/claims/{holder}", body))
+
+    def release_claims(self, holder: str) -> Lease:
+        return Lease.model_validate(self.request("DELETE", f"/work/claims/{holder}"))
 
     def record_manifest(self, session_id: str, summary: ManifestSummary) -> Session:
         return Session.model_validate(self.send("PUT", f"/sessions/{session_id}/manifest", summary))

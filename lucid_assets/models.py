@@ -380,11 +380,33 @@ class Pending(BaseModel):
     session: Session
     chunks: list[RegisteredChunk] = Field(..., description="every registered chunk, in seq order")
     final: bool = Field(..., description="finalized: store what is left, then seal")
+    claimed_by: str | None = Field(None, description="the processing run that holds it now (issue 17)")
 
 
 class PendingPage(BaseModel):
     items: list[Pending]
     more: bool = Field(..., description="more sessions are waiting than this page holds")
+
+
+HOLDER = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+
+
+class WorkClaim(Strict):
+    """A processing run asks for sessions with work that no other run holds (issue 17)."""
+
+    holder: str = Field(..., pattern=HOLDER, description="who takes them: the run's id")
+    limit: StrictInt = Field(200, ge=1, le=2000, description="sessions at most")
+    lease_seconds: StrictInt = Field(120, ge=1, le=7200, description="held this long unless renewed")
+
+
+class LeaseRenewal(Strict):
+    lease_seconds: StrictInt = Field(120, ge=1, le=7200)
+
+
+class Lease(BaseModel):
+    holder: str
+    sessions: int = Field(..., description="sessions it holds")
+    expires_at: Iso | None = Field(None, description="when they lapse unless renewed (none held: null)")
 
 
 class Marked(BaseModel):

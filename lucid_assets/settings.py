@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # live batches start at most this often (a run costs ~2.5 CPU-s whatever it carries: bench/capacity.py);
     # finalized sessions do not wait for it
     batch_interval_seconds: int = 10
+    # issue 17: a batch run holds the sessions it claimed this long, renewing every third of it while it
+    # works; a run that dies frees them after at most this long (another run then takes them)
+    claim_lease_seconds: int = 120
     # issue 15: the insight follower derives activity, thumbnails and screen text of live sessions at most
     # this often (one run per interval whatever it carries: the lag budget is 60 s chunk stored -> searchable);
     # the backfill schedule (cron) re-derives sealed sessions whose derivation changed or never ran

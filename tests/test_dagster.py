@@ -607,6 +607,36 @@ def test_one_batch_run_reports_each_session_it_touched_and_no_other(fresh_pipeli
     )
 
 
+def test_a_batch_run_leaves_what_another_run_holds(fresh_pipeline, tmp_path):
+    """Issue 17: two processing workers split the queue. A session another run has claimed is not
+    touched (no event, not sealed); the run releases its own claims when it ends, and once the other
+    run lets go the next batch seals what it held."""
+    from lucid_assets.defs.sessions.batch import process_sessions
+
+    api = pipeline_client(fresh_pipeline)
+    live = recorded_and_finalized(api, tmp_path, "live", finalize=False)
+    held = recorded_and_finalized(api, tmp_path, "held")
+    taken = api.post("/work/claims", json={"holder": "other-worker", "limit": 1, "lease_seconds": 300}).json()
+    assert [i["session"]["id"] for i in taken["items"]] == [held], "finalized sessions are claimed first"
+    resources = {
+        "pipeline": PipelineResource(url=fresh_pipeline.url("pipeline"), token_file=token_file(fresh_pipeline)),
+        "vault": VaultResource.from_settings(Settings(data_dir=tmp_path / "data", generate_keys=True)),
+    }
+    with dg.instance_for_test() as instance:
+        result = process_sessions.execute_in_process(instance=instance, resources=resources)
+        mats = _events(instance, result.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert [p for p, _ in mats["stored_chunks"]] == [live] and "session_manifest" not in mats
+        assert api.get(f"/sessions/{held}").json()["state"] == "processing"
+        holders = {i["session"]["id"]: i["claimed_by"] for i in api.get("/work/pending").json()["items"]}
+        assert holders == {held: "other-worker"}, "the run released its own claims; the other's stand"
+        assert api.delete("/work/claims/other-worker").json()["sessions"] == 1
+        after = process_sessions.execute_in_process(instance=instance, resources=resources)
+        mats = _events(instance, after.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert [p for p, _ in mats["session_manifest"]] == [held]
+    assert api.get(f"/sessions/{held}").json()["state"] == "sealed"
+    assert api.get("/work/pending").json()["items"] == []
+
+
 def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp_path):
     """In one batch: a live session whose staging file is gone, a finalized one whose chunk was
     tampered with on disk, and a healthy finalized one. The healthy one is sealed in this run; the
@@ -645,6 +675,8 @@ def test_a_failing_session_does_not_fail_or_delay_the_others(fresh_pipeline, tmp
     assert t["state"] == "failed" and "chunk 1" in t["failure_reason"] and "SHA-256" in t["failure_reason"], t
     g = api.get(f"/sessions/{gone}").json()
     assert g["state"] == "recording" and g["chunks_stored"] == 0  # live: left for the next batch to retry
+    waiting = api.get("/work/pending").json()["items"]
+    assert [(i["session"]["id"], i["claimed_by"]) for i in waiting] == [(gone, None)], "a failed run releases too"
 
 
 def test_every_processing_run_is_bounded_by_run_monitoring():

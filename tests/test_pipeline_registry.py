@@ -1,5 +1,6 @@
 """The pipeline service on SQLite and on a real PostgreSQL: transitions, concurrency, audit chain."""
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,3 +127,80 @@ def test_list_filters_in_the_database(pipeline):
     both = c.get("/sessions", params=[("label", f"batch={tag}"), ("label", "n=1")]).json()
     assert [s["name"] for s in both["items"]] == ["f1"]
     assert c.get("/sessions", params={"label": "n"}).json()["total"] >= 3  # key present, any value
+
+
+def _claim(c, holder: str, **kw) -> set[str]:
+    r = c.post("/work/claims", json={"holder": holder, "limit": 2000, **kw})
+    assert r.status_code == 200, r.text
+    return {i["session"]["id"] for i in r.json()["items"]}
+
+
+def test_claims_split_the_queue_between_runs(pipeline):
+    """Issue 17: a run's claim keeps other runs off its sessions until it releases them or its lease
+    lapses; its own claim again renews them; /work/pending says who holds what."""
+    c = pipeline
+    mine = set()
+    for _ in range(3):
+        sid = new_session(c)
+        c.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+        c.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "d" * 64, "size": 3, "path": "/z"})
+        mine.add(sid)
+    a = _claim(c, "run-a")
+    assert mine <= a
+    assert not _claim(c, "run-b") & a, "nothing another run holds"
+    assert mine <= _claim(c, "run-a"), "its own claim again: still its"
+    held = {i["session"]["id"]: i["claimed_by"] for i in c.get("/work/pending", params={"limit": 2000}).json()["items"]}
+    assert {held[sid] for sid in mine} == {"run-a"}
+    renewed = c.put("/work/claims/run-a", json={"lease_seconds": 60}).json()
+    assert renewed["sessions"] >= 3 and renewed["expires_at"]
+    assert c.put("/work/claims/nobody", json={"lease_seconds": 60}).json() == {
+        "holder": "nobody",
+        "sessions": 0,
+        "expires_at": None,
+    }
+    assert c.delete("/work/claims/run-a").json()["sessions"] >= 3
+    assert mine <= _claim(c, "run-b"), "released: free at once"
+    c.delete("/work/claims/run-b")
+    assert mine <= _claim(c, "run-c", lease_seconds=1)
+    time.sleep(1.2)
+    assert mine <= _claim(c, "run-d"), "a lease nobody renewed lapses"
+    c.delete("/work/claims/run-d")
+    for bad in ({"holder": "../x"}, {"holder": ""}, {"holder": "a", "lease_seconds": 0}, {"holder": "a", "limit": 0}):
+        r = c.post("/work/claims", json=bad)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", bad
+
+
+def test_two_pipeline_processes_hand_out_each_session_once(postgres_url, tmp_path):
+    """Two pipeline processes on one PostgreSQL (no lock shared between them but the database's),
+    six runs claiming at once through them: every session is held by one run at most."""
+    from tests.pg import fresh_database
+
+    with fresh_database(postgres_url, "claims") as url:
+        platforms = []
+        try:
+            for name in ("one", "two"):
+                p = Platform(
+                    data_dir=tmp_path / name,
+                    ports={n: free_port() for n in SERVICES},
+                    run=("pipeline",),
+                    webserver=False,
+                    daemon=False,
+                    extra_env={"LUCID_DATABASE_URL": url},
+                )
+                p.start(timeout=60)
+                platforms.append(p)
+            with pipeline_client(platforms[0]) as one, pipeline_client(platforms[1]) as two:
+                mine = set()
+                for _ in range(8):
+                    sid = new_session(one)
+                    one.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+                    one.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "e" * 64, "size": 3, "path": "/z"})
+                    mine.add(sid)
+                with ThreadPoolExecutor(6) as pool:
+                    taken = list(pool.map(lambda i: _claim((one, two)[i % 2], f"race-{i}", limit=3), range(6)))
+                for i, got in enumerate(taken):
+                    assert all(not got & other for other in taken[i + 1 :]), "one session, one holder"
+                assert set().union(*taken) == mine, "eight sessions, six runs of up to three: all taken"
+        finally:
+            for p in platforms:
+                p.stop()

@@ -97,4 +97,16 @@ class RecorderRow(SQLModel, table=True):
     lapsed_at: datetime | None = None  # its heartbeat lapsed and its live sessions were finalized
 
 
-TABLES = (SessionRow, ChunkRow, AuditRow, WorkItem, RecorderRow)
+class ClaimRow(SQLModel, table=True):
+    """A processing run's lease on a session (added in 0005, issue 17): while it holds, other runs
+    leave the session to it, so several processing workers split the queue instead of repeating
+    each other's work. A lease that is not renewed lapses; the work is idempotent either way."""
+
+    __tablename__ = "work_claims"
+    session_id: str = Field(primary_key=True)
+    holder: str = Field(index=True)  # the run that holds it (a Dagster run id)
+    claimed_at: datetime = Field(default_factory=now)
+    expires_at: datetime = Field(index=True)
+
+
+TABLES = (SessionRow, ChunkRow, AuditRow, WorkItem, RecorderRow, ClaimRow)

@@ -4,8 +4,10 @@ registration and the work queue. Every change happens in one write transaction."
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_
+from sqlalchemy import and_, case, delete, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from lucid_assets.core import audit, states
@@ -13,7 +15,7 @@ from lucid_assets.core.states import ChunkState, Event, Note, State, WorkReason
 from lucid_assets.models import CreateSession, ManifestSummary, RegisterChunk, StoredMark, Transition
 from services.common.errors import ApiError, not_found
 
-from .models import AuditRow, ChunkRow, SessionRow, WorkItem, now
+from .models import AuditRow, ChunkRow, ClaimRow, SessionRow, WorkItem, now
 
 
 def _iso(dt):
@@ -259,9 +261,13 @@ def audit_dicts(rows: list[AuditRow]) -> list[dict]:
     return [{"entry": r.entry, "prev_hash": r.prev_hash, "hash": r.hash} for r in rows]
 
 
-def pending(s: Session, limit: int) -> tuple[list[tuple[dict, list[dict], bool]], bool]:
+Page = list[tuple[dict, list[dict], bool]]
+
+
+def pending(s: Session, limit: int, *, held_by_others: str | None = None) -> tuple[Page, bool]:
     """Sessions with work for a processing batch: finalized and not sealed first, then those with
-    chunks not stored yet, the longest waiting first; each with its chunks. (page, more)."""
+    chunks not stored yet, the longest waiting first; each with its chunks. (page, more). With
+    `held_by_others` (a holder), the sessions another holder's live claim holds are left out."""
     waiting = (
         select(ChunkRow.session_id, func.min(ChunkRow.registered_at).label("since"))
         .where(ChunkRow.state == ChunkState.REGISTERED)
@@ -281,6 +287,9 @@ def pending(s: Session, limit: int) -> tuple[list[tuple[dict, list[dict], bool]]
         .order_by(case((SessionRow.state == State.PROCESSING, 0), else_=1), waiting.c.since, SessionRow.id)
         .limit(limit + 1)
     )
+    if held_by_others is not None:
+        held = select(ClaimRow.session_id).where(ClaimRow.expires_at > now(), ClaimRow.holder != held_by_others)
+        q = q.where(SessionRow.id.not_in(held))
     rows = list(s.exec(q).all())
     more, rows = len(rows) > limit, rows[:limit]
     ids = [r.id for r in rows]
@@ -289,3 +298,51 @@ def pending(s: Session, limit: int) -> tuple[list[tuple[dict, list[dict], bool]]
         chunks.setdefault(c.session_id, []).append(chunk_dict(c))
     t = totals(s, ids)
     return [(to_dict(r, t.get(r.id)), chunks.get(r.id, []), r.state == State.PROCESSING) for r in rows], more
+
+
+def claim(s: Session, holder: str, limit: int, lease_seconds: int) -> tuple[Page, bool]:
+    """Pending sessions no other live claim holds, now held by `holder` for `lease_seconds` (its own
+    earlier claims renewed). One atomic upsert decides each session: a claim that another holder
+    took meanwhile (another pipeline process, PostgreSQL) is not overwritten, and that session is
+    left out of the answer. (page, more)."""
+    t = now()
+    s.exec(delete(ClaimRow).where(ClaimRow.expires_at <= t))
+    page, more = pending(s, limit, held_by_others=holder)
+    if not page:
+        return [], more
+    until = t + timedelta(seconds=lease_seconds)
+    table = ClaimRow.__table__
+    insert = (postgresql if s.get_bind().dialect.name == "postgresql" else sqlite).insert(table)
+    stmt = (
+        insert.values(
+            [{"session_id": ses["id"], "holder": holder, "claimed_at": t, "expires_at": until} for ses, _, _ in page]
+        )
+        .on_conflict_do_update(
+            index_elements=[table.c.session_id],
+            set_={"holder": insert.excluded.holder, "claimed_at": t, "expires_at": until},
+            where=or_(table.c.holder == holder, table.c.expires_at <= t),
+        )
+        .returning(table.c.session_id)
+    )
+    won = set(s.exec(stmt).scalars())
+    return [item for item in page if item[0]["id"] in won], more
+
+
+def renew(s: Session, holder: str, lease_seconds: int) -> tuple[int, datetime | None]:
+    """Extend every claim `holder` still holds; (sessions held, new expiry)."""
+    t = now()
+    until = t + timedelta(seconds=lease_seconds)
+    n = s.exec(
+        update(ClaimRow).where(ClaimRow.holder == holder, ClaimRow.expires_at > t).values(expires_at=until)
+    ).rowcount
+    return n, (until if n else None)
+
+
+def release(s: Session, holder: str) -> int:
+    return s.exec(delete(ClaimRow).where(ClaimRow.holder == holder)).rowcount
+
+
+def holders(s: Session, ids: list[str]) -> dict[str, str]:
+    """The live claim's holder of each of these sessions that has one."""
+    rows = s.exec(select(ClaimRow).where(ClaimRow.session_id.in_(ids), ClaimRow.expires_at > now()))
+    return {r.session_id: r.holder for r in rows}

@@ -1,8 +1,17 @@
-"""Live processing in batches: one run takes every session with work (new chunks, or finalized and
-not sealed), does the same work as the assets for each, and reports, per session it touched, the
-materializations and checks the assets would have (partition = session). A session that fails is
-reported and left; the others go on. Finalized sessions are sealed (or failed) by the run itself."""
+"""Live processing in batches: one run claims every session with work (new chunks, or finalized and
+not sealed) that no other run holds, does the same work as the assets for each, and reports, per
+session it touched, the materializations and checks the assets would have (partition = session). A
+session that fails is reported and left; the others go on. Finalized sessions are sealed (or
+failed) by the run itself.
 
+Claims (issue 17) let several processing workers (concurrent batch runs, on one host or many) split
+the queue instead of each taking all of it: a run holds what it claimed for a lease it renews while
+it works and releases when it ends. A run that dies stops renewing and its sessions are free again
+within one lease. The claim is a division of labour, not the safety net: every step stays idempotent,
+so a run that outlives its lease and meets another on the same session does the same work twice and
+nothing else."""
+
+import threading
 import time
 
 import dagster as dg
@@ -11,6 +20,8 @@ from pydantic import Field
 from lucid_assets import processing
 from lucid_assets.clients import PipelineClient, ServiceError
 from lucid_assets.core.states import Event, State
+from lucid_assets.models import PendingPage
+from lucid_assets.settings import get_settings
 
 from ..resources import PipelineResource, VaultResource
 from .assets import chunks_check, manifest_check, manifest_metadata, stored_metadata
@@ -56,6 +67,41 @@ def _conclude(client: PipelineClient, sid: str, event: Event, reason: str) -> st
     return None
 
 
+class Claimed:
+    """The sessions one run claimed: renewed every third of the lease while it works, released when
+    it ends (however it ends, short of dying; then the lease lapses)."""
+
+    def __init__(self, client: PipelineClient, holder: str, lease_seconds: int, log):
+        self.client, self.holder, self.lease, self.log = client, holder, lease_seconds, log
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name="claim-renewer", daemon=True)
+
+    def take(self, limit: int) -> PendingPage:
+        page = self.client.claim(self.holder, limit=limit, lease_seconds=self.lease)
+        if page.items:
+            self._renewer.start()
+        return page
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.lease / 3):
+            try:
+                self.client.renew_claims(self.holder, lease_seconds=self.lease)
+            except (ServiceError, OSError) as exc:  # a lapsed lease costs repeated work, never wrong work
+                self.log.warning(f"could not renew this run's claims: {exc}")
+
+    def __enter__(self) -> "Claimed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._renewer.is_alive():
+            self._renewer.join()
+        try:
+            self.client.release_claims(self.holder)
+        except (ServiceError, OSError) as err:
+            self.log.warning(f"could not release this run's claims (they lapse in {self.lease} s): {err}")
+
+
 def _ensure_partitions(context: dg.OpExecutionContext, sids: list[str]) -> None:
     missing = [sid for sid in sids if not context.instance.has_dynamic_partition(sessions.name, sid)]
     if missing:
@@ -71,12 +117,21 @@ def process_pending(
     context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource, vault: VaultResource
 ) -> dg.Output:
     client, run = pipeline.client, context.run.run_id
+    with Claimed(client, run, get_settings().claim_lease_seconds, context.log) as claimed:
+        return _process(context, config, client, vault, claimed)
+
+
+# long: store, report, seal, conclude and summarize one claimed page, each step per session
+def _process(
+    context: dg.OpExecutionContext, config: BatchConfig, client: PipelineClient, vault: VaultResource, claimed: Claimed
+) -> dg.Output:
+    run = context.run.run_id
     cpu0 = time.process_time()  # Lucid's own work in this run, reported beside Dagster's (bench/capacity.py)
-    page = client.pending(limit=config.limit)
+    page = claimed.take(config.limit)
     works = [processing.Work(session=p.session, chunks=p.chunks) for p in page.items]
     final = {p.session.id for p in page.items if p.final}
     if not works:
-        context.log.info("no session has work")
+        context.log.info("no session has work that another run does not hold")
         return dg.Output(None, metadata={"sessions": 0, "chunks_stored": 0, "processing_cpu_s": 0.0})
     _ensure_partitions(context, [w.sid for w in works])
     processing.store(client, vault.vault, works)
