@@ -4,6 +4,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from lucid_assets.core import audit
@@ -27,6 +28,7 @@ def pipeline(request, tmp_path_factory):
     )
     p.start(timeout=60)
     with pipeline_client(p) as c:
+        c.platform = p  # for tests that present one component's token themselves
         yield c
     p.stop()
 
@@ -204,3 +206,30 @@ def test_two_pipeline_processes_hand_out_each_session_once(postgres_url, tmp_pat
         finally:
             for p in platforms:
                 p.stop()
+
+
+def test_the_gateway_routes_a_started_session_without_asking_the_pipeline_again(pipeline):
+    """Issue 17's note: every push and control cost the gateway two pipeline calls (the session, the
+    recorder list). A started session's owner never changes, and the list is reused for 2 s; a
+    start (placing) always asks anew."""
+    from lucid_assets.clients import PipelineClient
+    from lucid_assets.settings import Settings
+    from services.api.deps import Gateway
+
+    p = pipeline.platform
+    beat = {"url": "http://127.0.0.1:9/", "capacity": 2, "sources": ["push"]}
+    assert httpx.put(p.url("pipeline") + "/recorders/self", json=beat, headers=p.service_headers("recorder")).is_success
+    sid = new_session(pipeline)
+    pipeline.post(f"/sessions/{sid}/transitions", json={"event": "start"})  # as the recorder: it owns it
+    token = p.service_headers("api")["Authorization"].split()[1]
+    gw = Gateway(Settings(data_dir=p.data_dir), None, b"", PipelineClient(p.url("pipeline"), token=token), None)
+    asked = []
+    gw.pipeline.http.event_hooks["request"] = [lambda r: asked.append(r.url.path)]
+    assert gw.recorder_for(sid) == "http://127.0.0.1:9/"
+    assert asked == [f"/sessions/{sid}", "/recorders"]
+    asked.clear()
+    for _ in range(5):
+        assert gw.recorder_for(sid) == "http://127.0.0.1:9/"
+    assert asked == [], "known owner, fresh list: no call"
+    gw.recorder_for(sid, placing=True)
+    assert asked == [f"/sessions/{sid}", "/recorders"], "a start weighs the current load"
