@@ -25,6 +25,7 @@ from .models import (
     CredentialList,
     CredentialSecret,
     EventList,
+    IndexText,
     Lease,
     LeaseRenewal,
     ManifestSummary,
@@ -48,6 +49,7 @@ from .models import (
     Staged,
     StoredMark,
     StoredMarks,
+    TextIndexed,
     TextPage,
     Transition,
     VerificationSummary,
@@ -253,6 +255,10 @@ class StorageClient(ServiceClient):
                     timeout=httpx.Timeout(300.0, connect=5.0),
                 )
             )
+
+    def index_text(self, session_id: str, seqs: list[int]) -> TextIndexed:
+        """Have storage index these chunks' text records (and any it has not indexed yet) from the bucket."""
+        return TextIndexed.model_validate(self.send("POST", f"/sessions/{session_id}/text-index", IndexText(seqs=seqs)))
 
     def shred(self, session_id: str) -> ShredResult:
         return ShredResult.model_validate(

@@ -639,6 +639,18 @@ class TextLine(BaseModel):
     words: list[TextWord]
 
 
+class IndexText(Strict):
+    """Chunks whose text records a processing run just (re)wrote (issue 17: with a bucket, the storage
+    service indexes them from the bucket, whichever host derived them)."""
+
+    seqs: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] = Field(..., max_length=100_000)
+
+
+class TextIndexed(BaseModel):
+    indexed: int = Field(..., description="chunks (re)indexed by this call: the given ones and any not indexed yet")
+    chunks_indexed: int = Field(..., description="the session's chunks in the search index now")
+
+
 class TextPage(BaseModel):
     items: list[TextLine]
     chunks_derived: int = Field(..., description="chunks whose text is derived (the rest follow while it records)")

@@ -10,7 +10,9 @@ import uuid
 from datetime import UTC, datetime
 
 from .core import catalog, envelope
-from .insight.session import open_index
+from .core.states import Insight
+from .insight.records import Records
+from .insight.session import VERSIONS, open_index
 from .insight.view import NoKey, SessionView, summary_row
 from .keyring import Keyring
 from .lake import Lake
@@ -101,7 +103,7 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
     and table, so it can run over a damaged catalog or an empty one, and be repeated)."""
     lake.ensure_tables()
     counts = {"sessions": 0, catalog.CHUNKS: 0, catalog.SESSIONS: 0, catalog.INSIGHT: 0}
-    text_index = open_index(store)
+    text_index = open_index(store) if store.is_local else None  # a bucket's index is the storage service's
     try:
         for sid in store.sessions():
             chunk_rows, session_rows = rows_for(store, keyring, sid)
@@ -112,7 +114,8 @@ def rebuild(lake: Lake, store: ChunkStore, keyring: Keyring) -> dict:
                 counts[name] += len(rows)
             counts["sessions"] += 1
     finally:
-        text_index.close()
+        if text_index is not None:
+            text_index.close()
     return counts
 
 
@@ -125,4 +128,8 @@ def insight_rows(store: ChunkStore, keyring: Keyring, sid: str, text_index) -> l
         view = SessionView(store, keyring, sid)
     except NoKey:
         return []
-    return [summary_row(view, len(text_index.indexed_chunks(sid)))]
+    if text_index is not None:
+        indexed = text_index.indexed_chunks(sid)
+    else:  # from the bucket alone: the storage service indexes exactly the current text records
+        indexed = Records(store, sid).current(Insight.TEXT, VERSIONS[Insight.TEXT])
+    return [summary_row(view, len(indexed))]

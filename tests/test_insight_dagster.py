@@ -15,7 +15,7 @@ from lucid_assets.core.states import Insight
 from lucid_assets.defs.insight import assets as insight_assets
 from lucid_assets.defs.insight.backfill import BACKFILL_TAGS, insight_backfill_schedule, launch_insight_backfill
 from lucid_assets.defs.insight.follow import FOLLOW_TAGS, follow_insight, insight_follower
-from lucid_assets.defs.resources import PipelineResource, VaultResource
+from lucid_assets.defs.resources import PipelineResource, StorageServiceResource, VaultResource
 from lucid_assets.defs.sessions.assets import session_manifest, stored_chunks
 from lucid_assets.defs.sessions.partitions import sessions
 from lucid_assets.insight import derive, records
@@ -52,6 +52,8 @@ def setup(tmp_path_factory):
     resources = {
         "pipeline": PipelineResource(url=p.url("pipeline"), token_file=token_file(p)),
         "vault": VaultResource.from_settings(settings),
+        # a local store: the runs write this host's index themselves and never call storage
+        "storage": StorageServiceResource(url=p.url("storage"), token_file=token_file(p)),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(sessions.name, [sid])
@@ -152,3 +154,65 @@ def test_asset_rerun_for_one_product_and_the_backfill_schedule(setup):
         derive.THUMBS_VERSION,
         derive.TEXT_VERSION,
     }
+
+
+def test_on_a_bucket_the_storage_service_indexes_what_another_host_derived(seaweed, tmp_path, monkeypatch):
+    """Issue 17: with the chunk store in a bucket, a processing host that is not the storage service's
+    keeps no search index of its own: its run writes the sealed text records and tells storage which
+    chunks; storage indexes them from the bucket, and the search finds words only that host saw."""
+    import shutil
+
+    import httpx
+
+    from services.launcher import SERVICES, Platform
+    from tests.conftest import free_port
+    from tests.helpers import start_platform
+
+    backend = seaweed.backend()
+    for name, value in {**backend.credentials_env(), "LUCID_S3_ENDPOINT": backend.s3_url}.items():
+        monkeypatch.setenv(name, value)
+    p = start_platform(
+        Platform(
+            data_dir=tmp_path / "storage-host",
+            ports={n: free_port() for n in SERVICES},
+            run=("pipeline", "storage"),
+            webserver=False,
+            daemon=False,
+            extra_env=backend.env(),
+        )
+    )
+    try:
+        worker = tmp_path / "worker-host"
+        shutil.copytree(p.data_dir / "keys", worker / "keys")  # what a processing host is given
+        api = pipeline_client(p)
+        sid = api.post("/sessions", json={"name": "elsewhere", "video": {"width": 480, "height": 270, "fps": 4}}).json()
+        sid = sid["id"]
+        api.post(f"/sessions/{sid}/transitions", json={"event": "start", "encoder": "libx264"})
+        steps = [screenwork.Step("type", text="ops@far:~$ grep CUST-90417"), screenwork.Step("idle", seconds=3)]
+        segs, _ = screenwork.record(worker / "rec", steps, size=(480, 270), fps=4, chunk_seconds=3)
+        for seg in segs:
+            body = {"seq": seg.seq, "sha256": seg.sha256, "size": seg.size, "frames": seg.frames, "path": str(seg.path)}
+            api.post(f"/sessions/{sid}/chunks", json={**body, "duration_ms": seg.duration_ms})
+        resources = {
+            "pipeline": PipelineResource(url=p.url("pipeline"), token_file=token_file(p)),
+            "vault": VaultResource.from_settings(Settings(data_dir=worker, **backend.settings())),
+            "storage": StorageServiceResource(url=p.url("storage"), token_file=token_file(p)),
+        }
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(sessions.name, [sid])
+            assert dg.materialize([stored_chunks], partition_key=sid, instance=instance, resources=resources).success
+            assert follow_insight.execute_in_process(
+                instance=instance, resources=resources, run_config=ONE_PASS
+            ).success
+        assert not (worker / "insight").exists() and not list(worker.rglob("*.sqlite")), "no index on the worker"
+        with httpx.Client(base_url=p.url("storage"), headers=p.service_headers("api"), timeout=30) as storage:
+            hits = storage.post("/search", json={"q": "CUST-90417"}).json()["items"]
+            assert [h["session_id"] for h in hits] == [sid]
+            assert storage.post(f"/sessions/{sid}/text-index", json={"seqs": []}).status_code == 403, "Dagster's only"
+        with httpx.Client(base_url=p.url("storage"), headers=p.service_headers("dagster"), timeout=30) as dagster:
+            again = dagster.post(f"/sessions/{sid}/text-index", json={"seqs": [0]}).json()
+            assert again == {"indexed": 1, "chunks_indexed": len(segs)}, "idempotent: re-indexes what it is told"
+            bad = dagster.post(f"/sessions/{sid}/text-index", json={"seqs": [-1]})
+            assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
+    finally:
+        p.stop()

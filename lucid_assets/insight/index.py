@@ -91,6 +91,11 @@ def tokens(text: str) -> list[str]:
     return out
 
 
+def words(lines: Iterable[dict]) -> set[str]:
+    """The distinct words of a chunk's text lines (what the index holds for that chunk)."""
+    return {w for line in lines for w in tokens(line["text"])}
+
+
 def terms_of(word: str) -> Iterator[tuple[Kind, str]]:
     """What one indexed word contributes: itself and its proper prefixes of 3..12 characters."""
     yield Kind.WORD, word

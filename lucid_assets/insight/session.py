@@ -109,6 +109,7 @@ class Report:
     reads: Counter = field(default_factory=Counter)
     cpu: Counter = field(default_factory=Counter)
     error: str | None = None
+    text_seqs: list[int] = field(default_factory=list)  # chunks whose text record this run wrote
 
     def merge(self, other: Report) -> None:
         for name in ("chunks", "lines", "thumbnails", "undecodable", "active_seconds", "text_seconds"):
@@ -190,6 +191,8 @@ class SessionDeriver:
             out = dv.chunk(plain, t0, state)
             self._write(dek, key, seq, products, out, t0)
             self._count(rep, out)
+            if Insight.TEXT in products:
+                rep.text_seqs.append(seq)
             state = out.state
         return rep
 
@@ -205,8 +208,7 @@ class SessionDeriver:
             body = pack({**span, "lines": out.lines})
             self.recs.write(Insight.TEXT, seq, VERSIONS[Insight.TEXT], body, dek=dek)
             if self.index is not None:
-                words = {w for line in out.lines for w in index.tokens(line["text"])}
-                self.index.put_chunk(self.sid, seq, key, words)
+                self.index.put_chunk(self.sid, seq, key, index.words(out.lines))
         head, blobs = out.state.to_record()
         self.recs.write(Insight.STATE, seq, derive.STATE_VERSION, pack({**head, "t0": t0}, blobs), dek=dek)
         if seq > 0:  # only the newest state is read again (by the next chunk): the older one goes

@@ -10,7 +10,7 @@ from lucid_assets.settings import get_settings
 from services.common.app import make_app, peer_check
 
 from .deps import Storage
-from .routes import chunks, credentials, exports, insight, integrity, staging
+from .routes import chunks, credentials, exports, insight, integrity, staging, text_index
 
 
 def create_app():
@@ -35,6 +35,6 @@ def create_app():
         },
     )
     app.state.storage = storage
-    for module in (chunks, exports, integrity, credentials, insight, staging):
+    for module in (chunks, exports, integrity, credentials, insight, staging, text_index):
         app.include_router(module.router)
     return app

@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
+from lucid_assets.clients import ServiceError
 from lucid_assets.core import catalog
 from lucid_assets.core.states import Insight, State
 from lucid_assets.insight import session as insight
 from lucid_assets.insight.view import NoKey, SessionView, summary_row
 from lucid_assets.settings import get_settings
 
-from ..resources import PipelineResource, VaultResource
+from ..resources import PipelineResource, StorageServiceResource, VaultResource
 from ..sessions.assets import OWNERS
 from ..sessions.partitions import sessions
 
@@ -107,17 +108,26 @@ NICENESS = 10
 _NICE = ThreadPoolExecutor(1, thread_name_prefix="insight", initializer=_lower_priority)
 
 
-def derive(vault: VaultResource, sid: str, products: set[Insight], seqs: list[int] | None = None, deadline=None):
+def derive(
+    vault: VaultResource,
+    storage: StorageServiceResource,
+    sid: str,
+    products: set[Insight],
+    seqs: list[int] | None = None,
+    deadline=None,
+):
     """Derive one session (all its stored chunks, or `seqs`) on the niced thread; a Report whatever happens."""
-    return _NICE.submit(_derive, vault, sid, products, seqs, deadline).result()
+    return _NICE.submit(_derive, vault, storage, sid, products, seqs, deadline).result()
 
 
-def _derive(vault: VaultResource, sid: str, products: set[Insight], seqs: list[int] | None, deadline):
-    text_index = insight.open_index(vault.store) if Insight.TEXT in products else None
+def _derive(vault: VaultResource, storage: StorageServiceResource, sid, products, seqs, deadline):
+    # a local store: this host's index file, written as each chunk's text is; a bucket: the storage
+    # service indexes the records this run wrote, so one index serves every processing host (issue 17)
+    store = vault.store
+    text_index = insight.open_index(store) if Insight.TEXT in products and store.is_local else None
     try:
-        todo = seqs if seqs is not None else vault.store.stored_seqs(sid)
-        deriver = insight.SessionDeriver(vault.store, vault.keyring, sid, text_index)
-        return deriver.run(products, todo, deadline=deadline)
+        todo = seqs if seqs is not None else store.stored_seqs(sid)
+        rep = insight.SessionDeriver(store, vault.keyring, sid, text_index).run(products, todo, deadline=deadline)
     except Exception as exc:  # one session's failure is reported, never the run's
         rep = insight.Report(sid)
         rep.error = f"{type(exc).__name__}: {exc}"
@@ -125,20 +135,35 @@ def _derive(vault: VaultResource, sid: str, products: set[Insight], seqs: list[i
     finally:
         if text_index is not None:
             text_index.close()
+    if rep.text_seqs and not store.is_local:
+        try:
+            storage.client.index_text(sid, rep.text_seqs)
+        except ServiceError as exc:  # derived and sealed, not searchable yet: the next call catches up
+            rep.error = rep.error or f"search index: {exc}"
+    return rep
 
 
-def catalogue(vault: VaultResource, sid: str) -> bool:
+def indexed_chunks(vault: VaultResource, storage: StorageServiceResource, sid: str) -> int:
+    """How many of the session's chunks the search index holds (asking storage, the index's writer,
+    when the store is a bucket: that call also indexes any record not indexed yet)."""
+    if not vault.store.is_local:
+        return storage.client.index_text(sid, []).chunks_indexed
+    text_index = insight.open_index(vault.store)
+    try:
+        return len(text_index.indexed_chunks(sid))
+    finally:
+        text_index.close()
+
+
+def catalogue(vault: VaultResource, storage: StorageServiceResource, sid: str) -> bool:
     """Write the session's lucid.session_insight row once every stored chunk has every product
     (called for sealed sessions: a live one would commit a snapshot per follower run)."""
     if insight.todo(vault.store, sid):
         return False
-    text_index = insight.open_index(vault.store)
     try:
-        row = summary_row(SessionView(vault.store, vault.keyring, sid), len(text_index.indexed_chunks(sid)))
-    except NoKey:
+        row = summary_row(SessionView(vault.store, vault.keyring, sid), indexed_chunks(vault, storage, sid))
+    except (NoKey, ServiceError):
         return False
-    finally:
-        text_index.close()
     vault.lake.replace_rows(catalog.INSIGHT, sid, [row])
     return True
 
@@ -150,7 +175,12 @@ def catalogue(vault: VaultResource, sid: str) -> bool:
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=get_settings().insight_sessions_per_run),
     op_tags={INSIGHT_TAG: "asset"},
 )
-def session_insight(context: dg.AssetExecutionContext, pipeline: PipelineResource, vault: VaultResource):
+def session_insight(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    vault: VaultResource,
+    storage: StorageServiceResource,
+):
     products = {PRODUCT_OF[k] for k in context.selected_asset_keys}
     reports, skipped = [], []
     cpu0 = time.process_time()
@@ -159,10 +189,10 @@ def session_insight(context: dg.AssetExecutionContext, pipeline: PipelineResourc
         if state in (State.DELETED, State.CREATED):
             skipped.append(f"{sid} is {state}")
             continue
-        rep = derive(vault, sid, products)
+        rep = derive(vault, storage, sid, products)
         reports.append(rep)
         if state == State.SEALED and rep.error is None:
-            catalogue(vault, sid)
+            catalogue(vault, storage, sid)
         context.log.info(
             f"{sid}: {rep.chunks} chunks, {rep.lines} lines, {rep.thumbnails} thumbnails"
             + (f"; {rep.error}" if rep.error else "")

@@ -14,7 +14,7 @@ from lucid_assets.core.states import Insight, State
 from lucid_assets.insight import session as insight
 from lucid_assets.settings import get_settings
 
-from ..resources import PipelineResource, VaultResource
+from ..resources import PipelineResource, StorageServiceResource, VaultResource
 from ..sessions.batch import MAX_RUNTIME_TAG
 from ..sessions.partitions import sessions
 from ..sessions.sensors import WAITING
@@ -46,7 +46,14 @@ class Tally:
     catalogued: int = 0
 
 
-def _one_pass(context: dg.OpExecutionContext, pipeline: PipelineResource, vault: VaultResource, deadline, tally) -> int:
+def _one_pass(
+    context: dg.OpExecutionContext,
+    pipeline: PipelineResource,
+    vault: VaultResource,
+    storage: StorageServiceResource,
+    deadline,
+    tally,
+) -> int:
     """Derive what the live and recent sessions' stored chunks lack; how many chunks it derived."""
     work = insight.follow_candidates(vault.store, live_sessions(pipeline))
     new = [sid for sid in work if not context.instance.has_dynamic_partition(sessions.name, sid)]
@@ -58,14 +65,14 @@ def _one_pass(context: dg.OpExecutionContext, pipeline: PipelineResource, vault:
             break
         first = min(min(seqs) for seqs in per.values())
         seqs = [s for s in vault.store.stored_seqs(sid) if s >= first]
-        rep = derive(vault, sid, set(per), seqs, deadline)
+        rep = derive(vault, storage, sid, set(per), seqs, deadline)
         done += rep.chunks
         tally.sessions.add(sid)
         tally.failed += rep.error is not None
         for p in per:
             context.log_event(dg.AssetMaterialization(KEYS[p], partition=sid, metadata=rep.metadata(p)))
         if rep.error is None and pipeline.client.session(sid).state == State.SEALED:
-            tally.catalogued += catalogue(vault, sid)
+            tally.catalogued += catalogue(vault, storage, sid)
         if Insight.TEXT in per:
             check = coverage(rep)
             context.log_event(
@@ -91,12 +98,16 @@ def _one_pass(context: dg.OpExecutionContext, pipeline: PipelineResource, vault:
     "there is work (up to its budget), so Dagster's per-run cost is paid once, not per chunk."
 )
 def derive_live(
-    context: dg.OpExecutionContext, config: FollowConfig, pipeline: PipelineResource, vault: VaultResource
+    context: dg.OpExecutionContext,
+    config: FollowConfig,
+    pipeline: PipelineResource,
+    vault: VaultResource,
+    storage: StorageServiceResource,
 ) -> dg.Output:
     cpu0, deadline = time.process_time(), time.monotonic() + config.budget_seconds
     tally, idle_since = Tally(), time.monotonic()
     while time.monotonic() < deadline:
-        if _one_pass(context, pipeline, vault, deadline, tally):
+        if _one_pass(context, pipeline, vault, storage, deadline, tally):
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since >= config.idle_exit_seconds:
             break
