@@ -6,6 +6,7 @@ no Dagster: an error answer is a `ServiceError` carrying the peer's status and J
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -127,22 +128,30 @@ class PipelineClient(ServiceClient):
         return Session.model_validate(self.send("POST", "/sessions", body, headers=_on_behalf(actor)))
 
     def sessions(
-        self, *, state: str | None = None, labels: Iterable[str] = (), limit: int = 50, offset: int = 0
+        self,
+        *,
+        state: str | None = None,
+        labels: Iterable[str] = (),
+        limit: int = 50,
+        offset: int = 0,
+        changed_since: datetime | None = None,
     ) -> SessionPage:
         params = {"limit": limit, "offset": offset, "label": list(labels)}
         if state:
             params["state"] = str(state)
+        if changed_since is not None:
+            params["changed_since"] = changed_since.isoformat()
         return SessionPage.model_validate(self.request("GET", "/sessions", params=params))
 
     def spans(self, *, labels: Iterable[str] = ()) -> SessionSpans:
         """Every matching session's id, name and recording span, newest first (no paging)."""
         return SessionSpans.model_validate(self.request("GET", "/sessions/spans", params={"label": list(labels)}))
 
-    def all_sessions(self, state: str) -> list[Session]:
-        """Every session in `state`, page by page."""
+    def all_sessions(self, state: str | None = None, *, changed_since: datetime | None = None) -> list[Session]:
+        """Every session in `state` (and whose state changed since `changed_since`), page by page."""
         out: list[Session] = []
         while True:
-            page = self.sessions(state=state, limit=500, offset=len(out))
+            page = self.sessions(state=state, limit=500, offset=len(out), changed_since=changed_since)
             out += page.items
             if len(out) >= page.total or not page.items:
                 return out

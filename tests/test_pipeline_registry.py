@@ -3,6 +3,7 @@
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -129,6 +130,17 @@ def test_list_filters_in_the_database(pipeline):
     both = c.get("/sessions", params=[("label", f"batch={tag}"), ("label", "n=1")]).json()
     assert [s["name"] for s in both["items"]] == ["f1"]
     assert c.get("/sessions", params={"label": "n"}).json()["total"] >= 3  # key present, any value
+    # changed_since (the insight follower's recent sessions), in UTC whatever offset it is given in
+    ids = {s["id"]: s for s in c.get("/sessions", params={"label": f"batch={tag}"}).json()["items"]}
+    first = min(ids.values(), key=lambda s: s["updated_at"])
+    started = c.post(f"/sessions/{first['id']}/transitions", json={"event": "start"}).json()["updated_at"]
+    at = datetime.fromisoformat(started)
+    for since in (at, at.astimezone(timezone(timedelta(hours=-5)))):
+        page = c.get("/sessions", params={"label": f"batch={tag}", "changed_since": since.isoformat()}).json()
+        assert [s["id"] for s in page["items"]] == [first["id"]], since
+    later = (at + timedelta(seconds=1)).isoformat()
+    assert c.get("/sessions", params={"label": f"batch={tag}", "changed_since": later}).json()["total"] == 0
+    assert c.get("/sessions", params={"changed_since": "yesterday"}).status_code == 422
 
 
 def _claim(c, holder: str, **kw) -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,18 +67,13 @@ def stale(store: ChunkStore, session_id: str, products=PRODUCTS) -> bool:
     return False
 
 
-def follow_candidates(
-    store: ChunkStore, live: set[str], recent_seconds: int = 3600
-) -> dict[str, dict[Insight, list[int]]]:
-    """What the live follower has to do: the live sessions' chunks not derived yet, and those of
-    sessions whose chunks changed in the last `recent_seconds` (finalized and sealed meanwhile).
-    Older sessions are the backfill's (`backfill_candidates`). Costs a stat per session."""
-    now, out = time.time(), {}
-    for sid in store.sessions():
-        if sid not in live:
-            last = store.last_write(sid)
-            if last is None or now - last > recent_seconds:
-                continue
+def follow_candidates(store: ChunkStore, sessions: Iterable[str]) -> dict[str, dict[Insight, list[int]]]:
+    """What the live follower has to do: these sessions' stored chunks not derived yet (the caller
+    names the live sessions and those that changed state recently: finalized or sealed meanwhile).
+    Older sessions are the backfill's (`backfill_candidates`). Looks at no other session: on a
+    bucket, each one looked at costs a listing or two."""
+    out = {}
+    for sid in sorted(set(sessions)):
         if store.has_data_key(sid) and (work := todo(store, sid, new_only=True)):
             out[sid] = work
     return out

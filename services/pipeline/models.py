@@ -30,7 +30,7 @@ class SessionRow(SQLModel, table=True):
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     sealed_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now, index=True)  # indexed (0005): the insight follower's recent ones
     expected_chunks: int | None = None  # known once the recorder has finalized
     merkle_root: str | None = None
     manifest_version: int | None = None

@@ -6,6 +6,7 @@ it touched, like the processing batch does."""
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from pydantic import Field
@@ -34,8 +35,19 @@ class FollowConfig(dg.Config):
     )
 
 
+RECENT = timedelta(hours=1)  # an ended session's chunks are still the follower's this long, then the backfill's
+
+
 def live_sessions(pipeline: PipelineResource) -> set[str]:
     return {s.id for state in LIVE for s in pipeline.client.all_sessions(state)}
+
+
+def followed_sessions(pipeline: PipelineResource) -> set[str]:
+    """The live sessions, and those whose state changed in the last hour (stopped, sealed): one
+    query each to the pipeline instead of a look at every session the store holds."""
+    recent = pipeline.client.all_sessions(changed_since=datetime.now(UTC) - RECENT)
+    gone = (State.DELETED, State.CREATED)
+    return live_sessions(pipeline) | {s.id for s in recent if s.state not in gone}
 
 
 @dataclass
@@ -55,7 +67,7 @@ def _one_pass(
     tally,
 ) -> int:
     """Derive what the live and recent sessions' stored chunks lack; how many chunks it derived."""
-    work = insight.follow_candidates(vault.store, live_sessions(pipeline))
+    work = insight.follow_candidates(vault.store, followed_sessions(pipeline))
     new = [sid for sid in work if not context.instance.has_dynamic_partition(sessions.name, sid)]
     if new:
         context.instance.add_dynamic_partitions(sessions.name, new)
@@ -145,7 +157,7 @@ def insight_follower(interval: int) -> dg.SensorDefinition:
     def sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource, vault: VaultResource):
         if follower_active(context.instance):
             return dg.SkipReason("a follow_insight run is queued or running")
-        work = insight.follow_candidates(vault.store, live_sessions(pipeline))
+        work = insight.follow_candidates(vault.store, followed_sessions(pipeline))
         if not work:
             return dg.SkipReason("every stored chunk of the live and recent sessions has its insight")
         n = sum(len(set().union(*per.values())) for per in work.values())

@@ -3,6 +3,8 @@ verification, audit notes)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import func
 from sqlmodel import select
@@ -47,11 +49,16 @@ def list_sessions(
     label: list[LabelFilter] = Query(default=[], description="key (has the label) or key=value"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    changed_since: datetime | None = Query(None, description="only those whose state changed at or after this time"),
 ):
     with db.read() as s:
         q = select(SessionRow)
         if state:
             q = q.where(SessionRow.state == state)
+        if changed_since is not None:
+            # stored as UTC (SQLite keeps no offset): compare in UTC whatever offset the caller gave
+            since = changed_since.astimezone(UTC) if changed_since.tzinfo else changed_since.replace(tzinfo=UTC)
+            q = q.where(SessionRow.updated_at >= since)
         for lab in label:  # label=key or label=key=value, filtered in the database
             k, _, v = lab.partition("=")
             q = q.where(SessionRow.labels[k].as_string() == v) if v else q.where(SessionRow.labels[k].is_not(None))
