@@ -8,7 +8,8 @@ only, runs on the host; not part of .ci/run, whose smoke covers the base stack):
   recorders announce themselves, record two sessions at once (the gateway places one on each), stop
   them, wait until Dagster's run containers have sealed them, verify and export both, check from
   inside the storage container that the envelopes are in the bucket and the catalog is the REST one,
-  and tear it all down (volumes included) unless --keep.
+  find a word a pushed screen showed with /v1/search (indexed by storage from the bucket), and tear
+  it all down (volumes included) unless --keep.
 
 A project of its own on free host ports, like scripts/compose_smoke.py, whose helpers it uses."""
 
@@ -163,6 +164,12 @@ def main() -> int:
         if not seen["store"].startswith("s3://") or seen["catalog"] != "RestCatalog":
             smoke.say(f"not on S3 and the REST catalog: {seen}")
             return 1
+        # the search index is the storage service's: the runs (containers) only say which chunks' text
+        # records they wrote to the bucket
+        if wrong := smoke.search_what_a_screen_showed(env, api, numbers, timeout):
+            smoke.say(wrong)
+            return 1
+        smoke.say(f"a pushed screen's word was found by /v1/search {numbers['search_after_sealed_s']} s after the seal")
         smoke.say("two recorders, no shared volume, sealed from the bucket through the REST catalog: OK")
         print(json.dumps(numbers, indent=2))
         return 0
