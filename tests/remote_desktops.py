@@ -106,25 +106,28 @@ def rdp_shadow_server(
     color: str = "#c03020",
     width: int = 1280,
     height: int = 720,
+    right: str | None = None,
 ) -> Iterator[RdpServer]:
     """FreeRDP's shadow server on 127.0.0.1 and a free port, sharing an Xvfb covered by one window
-    of `color` (xlogo drawn in its background colour). nla=True: NLA only, `user`/`password` from a
-    SAM file; nla=False: TLS only and no authentication."""
+    of `color` (xlogo drawn in its background colour), or its left half and `right` the other.
+    nla=True: NLA only, `user`/`password` from a SAM file; nla=False: TLS only and no authentication."""
     need("Xvfb", "xlogo", "freerdp-shadow-cli", "winpr-hash")
     home = Path(tempfile.mkdtemp(prefix="lucid-rdp-server-"))
     procs: list[subprocess.Popen] = []
     with x_display(width, height) as display:
         try:
             env = {"PATH": os.defpath, "HOME": str(home), "DISPLAY": display}
-            procs.append(
-                subprocess.Popen(
-                    ["xlogo", "-bg", color, "-fg", color, "-bw", "0", "-geometry", f"{width}x{height}+0+0"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
+            halves = [(color, 0, width)] if right is None else [(color, 0, width // 2), (right, width // 2, width // 2)]
+            for fill, x, w in halves:
+                procs.append(
+                    subprocess.Popen(
+                        ["xlogo", "-bg", fill, "-fg", fill, "-bw", "0", "-geometry", f"{w}x{height}+{x}+0"],
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 )
-            )
             port = free_port()
             argv = ["freerdp-shadow-cli", f"/port:{port}", "/bind-address:127.0.0.1"]
             if nla:

@@ -56,6 +56,23 @@ def test_rdp_desktop_is_recorded_and_a_lost_server_ends_it_sealed(admin, server,
     assert PASSWORD not in str(events) + str(s)
 
 
+def test_a_desktop_larger_than_the_recording_is_scaled_into_it(admin, credential, tmp_path):
+    """Issue 18: an RDP server whose desktop is larger than the recording (a shadow server cannot
+    take the size asked for) is scaled to the recording's size, not cut to its top-left part: the
+    right half of the desktop (blue) is the right half of the recording."""
+    with rdp_shadow_server(USER, PASSWORD, width=2 * W, height=2 * H, right="#2040c0") as big:
+        sid = create(admin, "rdp-big", source=source(big, credential), width=W, height=H, fps=5)
+        assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
+        time.sleep(4)
+        assert admin.post(f"/v1/sessions/{sid}/stop").status_code == 200
+        assert wait_state(admin, sid, {"sealed", "failed"})["state"] == "sealed"
+    download(admin, sid, tmp_path / "big.ts")
+    frames = decode(tmp_path / "big.ts")
+    assert (frames[-1].width, frames[-1].height) == (W, H)
+    left, right = mean_rgb(frames[-1], (0.05, 0.1, 0.4, 0.9)), mean_rgb(frames[-1], (0.6, 0.1, 0.95, 0.9))
+    assert near(left, RED) and near(right, (32, 64, 192)), (left, right)
+
+
 def test_rdp_wrong_password_is_refused_with_a_reason(admin, server):
     name = f"rdp-wrong-{random.randrange(10**6)}"
     body = {"name": name, "kind": "rdp", "username": USER, "password": "not-the-password"}

@@ -103,6 +103,7 @@ class RdpViewer:
             "/cert:tofu",
             "-sec-rdp",
             f"/size:{int(width)}x{int(height)}",
+            f"/smart-sizing:{int(width)}x{int(height)}",
             "-decorations",
             "-grab-keyboard",
             "-grab-mouse",
