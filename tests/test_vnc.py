@@ -21,7 +21,7 @@ from tests.helpers import create, decode, download, wait_state
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "vnc-Pa55-7f3a"
-RED, GREEN = (192, 48, 32), (32, 160, 64)
+RED, GREEN, BLUE = (192, 48, 32), (32, 160, 64), (32, 64, 192)
 W, H = 320, 240
 
 
@@ -68,13 +68,20 @@ class VncServer:
     def resize(self, w, h):
         """The desktop changes size mid-session (RandR, as a user changing resolution would)."""
         env, mode = {**os.environ, "DISPLAY": self.display}, f"{w}x{h}"
-        for args in (
-            ["--newmode", mode, "1", str(w), str(w + 1), str(w + 2), str(w + 3)]
-            + [str(h), str(h + 1), str(h + 2), str(h + 3)],
-            ["--addmode", "VNC-0", mode],
-            ["--output", "VNC-0", "--mode", mode],
-        ):
-            subprocess.run(["xrandr", *args], env=env, check=True, capture_output=True)
+        new = ["--newmode", mode, "1", str(w), str(w + 1), str(w + 2), str(w + 3), str(h), str(h + 1)]
+        for args in (new + [str(h + 2), str(h + 3)], ["--addmode", "VNC-0", mode]):
+            subprocess.run(["xrandr", *args], env=env, capture_output=True)  # fails for a mode Xvnc has
+        subprocess.run(["xrandr", "--output", "VNC-0", "--mode", mode], env=env, check=True, capture_output=True)
+
+    def window(self, rgb, geometry: str) -> subprocess.Popen:
+        """A window of one colour on the desktop (xlogo drawn in its background colour)."""
+        color = "#{:02x}{:02x}{:02x}".format(*rgb)
+        return subprocess.Popen(
+            ["xlogo", "-bg", color, "-fg", color, "-bw", "0", "-geometry", geometry],
+            env={**os.environ, "DISPLAY": self.display},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def kill(self):
         self.proc.kill()
@@ -166,6 +173,33 @@ def test_vnc_desktop_is_recorded_as_the_server_shows_it(admin, vnc, credential, 
     seen = admin.get(f"/v1/sessions/{sid}").text + str(events(admin, sid))
     seen += "".join(p.read_text(errors="replace") for p in Path(platform.data_dir).rglob("*.log"))
     assert PASSWORD not in seen
+
+
+def test_a_desktop_larger_than_the_recording_is_recorded_whole(admin, credential, tmp_path):
+    """Issue 18: a desktop larger than the recording is scaled into it, not cut to its top-left part
+    (its size is asked before the viewer starts; the private display gets the recording's shape,
+    large enough); when it shrinks back mid-session the picture fills the recording again."""
+    big = VncServer(tmp_path, size=(2 * W, 2 * H))
+    blue = big.window(BLUE, f"{W}x{2 * H}+{W}+0")  # the desktop's right half
+    try:
+        time.sleep(0.3)
+        sid = create(admin, "vnc-big", source=vnc_source(big, credential()), width=W, height=H, fps=10)
+        assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
+        time.sleep(2.5)
+        big.resize(W, H)  # the window is off the desktop now: all of it red
+        time.sleep(2.5)
+        admin.post(f"/v1/sessions/{sid}/stop")
+        assert wait_state(admin, sid, {"sealed", "failed"})["state"] == "sealed"
+    finally:
+        blue.kill()
+        big.stop()
+    download(admin, sid, tmp_path / "big.ts")
+    frames = decode(tmp_path / "big.ts")
+    assert {(f.width, f.height) for f in frames} == {(W, H)}
+    left, right = (0.05, 0.1, 0.4, 0.9), (0.6, 0.1, 0.95, 0.9)
+    assert near(mean_rgb(frames[5], left), RED) and near(mean_rgb(frames[5], right), BLUE), "the whole desktop"
+    last = frames[-3]
+    assert near(mean_rgb(last, (0.0, 0.0, 0.2, 0.2)), RED) and near(mean_rgb(last, right), RED), "filled again"
 
 
 def test_refusals_answer_422_with_the_servers_reason_and_stay_created(admin, vnc, credential):
@@ -270,7 +304,9 @@ def fake_server(scripts):
     served = []
 
     def serve():
-        it = iter(scripts)
+        # each script twice: a start asks the desktop's size first (services/recorder/rfb.py), then
+        # its viewer connects
+        it = iter([script for script in scripts for _ in range(2)])
         while not stop.is_set():
             try:
                 conn, _ = srv.accept()
@@ -481,3 +517,13 @@ def test_no_writable_place_for_the_cookie_is_a_reason_not_a_500(monkeypatch):
     monkeypatch.setattr(remote, "displays_dir", lambda: Path("/proc/lucid-nowhere"))
     with pytest.raises(SourceError, match="no place for the private display's cookie"):
         remote.PrivateDisplay(64, 64)
+
+
+def test_the_private_display_fits_the_desktop_with_the_recordings_shape():
+    from services.recorder import rfb
+
+    assert rfb.canvas(W, H, None) == (W, H), "size unknown: as before"
+    assert rfb.canvas(W, H, (160, 100)) == (W, H), "smaller: the viewer letterboxes it"
+    assert rfb.canvas(W, H, (2 * W, 2 * H)) == (2 * W, 2 * H)
+    assert rfb.canvas(W, H, (1000, 300)) == (1000, 750), "wider: the recording's shape, letterboxed"
+    assert rfb.canvas(W, H, (330, 250)) == (334, 250), "even sides"

@@ -141,6 +141,12 @@ class RdpViewer:
         }
         return argv, stdin, env
 
+    def desktop_size(self, spec, secret) -> None:
+        return None  # FreeRDP scales the server's desktop into its window itself (/smart-sizing)
+
+    def resized(self, line: str) -> None:
+        return None
+
     def failure(self, stderr: str, secret=None) -> str | None:
         """The reason this stderr says the connection failed or dropped, from a fixed list (the
         only variable part is a FreeRDP code name): never a user name or password."""

@@ -35,6 +35,7 @@ import av
 
 from lucid_assets.settings import get_settings
 
+from . import rfb
 from .sources import Source, SourceError, check_host
 
 log = logging.getLogger("lucid.recorder")
@@ -67,11 +68,21 @@ class Viewer(Protocol):
     def connected(self, stderr: str) -> bool:
         """True once the viewer shows the desktop."""
 
+    def desktop_size(self, spec: dict, secret: Secret | None) -> tuple[int, int] | None:
+        """The desktop's size before connecting, when the private display must fit it (else None:
+        the viewer scales by itself, or the size cannot be learned)."""
+
+    def resized(self, line: str) -> tuple[int, int] | None:
+        """The desktop's new size, if this stderr line says it changed."""
+
 
 def _server_words(line: str, limit: int = 160) -> str:
     """A server's own reason, as printable text of bounded length."""
     text = "".join(c if c.isprintable() else " " for c in line).strip()
     return text[:limit]
+
+
+_RESIZED = re.compile(r"Resizing framebuffer from \d+x\d+ to (\d+)x(\d+)")
 
 
 class VncViewer:
@@ -102,6 +113,7 @@ class VncViewer:
             "-ReconnectOnError=0",
             "-FullscreenSystemKeys=0",
             "-MenuKey=",  # no menu key: no "Press F8 to open the context menu" over the first seconds
+            "-Log=*:stderr:30,Viewport:stderr:100",  # Viewport's debug lines say when the desktop is resized
             f"{spec['host']}::{spec['port']}",
         ]
         env = {}
@@ -131,6 +143,19 @@ class VncViewer:
 
     def connected(self, stderr):
         return "Using pixel format" in stderr
+
+    def desktop_size(self, spec, secret):
+        try:
+            return rfb.desktop_size(spec["host"], spec["port"], secret.password if secret else None)
+        except rfb.RfbRefused as exc:  # said once: a second wrong try would count towards a block
+            said = str(exc)
+            if "Too many security failures" in said:
+                raise SourceError("the VNC server blocks this address after too many failed logins") from None
+            raise SourceError(f"the VNC server refused the credentials ({_server_words(said)})") from None
+
+    def resized(self, line):
+        m = _RESIZED.search(line)
+        return (int(m.group(1)), int(m.group(2))) if m else None
 
     def exit_reason(self, stderr: str) -> str | None:
         """Why it stopped, from its last words (an exited viewer that failure() did not explain)."""
@@ -344,6 +369,7 @@ class ViewerProcess:
             env={"PATH": os.defpath, "HOME": env.get("HOME", "/nonexistent"), **env},
         )
         self.err = bytearray()
+        self.desktop: tuple[int, int] | None = None  # the desktop's size, once the viewer says it changed
         self.started = time.monotonic()
         threading.Thread(target=self._drain, name=f"{viewer.name}-stderr", daemon=True).start()
         try:
@@ -354,9 +380,12 @@ class ViewerProcess:
             pass  # it died at once: its stderr says why
 
     def _drain(self) -> None:
+        resized = getattr(self.viewer, "resized", None)
         for line in iter(self.proc.stderr.readline, b""):
             if len(self.err) < STDERR_KEEP:
                 self.err += line
+            if resized is not None and (size := resized(line.decode(errors="replace"))):
+                self.desktop = size
 
     @property
     def stderr(self) -> str:
@@ -401,18 +430,21 @@ class RemoteSource(Source):
         self.on_gap = on_gap
         self.where = f"{spec['host']}:{spec['port']}"
         self.end_reason: str | None = None
+        self._refit_error: str | None = None
         self._interrupt = threading.Event()
         self.client: ViewerProcess | None = None
         check_host(f"tcp://{_bracket(spec['host'])}:{spec['port']}")
-        self.screen = PrivateDisplay(video["width"], video["height"])
+        try:
+            desktop = self.viewer.desktop_size(spec, secret)
+        except SourceError as exc:
+            raise SourceError(f"{self.kind} {self.where}: {exc}") from None
+        # the private display: the recording's size, or larger with its shape when the desktop is
+        # larger (the capture scales it down: the whole desktop is recorded, letterboxed)
+        self.canvas = rfb.canvas(video["width"], video["height"], desktop)
+        self.screen = PrivateDisplay(*self.canvas)
         try:
             self.client = self._connect()
-            options = {"framerate": str(video["fps"]), "video_size": f"{video['width']}x{video['height']}"}
-            options["draw_mouse"] = "1"
-            try:
-                container = av.open(self.screen.display, format="x11grab", options=options)
-            except (av.FFmpegError, OSError) as exc:
-                raise SourceError(f"the private display did not open for capture: {exc}") from None
+            container = self._open_capture()
         except BaseException:
             if self.client is not None:
                 self.client.stop()
@@ -423,11 +455,45 @@ class RemoteSource(Source):
     def describe(self) -> str:
         return f"{self.kind} {self.where}"
 
+    def _open_capture(self):
+        options = {"framerate": str(self.video["fps"]), "video_size": "{}x{}".format(*self.canvas), "draw_mouse": "1"}
+        try:
+            return av.open(self.screen.display, format="x11grab", options=options)
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"the private display did not open for capture: {exc}") from None
+
+    def _refit(self) -> bool:
+        """The desktop changed size and the private display no longer fits it well: show it on one
+        that does (a new display, viewer and capture: a pause of about half a second, a gap in the
+        recording's timestamps). False if the viewer did not come back: then it is a lost connection."""
+        canvas = rfb.canvas(self.video["width"], self.video["height"], self.client.desktop)
+        log.info(
+            "%s: the desktop is now %sx%s; showing it on a %sx%s display",
+            self.describe(),
+            *self.client.desktop,
+            *canvas,
+        )
+        self.client.stop()
+        super().close()
+        self.screen.close()
+        self.canvas = canvas
+        self.screen = PrivateDisplay(*canvas)
+        try:
+            self.client = self._connect()
+        except SourceError as exc:
+            self._refit_error = str(exc).split(": ", 1)[-1]
+        # captured once the viewer shows the desktop (no black frames), or for its reconnection
+        self.container = self._open_capture()
+        self.stream = self.container.streams.video[0]
+        return self._refit_error is None
+
+    def _misfit(self) -> bool:
+        size = self.client.desktop
+        return size is not None and rfb.canvas(self.video["width"], self.video["height"], size) != self.canvas
+
     def _connect(self) -> ViewerProcess:
         """A viewer showing the desktop, or SourceError with the server's reason."""
-        argv, stdin, env = self.viewer.command(
-            self.spec, self.secret, self.screen.display, self.video["width"], self.video["height"]
-        )
+        argv, stdin, env = self.viewer.command(self.spec, self.secret, self.screen.display, *self.canvas)
         env = {**env, "DISPLAY": self.screen.display, "XAUTHORITY": str(self.screen.authfile)}
         client = ViewerProcess(self.viewer, argv, stdin, env)
         deadline = time.monotonic() + self.connect_timeout_s
@@ -471,17 +537,25 @@ class RemoteSource(Source):
             wait = min(wait * 2, 10)
         return False
 
+    # long: frames, and what ends them (a resize, a lost connection and its reconnection, the end)
     def frames(self) -> Iterator[av.VideoFrame]:
         while not self._interrupt.is_set():
+            refit = False
             for frame in self.container.decode(self.stream):
                 if not self.client.alive() or self._interrupt.is_set():
+                    break
+                if self._misfit():
+                    refit = True
                     break
                 yield frame
             else:
                 return
             if self._interrupt.is_set():
                 return
-            reason = self._why_ended(self.client)
+            if refit and self._refit():
+                continue
+            reason = self._refit_error or self._why_ended(self.client)
+            self._refit_error = None
             self.client.stop()
             gap = Gap(time.monotonic(), reason)
             log.warning("%s lost (%s): reconnecting for up to %ss", self.describe(), reason, self._patience)
