@@ -175,6 +175,36 @@ def test_vnc_desktop_is_recorded_as_the_server_shows_it(admin, vnc, credential, 
     assert PASSWORD not in seen
 
 
+def test_what_changes_on_the_remote_desktop_is_its_activity_signal(admin, vnc, credential, platform):
+    """Issue 18's activity signal for remote desktops: the derived activity (issue 15; 32 px blocks
+    that changed between samples, read from the sealed chunks) is high while the remote desktop
+    changes and zero while it is still: what the server's changed rectangles would have said."""
+    from lucid_assets.core.states import Insight
+    from lucid_assets.insight.session import SessionDeriver
+    from lucid_assets.insight.view import SessionView
+    from lucid_assets.keyring import Keyring
+    from lucid_assets.settings import Settings
+    from lucid_assets.store import ChunkStore
+
+    sid = create(admin, "vnc-activity", source=vnc_source(vnc, credential()), width=W, height=H, fps=10)
+    assert admin.post(f"/v1/sessions/{sid}/start").status_code == 200
+    time.sleep(3)  # still
+    for i in range(12):  # busy: the whole desktop changes every 0.25 s (dark, light: the signal is grey)
+        vnc.paint(((30, 30, 30), (220, 220, 220))[i % 2])
+        time.sleep(0.25)
+    time.sleep(4)  # still again
+    admin.post(f"/v1/sessions/{sid}/stop")
+    assert wait_state(admin, sid, {"sealed", "failed"})["state"] == "sealed"
+    settings = Settings(data_dir=platform.data_dir)
+    store, keyring = ChunkStore.from_settings(settings), Keyring.load(settings)
+    rep = SessionDeriver(store, keyring, sid, None).run({Insight.ACTIVITY}, store.stored_seqs(sid))
+    assert rep.error is None and rep.chunks == len(store.stored_seqs(sid))
+    seconds = SessionView(store, keyring, sid).activity(idle_seconds=2)["seconds"]
+    busy = [i for i, score in enumerate(seconds) if score > 0.5]
+    assert busy and 2 <= busy[0] <= 4 and busy[-1] - busy[0] <= 4, seconds
+    assert all(score == 0 for score in seconds[1 : busy[0] - 1] + seconds[busy[-1] + 2 : -1]), seconds
+
+
 def test_a_desktop_larger_than_the_recording_is_recorded_whole(admin, credential, tmp_path):
     """Issue 18: a desktop larger than the recording is scaled into it, not cut to its top-left part
     (its size is asked before the viewer starts; the private display gets the recording's shape,
