@@ -4,11 +4,13 @@ RDP servers on free ports, each cleaned up when its `with` block ends.
 RDP server: FreeRDP's shadow server (`freerdp-shadow-cli`, Debian freerdp2-shadow-x11) sharing an
 Xvfb painted a known colour, with NLA against a SAM file (`winpr-hash`, winpr-utils). It takes its
 port, its SAM file and (through HOME) its own TLS certificate per run, so tests can run side by side.
-xrdp is not used by the tests: its session manager (xrdp-sesman) listens on the one port that
-/etc/xrdp/sesman.ini names and that xrdp reads from that same global file, it logs users in through
-PAM as a real system user (root needed), a second login takes over the first one's session, and it
-speaks no NLA (xrdp 0.9: TLS or RDP security only) and shows a wrong password as a dialog inside
-the session rather than as an error the client could report.
+xrdp (`xrdp_server`): xrdp 0.9 in front of a VNC desktop (its `libvnc` module, the session type
+"vnc-any" that xrdp ships), started with an xrdp.ini of its own (free port, its own certificate,
+TLS security, auto-login to that desktop with the RDP client's password). That is a real xrdp
+speaking RDP to the viewer, without xrdp-sesman: the session manager listens on the one port that
+/etc/xrdp/sesman.ini names and logs users in through PAM as real system users, which a test suite
+should not create. xrdp speaks no NLA (0.9: TLS or RDP security only) and shows a wrong password as
+its login dialog inside the session rather than as an error the client could report.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from services.recorder.remote import stop_process
 from tests.conftest import free_port
@@ -35,6 +42,7 @@ PACKAGES = {
     "xfreerdp": "freerdp2-x11",
     "freerdp-shadow-cli": "freerdp2-shadow-x11",
     "winpr-hash": "winpr-utils",
+    "xrdp": "xrdp",
 }
 
 
@@ -154,3 +162,76 @@ def rdp_shadow_server(
             for proc in reversed(procs):
                 stop(proc)
             shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def xrdp_server(vnc_port: int) -> Iterator[RdpServer]:
+    """xrdp on 127.0.0.1 and a free port, showing the VNC desktop on `vnc_port` to an RDP client
+    that logs in with that desktop's VNC password (any user name)."""
+    need("xrdp")
+    home = Path(tempfile.mkdtemp(prefix="lucid-xrdp-"))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lucid-test-xrdp")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (home / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (home / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    port = free_port()
+    channels = "\n".join(f"{c}=false" for c in ("rdpdr", "rdpsnd", "drdynvc", "cliprdr", "rail", "xrdpvr"))
+    (home / "xrdp.ini").write_text(
+        f"""[Globals]
+ini_version=1
+fork=false
+port=tcp://127.0.0.1:{port}
+security_layer=tls
+crypt_level=high
+certificate={home / "cert.pem"}
+key_file={home / "key.pem"}
+ssl_protocols=TLSv1.2, TLSv1.3
+autorun=desktop
+allow_channels=true
+max_bpp=32
+
+[Logging]
+LogFile={home / "xrdp.log"}
+LogLevel=INFO
+EnableSyslog=false
+EnableConsole=false
+
+[Channels]
+{channels}
+
+[desktop]
+name=desktop
+lib=libvnc.so
+ip=127.0.0.1
+port={vnc_port}
+username=na
+password=ask
+"""
+    )
+    log = home / "xrdp.log"
+    server = subprocess.Popen(
+        ["xrdp", "--nodaemon", "--config", str(home / "xrdp.ini")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_listening(port, server, log)
+        yield RdpServer("127.0.0.1", port, "", server, home)
+    finally:
+        stop(server)
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The rdp source end to end on the real platform: a stored credential (user and password), a
-FreeRDP shadow server that requires NLA, the recording decoded and compared with the server's
-screen, and a server killed mid-session (reconnect, then the session ends sealed with a reason).
+FreeRDP shadow server that requires NLA, and xrdp (TLS) in front of a VNC desktop; the recording
+decoded and compared with the server's screen, a desktop larger than the recording scaled into it,
+and a server killed mid-session (reconnect, then the session ends sealed with a reason).
 The viewer's own behaviour (flags, reasons, certificates) is tested in test_rdp_viewer.py."""
 
 import random
@@ -9,8 +10,9 @@ import time
 import pytest
 
 from tests.helpers import create, decode, download, wait_state
-from tests.remote_desktops import rdp_shadow_server
-from tests.test_vnc import mean_rgb, near
+from tests.remote_desktops import rdp_shadow_server, xrdp_server
+from tests.test_vnc import GREEN, VncServer, mean_rgb, near
+from tests.test_vnc import PASSWORD as VNC_PASSWORD
 
 pytestmark = pytest.mark.e2e
 USER, PASSWORD = "lucid", "Rdp-Pa55-e2e"
@@ -71,6 +73,36 @@ def test_a_desktop_larger_than_the_recording_is_scaled_into_it(admin, credential
     assert (frames[-1].width, frames[-1].height) == (W, H)
     left, right = mean_rgb(frames[-1], (0.05, 0.1, 0.4, 0.9)), mean_rgb(frames[-1], (0.6, 0.1, 0.95, 0.9))
     assert near(left, RED) and near(right, (32, 64, 192)), (left, right)
+
+
+def test_an_xrdp_desktop_is_recorded(admin, tmp_path):
+    """Issue 18's proof against xrdp (0.9, TLS security, no NLA): xrdp in front of a VNC desktop,
+    the credential's password is what xrdp passes on; the recording shows that desktop and its
+    change mid-session."""
+    name = f"xrdp-{random.randrange(10**6)}"
+    body = {"name": name, "kind": "rdp", "username": "lucid", "password": VNC_PASSWORD}
+    assert admin.post("/v1/credentials", json=body).status_code == 201
+    desktop = VncServer(tmp_path, password=VNC_PASSWORD)
+    try:
+        with xrdp_server(desktop.port) as xrdp:
+            sid = create(admin, "xrdp", source=source(xrdp, name), width=W, height=H, fps=10)
+            r = admin.post(f"/v1/sessions/{sid}/start")
+            assert r.status_code == 200, r.text
+            time.sleep(2.5)
+            desktop.paint(GREEN)
+            time.sleep(2.5)
+            assert admin.post(f"/v1/sessions/{sid}/stop").status_code == 200
+            s = wait_state(admin, sid, {"sealed", "failed"})
+    finally:
+        desktop.stop()
+        admin.delete(f"/v1/credentials/{name}")
+    assert s["state"] == "sealed", s["failure_reason"]
+    download(admin, sid, tmp_path / "xrdp.ts")
+    colours = [mean_rgb(f) for f in decode(tmp_path / "xrdp.ts")]
+    first_green = next(i for i, c in enumerate(colours) if near(c, GREEN))
+    assert first_green >= 10 and sum(near(c, RED) for c in colours[3:first_green]) >= first_green - 5, colours
+    assert all(near(c, GREEN) for c in colours[first_green + 2 :]), colours[first_green:]
+    assert VNC_PASSWORD not in str(admin.get(f"/v1/sessions/{sid}/events").json())
 
 
 def test_rdp_wrong_password_is_refused_with_a_reason(admin, server):
