@@ -143,6 +143,17 @@ def test_list_filters_in_the_database(pipeline):
     assert c.get("/sessions", params={"changed_since": "yesterday"}).status_code == 422
 
 
+def _with_work(c, n: int) -> set[str]:
+    """n recording sessions, each with a chunk registered and not stored: pending work."""
+    out = set()
+    for _ in range(n):
+        sid = new_session(c)
+        c.post(f"/sessions/{sid}/transitions", json={"event": "start"})
+        c.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "d" * 64, "size": 3, "path": "/z"})
+        out.add(sid)
+    return out
+
+
 def _claim(c, holder: str, **kw) -> set[str]:
     r = c.post("/work/claims", json={"holder": holder, "limit": 2000, **kw})
     assert r.status_code == 200, r.text
@@ -153,12 +164,7 @@ def test_claims_split_the_queue_between_runs(pipeline):
     """Issue 17: a run's claim keeps other runs off its sessions until it releases them or its lease
     lapses; its own claim again renews them; /work/pending says who holds what."""
     c = pipeline
-    mine = set()
-    for _ in range(3):
-        sid = new_session(c)
-        c.post(f"/sessions/{sid}/transitions", json={"event": "start"})
-        c.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "d" * 64, "size": 3, "path": "/z"})
-        mine.add(sid)
+    mine = _with_work(c, 3)
     a = _claim(c, "run-a")
     assert mine <= a
     assert not _claim(c, "run-b") & a, "nothing another run holds"
@@ -204,12 +210,7 @@ def test_two_pipeline_processes_hand_out_each_session_once(postgres_url, tmp_pat
                 p.start(timeout=60)
                 platforms.append(p)
             with pipeline_client(platforms[0]) as one, pipeline_client(platforms[1]) as two:
-                mine = set()
-                for _ in range(8):
-                    sid = new_session(one)
-                    one.post(f"/sessions/{sid}/transitions", json={"event": "start"})
-                    one.post(f"/sessions/{sid}/chunks", json={"seq": 0, "sha256": "e" * 64, "size": 3, "path": "/z"})
-                    mine.add(sid)
+                mine = _with_work(one, 8)
                 with ThreadPoolExecutor(6) as pool:
                     taken = list(pool.map(lambda i: _claim((one, two)[i % 2], f"race-{i}", limit=3), range(6)))
                 for i, got in enumerate(taken):
