@@ -109,7 +109,8 @@ def _ensure_partitions(context: dg.OpExecutionContext, sids: list[str]) -> None:
 
 
 @dg.op(
-    description="Process every session with work: store new chunks (one Iceberg commit and one registry "
+    description="Process every session with work that no other run holds (claimed for this run, renewed "
+    "while it works, released when it ends): store new chunks (one Iceberg commit and one registry "
     "call for the whole batch), sign checkpoints, check; seal finalized sessions. Reports a "
     "materialization and check per session touched."
 )
