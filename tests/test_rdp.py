@@ -39,6 +39,7 @@ def source(server, credential, **extra):
     return {"kind": "rdp", "host": server.host, "port": server.port, "credential": credential, **extra}
 
 
+@pytest.mark.slow  # waits out the reconnection window of a killed server
 def test_rdp_desktop_is_recorded_and_a_lost_server_ends_it_sealed(admin, server, credential, tmp_path):
     sid = create(admin, "rdp", source=source(server, credential, reconnect_seconds=3), width=W, height=H, fps=10)
     r = admin.post(f"/v1/sessions/{sid}/start")

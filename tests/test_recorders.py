@@ -69,6 +69,7 @@ def fleet(tmp_path_factory):
             p.stop()
 
 
+@pytest.mark.slow  # ~30 s: waits for a killed recorder's heartbeat to lapse and its session to seal
 def test_two_recorders_share_the_work_and_one_dying_ends_only_its_own_session(fleet):
     main, recorders = fleet
     with httpx.Client(base_url=main.url("api"), timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:

@@ -253,6 +253,7 @@ def test_refusals_answer_422_with_the_servers_reason_and_stay_created(admin, vnc
     assert r.status_code == 422 and "LUCID_URL_ALLOW_HOSTS" in r.json()["detail"], r.text
 
 
+@pytest.mark.slow  # waits out a dropped connection and the reconnection's backoff
 def test_a_dropped_connection_is_a_gap_then_the_session_goes_on(admin, vnc, credential, tmp_path):
     fps = 10
     sid = create(admin, "vnc drop", source=vnc_source(vnc, credential()), width=W, height=H, fps=fps)
