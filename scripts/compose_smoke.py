@@ -456,11 +456,16 @@ print(json.dumps([[s.seq, str(s.path), s.duration_ms] for s in segs]))
 """
 
 
+UNAMBIGUOUS = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
 def search_what_a_screen_showed(env: dict, api: Api, numbers: dict, timeout: float) -> str | None:
     """Issue 15: a pushed session shows a terminal with a word typed into it (rendered with the
     tests' screen-work generator, encoded like the recorder does); once sealed, Dagster's insight
     runs (run containers) read its screen and GET /v1/search finds the word at its time."""
-    word = "smoke" + random_names.token_hex(4)
+    # no 0/o, 1/l/i: a hex word like smokec1277099 was read as smokecl277099 and never found (a
+    # stalled smoke in two rehearsals was this, not the search)
+    word = "smoke" + "".join(random_names.choice(UNAMBIGUOUS) for _ in range(8))
     python = ROOT / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory() as tmp:
         out = run([str(python), "-c", RENDER_SCREEN, word, tmp], capture=True).stdout
