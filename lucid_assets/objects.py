@@ -88,6 +88,10 @@ class LocalObjects:
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def _dir(self, prefix: str) -> Path:
+        """The directory a prefix names (the root for an empty one)."""
+        return self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
 
@@ -145,7 +149,7 @@ class LocalObjects:
         return Entry(key, st.st_size, st.st_mtime)
 
     def list(self, prefix: str) -> list[Entry]:
-        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        base = self._dir(prefix)
         if not base.is_dir():
             return []
         out = []
@@ -162,14 +166,14 @@ class LocalObjects:
         return sorted(out, key=lambda e: e.key)
 
     def dirs(self, prefix: str) -> list[str]:
-        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        base = self._dir(prefix)
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir())
 
     def files(self, prefix: str) -> list[Entry]:
         """The objects directly under `prefix` (a "directory"), not those of its subdirectories."""
-        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        base = self._dir(prefix)
         out = []
         try:
             children = list(base.iterdir())
@@ -378,12 +382,14 @@ class S3Objects:
         except Exception as exc:  # botocore's ClientError or a transport error, reported alike
             raise ObjectStoreError(f"list s3://{self.bucket}/{prefix}: {_code(exc) or type(exc).__name__}") from None
 
+    def _entry(self, o: dict) -> Entry:
+        """An object of a listing page, its key relative to this store's prefix."""
+        return Entry(o["Key"][len(self.prefix) :], int(o["Size"]), o["LastModified"].timestamp())
+
     def list(self, prefix: str) -> list[Entry]:
         p, out = self._p(prefix), []
         for page in self._pages(p):
-            for o in page.get("Contents", []):
-                key = o["Key"][len(self.prefix) :]
-                out.append(Entry(key, int(o["Size"]), o["LastModified"].timestamp()))
+            out += [self._entry(o) for o in page.get("Contents", [])]
         return sorted(out, key=lambda e: e.key)
 
     def dirs(self, prefix: str) -> list[str]:
@@ -395,8 +401,7 @@ class S3Objects:
     def files(self, prefix: str) -> list[Entry]:
         p, out = self._p(prefix), []
         for page in self._pages(p, Delimiter="/"):
-            for o in page.get("Contents", []):
-                out.append(Entry(o["Key"][len(self.prefix) :], int(o["Size"]), o["LastModified"].timestamp()))
+            out += [self._entry(o) for o in page.get("Contents", [])]
         return sorted(out, key=lambda e: e.key)
 
     def _delete_keys(self, keys: list[str]) -> None:

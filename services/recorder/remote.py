@@ -82,6 +82,16 @@ def _server_words(line: str, limit: int = 160) -> str:
     return text[:limit]
 
 
+TOO_MANY = "Too many security failures"  # the server's words when it blocks an address
+BLOCKED = "the VNC server blocks this address after too many failed logins"
+
+
+def _credentials_refused(said: str) -> str:
+    """Why the VNC server refused us, in its words (from the viewer's stderr or the size request)."""
+    said = _server_words(said)
+    return f"the VNC server refused the credentials ({said})" if said else "authentication failed"
+
+
 _RESIZED = re.compile(r"Resizing framebuffer from \d+x\d+ to (\d+)x(\d+)")
 
 
@@ -126,12 +136,11 @@ class VncViewer:
     def failure(self, stderr, secret):
         for line in stderr.splitlines():
             if "Authentication failure" in line or "authentication failed" in line.lower():
-                said = _server_words(line.split(":", 2)[-1])
-                return f"the VNC server refused the credentials ({said})" if said else "authentication failed"
+                return _credentials_refused(line.split(":", 2)[-1])
             if "security type" in line.lower() and ("no matching" in line.lower() or "not supported" in line.lower()):
                 return f"no security type in common with the VNC server ({_server_words(line.split(':', 1)[-1])})"
-            if "Too many security failures" in line:
-                return "the VNC server blocks this address after too many failed logins"
+            if TOO_MANY in line:
+                return BLOCKED
             for needle, reason in self.REFUSALS:
                 if needle in line:
                     return reason
@@ -149,9 +158,7 @@ class VncViewer:
             return rfb.desktop_size(spec["host"], spec["port"], secret.password if secret else None)
         except rfb.RfbRefused as exc:  # said once: a second wrong try would count towards a block
             said = str(exc)
-            if "Too many security failures" in said:
-                raise SourceError("the VNC server blocks this address after too many failed logins") from None
-            raise SourceError(f"the VNC server refused the credentials ({_server_words(said)})") from None
+            raise SourceError(BLOCKED if TOO_MANY in said else _credentials_refused(said)) from None
 
     def resized(self, line):
         m = _RESIZED.search(line)
@@ -380,11 +387,10 @@ class ViewerProcess:
             pass  # it died at once: its stderr says why
 
     def _drain(self) -> None:
-        resized = getattr(self.viewer, "resized", None)
         for line in iter(self.proc.stderr.readline, b""):
             if len(self.err) < STDERR_KEEP:
                 self.err += line
-            if resized is not None and (size := resized(line.decode(errors="replace"))):
+            if size := self.viewer.resized(line.decode(errors="replace")):
                 self.desktop = size
 
     @property
