@@ -30,6 +30,7 @@ import os
 import queue
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,54 +138,53 @@ def export(url: str, headers: dict[str, str] | None = None) -> tuple[float, floa
     return float(out[0]), float(out[1]), int(out[2])
 
 
-def bare_server(data: Path, sid: str, runs: int, decrypt: bool) -> float:
+class BareServer:
     """A bare socket server (no HTTP framework) sending the session's plaintext to curl with
-    blocking sendall. decrypt=False: the plaintext already in memory, as many separate buffers as
-    the recording has chunks (fresh memory, not a few cache-hot buffers): how fast this machine
-    moves these bytes at all. decrypt=True: the chunks read and decrypted by the export's own code
-    in one thread while another sends: the least any export has to do, done with nothing else."""
-    vault = VaultResource.from_settings(Settings(data_dir=data))
-    seqs = vault.store.stored_seqs(sid)
-    size = plain_size(vault.store, sid, seqs)
-    held = [] if decrypt else [bytes(c) for c in plain_chunks(vault.store, vault.keyring, sid, seqs)]
-    srv = socket.create_server(("127.0.0.1", 0))
+    blocking sendall, one download per `get()`. decrypt=False: the plaintext already in memory, as
+    many separate buffers as the recording has chunks (fresh memory, not a few cache-hot buffers):
+    how fast this machine moves these bytes at all. decrypt=True: the chunks read and decrypted by
+    the export's own code in one thread while another sends: the least any export has to do, done
+    with nothing else."""
 
-    def serve() -> None:
-        conn, _ = srv.accept()
+    def __init__(self, data: Path, sid: str, decrypt: bool):
+        self.vault = VaultResource.from_settings(Settings(data_dir=data))
+        self.store, self.sid, self.decrypt = self.vault.store, sid, decrypt
+        self.seqs = self.store.stored_seqs(sid)
+        self.size = plain_size(self.store, sid, self.seqs)
+        self.held = [] if decrypt else [bytes(c) for c in self.chunks()]
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.cpu_s = 0.0  # this process's CPU seconds while serving
+
+    def chunks(self):
+        return plain_chunks(self.store, self.vault.keyring, self.sid, self.seqs)
+
+    def _serve(self) -> None:
+        conn, _ = self.srv.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-            if not decrypt:
-                for part in held:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % self.size)
+            if not self.decrypt:
+                for part in self.held:
                     conn.sendall(part)
                 return
             q: queue.Queue = queue.Queue(2)
-            producer = threading.Thread(
-                target=lambda: [q.put(c) for c in plain_chunks(vault.store, vault.keyring, sid, seqs)] + [q.put(None)]
-            )
+            producer = threading.Thread(target=lambda: [q.put(c) for c in self.chunks()] + [q.put(None)])
             producer.start()
             while (part := q.get()) is not None:
                 conn.sendall(part)
             producer.join()
 
-    best = 0.0
-    cpu0, curl0 = time.process_time(), children_cpu_s()
-    with srv:
-        for _ in range(runs):
-            t = threading.Thread(target=serve)
-            t.start()
-            _, secs, n = export(f"http://127.0.0.1:{srv.getsockname()[1]}/")
-            t.join()
-            best = max(best, n / secs)
-    mb = size * runs / 1e6
-    BARE_CPU[decrypt] = {
-        "server": (time.process_time() - cpu0) * 1000 / mb,
-        "curl": (children_cpu_s() - curl0) * 1000 / mb,
-    }
-    return best
+    def get(self) -> Download:
+        t = threading.Thread(target=self._serve)
+        cpu0, curl0 = time.process_time(), children_cpu_s()
+        t.start()
+        ttfb, secs, n = export(f"http://127.0.0.1:{self.srv.getsockname()[1]}/")
+        t.join()
+        cpu = {"server": time.process_time() - cpu0, "curl": children_cpu_s() - curl0}
+        return Download(ttfb, secs, n, cpu)
 
-
-BARE_CPU: dict[bool, dict[str, float]] = {}  # CPU ms per MB of the last bare_server run, by `decrypt`
+    def close(self) -> None:
+        self.srv.close()
 
 
 def mp4_build_rate(data: Path, sid: str) -> float:
@@ -211,12 +211,46 @@ def children_cpu_s() -> float:
 
 
 @dataclass
+class Download:
+    ttfb: float  # s
+    secs: float  # total, s
+    size: int  # bytes
+    cpu: dict[str, float]  # CPU seconds of each serving process and curl during it
+
+
+CORES = os.cpu_count() or 1
+
+
+@dataclass
 class Measured:
-    rate: float  # bytes/s, best of the runs
-    ttfb: float  # median first byte, s
+    """One way of downloading, over the rounds: each round's rate as a ratio to the reference
+    downloaded in the same round (this VM's speed drifts 2-3x within minutes: a reference
+    measured minutes apart from what it judges says more about the drift than the code)."""
+
+    runs: list[Download]
+    ratios: list[float]
     growth: float  # peak memory growth of the first serving process, MB
-    size: int  # bytes per download
-    cpu: dict[str, float]  # CPU ms per MB downloaded: each serving process and curl
+
+    @property
+    def size(self) -> int:
+        return self.runs[0].size
+
+    @property
+    def rate(self) -> float:  # bytes/s, the median round
+        return statistics.median(r.size / r.secs for r in self.runs)
+
+    @property
+    def ratio(self) -> float:  # the median round's ratio to the reference
+        return statistics.median(self.ratios)
+
+    @property
+    def ttfb(self) -> float:
+        return statistics.median(r.ttfb for r in self.runs)
+
+    @property
+    def cpu(self) -> dict[str, float]:  # CPU ms per MB downloaded, over all rounds
+        mb = sum(r.size for r in self.runs) / 1e6
+        return {k: sum(r.cpu[k] for r in self.runs) * 1000 / mb for k in self.runs[0].cpu}
 
     @property
     def ceiling(self) -> float:
@@ -224,27 +258,59 @@ class Measured:
         return CORES / (sum(self.cpu.values()) / 1000) * 1e6
 
 
-CORES = os.cpu_count() or 1
-
-
 def cpu_text(cpu: dict[str, float]) -> str:
     return " + ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f" = {sum(cpu.values()):.2f}"
 
 
-def measure(url: str, headers: dict[str, str], pids: dict[str, int], runs: int) -> Measured:
-    """A download `runs` times with curl: rate, first byte, the first process's memory growth and
-    the CPU each serving process and curl spent per MB."""
-    export(url, headers)  # warm caches
-    base = reset_peak(next(iter(pids.values())))
+def download(url: str, headers: dict[str, str], pids: dict[str, int]) -> Download:
+    """One download with curl, and the CPU each serving process and curl spent on it."""
     before = {name: cpu_s(pid) for name, pid in pids.items()} | {"curl": children_cpu_s()}
-    done = [export(url, headers) for _ in range(runs)]
+    ttfb, secs, n = export(url, headers)
     after = {name: cpu_s(pid) for name, pid in pids.items()} | {"curl": children_cpu_s()}
-    growth = hwm_mb(next(iter(pids.values()))) - base
-    mb = done[0][2] * runs / 1e6
-    cpu = {name: (after[name] - before[name]) * 1000 / mb for name in before}
-    ttfb = sorted(r[0] for r in done)[len(done) // 2]
-    secs = min(r[1] for r in done)
-    return Measured(done[0][2] / secs, ttfb, growth, done[0][2], cpu)
+    return Download(ttfb, secs, n, {k: after[k] - before[k] for k in before})
+
+
+def text(name: str, m: Measured, ref: str) -> str:
+    return (
+        f"{name}: {m.size / 1e6:7.1f} MB at {m.rate / 1e6:5.0f} MB/s = {m.ratio:.2f} x {ref} "
+        f"(median of {len(m.ratios)} rounds, {min(m.ratios):.2f}-{max(m.ratios):.2f}); "
+        f"first byte {m.ttfb * 1000:.0f} ms; peak memory +{m.growth:.1f} MB; "
+        f"CPU ms/MB {cpu_text(m.cpu)}: {m.rate / m.ceiling:.2f} of its {CORES}-core ceiling"
+    )
+
+
+def rounds(data: Path, sid: str, routes: dict, runs: int) -> tuple[Measured, Measured, dict]:
+    """`runs` rounds, each downloading the reference, then every format by every route: (the
+    reference, the in-memory server, {(format, route): Measured})."""
+    bare, held = BareServer(data, sid, decrypt=True), BareServer(data, sid, decrypt=False)
+    got: dict[tuple[str, str], list[Download]] = {(f, via): [] for f in TARGETS for via in routes}
+    refs, mems = [], []
+    try:
+        for (fmt, via), _ in got.items():  # warm every path once
+            download(f"{routes[via][0]}/{PATHS[fmt]}", routes[via][1], routes[via][2])
+        base = {pid: reset_peak(pid) for via in routes for pid in routes[via][2].values()}
+        for _ in range(runs):
+            refs.append(bare.get())
+            mems.append(held.get())
+            for (fmt, via), out in got.items():
+                base_url, headers, pids = routes[via]
+                out.append(download(f"{base_url}/{PATHS[fmt]}", headers, pids))
+        growth = {pid: hwm_mb(pid) - b for pid, b in base.items()}
+    finally:
+        bare.close()
+        held.close()
+    ref_rates = [r.size / r.secs for r in refs]
+    measured = {}
+    for key, out in got.items():
+        first_pid = next(iter(routes[key[1]][2].values()))
+        ratios = [(d.size / d.secs) / ref for d, ref in zip(out, ref_rates)]
+        measured[key] = Measured(out, ratios, growth[first_pid])
+    ref = Measured(refs, [1.0] * len(refs), 0.0)
+    mem = Measured(mems, [(m.size / m.secs) / r for m, r in zip(mems, ref_rates)], 0.0)
+    return ref, mem, measured
+
+
+PATHS = {"ts": "recording.ts", "mp4": "recording.mp4", "evidence": "evidence"}
 
 
 # long: a benchmark's steps in order, each printed as it runs
@@ -252,7 +318,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--short", type=float, default=1)
     ap.add_argument("--long", type=float, default=30)
-    ap.add_argument("--runs", type=int, default=5, help="runs of each measurement; the best is kept")
+    ap.add_argument("--runs", type=int, default=5, help="rounds of downloads; each ratio is the median round's")
     args = ap.parse_args()
     print(f"download bench: {W}x{H}@{FPS} libx264 sessions of {args.short} and {args.long} min, {CHUNK_S} s chunks")
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,18 +344,7 @@ def main() -> int:
             results = {}
             for minutes, (sid, _size) in sessions.items():
                 limit = max(read_decrypt_limit(data, sid) for _ in range(args.runs))
-                ceiling = bare_server(data, sid, args.runs, decrypt=False)
-                bare = bare_server(data, sid, args.runs, decrypt=True)
                 build = max(mp4_build_rate(data, sid) for _ in range(args.runs))
-                bare_cpu = BARE_CPU[True]
-                bare_ceiling = CORES / (sum(bare_cpu.values()) / 1000) * 1e6
-                print(
-                    f"  {minutes:>4} min: bare socket decrypting {bare / 1e6:.0f} MB/s (the reference; CPU ms/MB: "
-                    f"{cpu_text(bare_cpu)}; {bare / bare_ceiling:.2f} of its {CORES}-core ceiling); "
-                    f"read+decrypt, no socket, {limit / 1e6:.0f} MB/s; "
-                    f"bare socket from memory {ceiling / 1e6:.0f} MB/s; "
-                    f"MP4 build, no HTTP, {build / 1e6:.0f} MB/s"
-                )
                 storage = ("storage", p.procs["storage"].pid)
                 routes = {
                     "gateway": (
@@ -299,39 +354,33 @@ def main() -> int:
                     ),
                     "storage": (f"{p.url('storage')}/sessions/{sid}", p.service_headers("api"), dict([storage])),
                 }
-                for fmt in TARGETS:
-                    path = "evidence" if fmt == "evidence" else f"recording.{fmt}"
-                    for via, (base, headers, pids) in routes.items():
-                        try:
-                            m = measure(f"{base}/{path}", headers, pids, args.runs)
-                        except subprocess.CalledProcessError as exc:
-                            print(f"  {minutes:>4} min {fmt:>8} via {via}: FAILED ({exc.stderr.strip()})")
-                            results[(minutes, fmt, via)] = (0.0, float("inf"), float("inf"))
-                            continue
-                        results[(minutes, fmt, via)] = (m.rate / bare, m.ttfb, m.growth)
-                        print(
-                            f"  {minutes:>4} min {fmt:>8} via {via}: {m.size / 1e6:7.1f} MB "
-                            f"at {m.rate / 1e6:5.0f} MB/s = "
-                            f"{m.rate / bare:.2f} x bare socket decrypting ({m.rate / limit:.2f} x read+decrypt); "
-                            f"first byte {m.ttfb * 1000:.0f} ms (median); peak memory +{m.growth:.1f} MB; "
-                            f"CPU ms/MB {cpu_text(m.cpu)}: {m.rate / m.ceiling:.2f} of its {CORES}-core ceiling"
-                        )
+                ref, mem, measured = rounds(data, sid, routes, args.runs)
+                print(
+                    f"  {minutes:>4} min: bare socket decrypting {ref.rate / 1e6:.0f} MB/s (the reference, median "
+                    f"round; CPU ms/MB: {cpu_text(ref.cpu)}; {ref.rate / ref.ceiling:.2f} of its {CORES}-core "
+                    f"ceiling); bare socket from memory {mem.ratio:.2f} x it; no socket: read+decrypt "
+                    f"{limit / 1e6:.0f} MB/s, MP4 build {build / 1e6:.0f} MB/s (best of {args.runs})"
+                )
+                for (fmt, via), m in measured.items():
+                    results[(minutes, fmt, via)] = m
+                    print("  " + text(f"{minutes:>4} min {fmt:>8} via {via}", m, "bare socket decrypting"))
         finally:
             p.stop()
         checks = []
         for fmt, target in TARGETS.items():
-            worst = min(results[(m, fmt, "gateway")][0] for m in sessions)
-            checks.append(
-                (f"{fmt} via the gateway >= {target} x bare socket decrypting (worst)", worst >= target, f"{worst:.2f}")
-            )
-            direct = min(results[(m, fmt, "storage")][0] for m in sessions)
-            checks.append(
-                (f"{fmt} from storage >= {target} x bare socket decrypting (worst)", direct >= target, f"{direct:.2f}")
-            )
-        slow = max(r[1] for r in results.values())
-        checks.append(("first byte <= 200 ms (slowest of all)", slow <= 0.2, f"{slow * 1000:.0f} ms"))
+            for via in ("gateway", "storage"):
+                worst = min(results[(m, fmt, via)].ratio for m in sessions)
+                checks.append(
+                    (
+                        f"{fmt} via {via} >= {target} x bare socket decrypting (worst session)",
+                        worst >= target,
+                        f"{worst:.2f}",
+                    )
+                )
+        slow = max(r.ttfb for r in results.values())
+        checks.append(("first byte <= 200 ms (slowest median)", slow <= 0.2, f"{slow * 1000:.0f} ms"))
         for via in ("gateway", "storage"):
-            mem = {m: max(results[(m, f, via)][2] for f in TARGETS) for m in sessions}
+            mem = {m: max(results[(m, f, via)].growth for f in TARGETS) for m in sessions}
             checks.append(
                 (
                     f"{via} memory independent of length ({args.short} vs {args.long} min)",

@@ -23,7 +23,7 @@ import numpy as np
 
 from .core import envelope, fmp4, mpegts
 from .keyring import Keyring
-from .store import ChunkStore, EnvelopeReader, in_parallel
+from .store import ChunkStore, EnvelopeReader, ahead, in_parallel
 
 
 class DamagedChunk(Exception):
@@ -78,6 +78,55 @@ class NotExportable(Exception):
     """The recording is not H.264 in MPEG-TS chunks, so it has no MP4 export."""
 
 
+TRUN = np.dtype([("duration", ">u4"), ("size", ">u4"), ("flags", ">u4"), ("offset", ">i4")])
+
+
+@dataclass(eq=False)
+class Samples:
+    """A chunk's samples as columns (90 kHz dts and pts, sizes, key flags): a fragment's trun is
+    built from them in a few array operations, not a Python object per sample."""
+
+    dts: np.ndarray  # int64
+    pts: np.ndarray  # int64
+    size: np.ndarray  # int64
+    key: np.ndarray  # bool
+
+    @classmethod
+    def of(cls, samples: list[fmp4.Sample]) -> Samples:
+        return cls(
+            np.array([x.dts for x in samples], np.int64),
+            np.array([x.pts for x in samples], np.int64),
+            np.array([x.size for x in samples], np.int64),
+            np.array([x.key for x in samples], bool),
+        )
+
+    def __len__(self) -> int:
+        return len(self.dts)
+
+    def __eq__(self, other: object) -> bool:
+        cols = ("dts", "pts", "size", "key")
+        return isinstance(other, Samples) and all(np.array_equal(getattr(self, c), getattr(other, c)) for c in cols)
+
+    def rows(self) -> list[fmp4.Sample]:
+        return list(map(fmp4.Sample, self.dts.tolist(), self.pts.tolist(), self.key.tolist(), self.size.tolist()))
+
+    def trun(self, next_dts: int | None, last_duration: int) -> bytes:
+        """The trun entries (fmp4.trun_entries' bytes): each sample lasts until the next one, the
+        last until `next_dts` (the next chunk's first) or for `last_duration`."""
+        n = len(self.dts)
+        durations = np.empty(n, np.int64)
+        np.subtract(self.dts[1:], self.dts[:-1], out=durations[:-1])
+        if n:
+            durations[-1] = next_dts - int(self.dts[-1]) if next_dts is not None else last_duration
+        offsets = self.pts - self.dts
+        if n and (durations.min() < 0 or durations.max() > 0xFFFFFFFF or abs(offsets).max() > 0x7FFFFFFF):
+            raise DamagedChunk("the chunk's timestamps do not fit an MP4 fragment")
+        out = np.empty(n, TRUN)
+        out["duration"], out["size"], out["offset"] = durations, self.size, offsets
+        out["flags"] = np.where(self.key, fmp4.KEY_FLAGS, fmp4.NON_KEY_FLAGS)
+        return out.tobytes()
+
+
 @dataclass
 class ChunkPlan:
     """One chunk's MP4 fragment without its bytes: the layout facts, the samples and the copy plan
@@ -89,7 +138,7 @@ class ChunkPlan:
     pps: bytes
     width: int
     height: int
-    samples: list[fmp4.Sample]
+    samples: Samples
     rows: list[tuple[int, int]]
     prefixes: bytes
     patch_at: array  # positions in E of the 4-byte lengths written in place (core/mpegts.py)
@@ -115,10 +164,10 @@ class ChunkPlan:
         ).encode()
         s = self.samples
         cols = [
-            _le(array("q", [x.dts for x in s])),
-            _le(array("q", [x.pts for x in s])),
-            _le(array("q", [x.size for x in s])),
-            bytes(int(x.key) for x in s),
+            s.dts.astype("<i8").tobytes(),
+            s.pts.astype("<i8").tobytes(),
+            s.size.astype("<i8").tobytes(),
+            s.key.astype(np.uint8).tobytes(),
             _le(self.patch_at),
             self.patch_bytes,
             _le(self.pieces),
@@ -143,14 +192,16 @@ class ChunkPlan:
             "rows": [tuple(r) for r in doc["rows"]],
         }
         if not full:
-            return cls(**facts, samples=[], prefixes=b"", patch_at=array("q"), patch_bytes=b"", pieces=array("q"))
+            none = np.empty(0, np.int64)
+            samples = Samples(none, none, none, np.empty(0, bool))
+            return cls(**facts, samples=samples, prefixes=b"", patch_at=array("q"), patch_bytes=b"", pieces=array("q"))
         view, at = memoryview(data), 4 + hl
         prefixes = bytes(view[at : at + doc["prefixes"]])
         at += len(prefixes)
         n = facts["index"].samples
-        dts, pts, size = (_from_le(view[at + 8 * n * i : at + 8 * n * (i + 1)]) for i in range(3))
+        dts, pts, size = (np.frombuffer(view, "<i8", n, at + 8 * n * i).astype(np.int64) for i in range(3))
         at += 24 * n
-        keys = view[at : at + n]
+        keys = np.frombuffer(view, np.uint8, n, at).astype(bool)
         at += n
         m = doc["patches"]
         patch_at, patch_bytes = _from_le(view[at : at + 8 * m]), bytes(view[at + 8 * m : at + 12 * m])
@@ -160,7 +211,7 @@ class ChunkPlan:
             raise ValueError("plan body does not match its header")
         return cls(
             **facts,
-            samples=list(map(fmp4.Sample, dts, pts, map(bool, keys), size)),
+            samples=Samples(dts, pts, size, keys),
             prefixes=prefixes,
             patch_at=patch_at,
             patch_bytes=patch_bytes,
@@ -219,7 +270,7 @@ def chunk_plan(plain: bytes | memoryview, tag: bytes) -> ChunkPlan:
         pps=p.pps,
         width=width,
         height=height,
-        samples=samples,
+        samples=Samples.of(samples),
         rows=p.rows,
         prefixes=p.prefixes,
         patch_at=array("q", p.patch_at),
@@ -308,8 +359,9 @@ def build_fragment(
     view = memoryview(both)
     ends = iter(plan.pieces)
     parts = [view[a:b] for a, b in zip(ends, ends)]
-    durations = fmp4.sample_durations(plan.samples, next_dts, plan.index.last_duration)
-    frag = b"".join([fmp4.fragment_head(sequence, base_dts, plan.samples, durations), *parts])
+    s = plan.samples
+    head = fmp4.fragment_head(sequence, base_dts, len(s), s.trun(next_dts, plan.index.last_duration), int(s.size.sum()))
+    frag = b"".join([head, *parts])
     if len(frag) != fmp4.fragment_size(plan.index):
         raise DamagedChunk("the chunk does not match its MP4 plan")
     return frag
@@ -389,21 +441,27 @@ class Mp4Export:
         return self.layout.header(self.sps, self.pps, self.width, self.height)
 
     def fragments(self, wanted: list[int]) -> Iterator[tuple[int, bytes]]:
-        """(i, fragment i) for each wanted chunk, in order. (Two builders in threads were tried:
-        no faster, the per-chunk Python holds the GIL.)"""
-        scratch = Scratch(EnvelopeReader(self.store))
-        if self.store.is_local:
-            for i in wanted:
-                yield i, self._fragment(i, scratch)
-            return
-        ahead = self.store.read_ahead(self.sid, [self.seqs[i] for i in wanted])  # a bucket: fetched ahead
-        for i, (_, data) in zip(wanted, ahead):
-            yield i, self._fragment(i, scratch, data)
+        """(i, fragment i) for each wanted chunk, in order, built BUILDERS at a time in threads,
+        each with its own scratch buffers: reading, decrypting and the gather run without the GIL,
+        so two builders overlap on two cores (a bucket's: three, its reads are round trips)."""
+        local = threading.local()
 
-    def _fragment(self, i: int, scratch: Scratch, fetched: bytes | None = None) -> bytes:
+        def build(i: int) -> tuple[int, bytes]:
+            scratch = getattr(local, "scratch", None)
+            if scratch is None:
+                scratch = local.scratch = Scratch(EnvelopeReader(self.store))
+            return i, self._fragment(i, scratch)
+
+        if len(wanted) < 2:
+            return map(build, wanted)
+        return ahead(build, wanted, self.BUILDERS if self.store.is_local else 3)
+
+    BUILDERS = 2
+
+    def _fragment(self, i: int, scratch: Scratch) -> bytes:
         """Fragment i: read, tag-checked against the layout's, decrypted, built."""
         seq = self.seqs[i]
-        data = scratch.reader.read(self.sid, seq) if fetched is None else memoryview(fetched)
+        data = scratch.reader.read(self.sid, seq)
         if data is None:
             raise DamagedChunk(f"chunk {seq} is missing from the store")
         if bytes(data[-envelope.TAG_LEN :]) != self.tags[i]:

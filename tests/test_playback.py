@@ -192,6 +192,14 @@ def test_mpegts_plan_matches_ffmpeg_and_the_fast_gather(tmp_path, opts):
     assert ChunkPlan.from_bytes(cp.to_bytes()) == cp
     frag = build_fragment(cp, memoryview(bytearray(data)), 1, 0, None)
     assert frag.endswith(mdat) and len(frag) == fmp4.fragment_size(cp.index)
+    # the head's trun, built with numpy, is the reference's byte for byte (last sample: either way)
+    units = cp.samples.rows()
+    assert [(u.dts, u.pts, u.key, u.size) for u in units] == samples
+    for next_dts, last in ((None, cp.index.last_duration), (units[-1].dts + 1234, 1234)):
+        entries = fmp4.trun_entries(units, [b.dts - a.dts for a, b in zip(units, units[1:])] + [last])
+        assert cp.samples.trun(next_dts, cp.index.last_duration) == entries
+    head = fmp4.fragment_head(1, 0, len(units), cp.samples.trun(None, cp.index.last_duration), len(mdat))
+    assert frag == head + mdat
     if opts.get("bf"):
         assert any(u.dts != u.pts for u in plan.units)
     # both ways a length reaches the mdat are exercised: written in place, or from `prefixes`

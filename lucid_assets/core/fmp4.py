@@ -155,19 +155,21 @@ def fragment_size(c: ChunkIndex) -> int:
     return moof_size(c.samples) + 8 + c.payload
 
 
-def fragment_head(sequence: int, base_dts: int, samples: list[Sample], durations: list[int]) -> bytes:
-    """moof + the mdat header of one fragment; its payload is the samples' data in order."""
-    n = len(samples)
-    trun = full_box(
-        b"trun",
-        1,
-        0x000F01,
-        struct.pack(">Ii", n, moof_size(n) + 8),
-        b"".join(
-            struct.pack(">IIIi", d, s.size, KEY_FLAGS if s.key else NON_KEY_FLAGS, s.pts - s.dts)
-            for s, d in zip(samples, durations)
-        ),
+def trun_entries(samples: list[Sample], durations: list[int]) -> bytes:
+    """The samples' 16-byte entries in a fragment's trun: duration, size, flags, composition
+    offset (the reference form; the exports build the same bytes with numpy, playback.py)."""
+    return b"".join(
+        struct.pack(">IIIi", d, s.size, KEY_FLAGS if s.key else NON_KEY_FLAGS, s.pts - s.dts)
+        for s, d in zip(samples, durations)
     )
+
+
+def fragment_head(sequence: int, base_dts: int, samples: int, entries: bytes, payload: int) -> bytes:
+    """moof + the mdat header of one fragment of `samples` samples whose trun `entries` (16 bytes
+    each, as trun_entries makes them) are given; its `payload` bytes are the samples' data in order."""
+    if len(entries) != 16 * samples:
+        raise ValueError(f"{len(entries)} bytes of trun entries for {samples} samples")
+    trun = full_box(b"trun", 1, 0x000F01, struct.pack(">Ii", samples, moof_size(samples) + 8), entries)
     traf = box(
         b"traf",
         full_box(b"tfhd", 0, 0x020000, struct.pack(">I", 1)),
@@ -175,8 +177,8 @@ def fragment_head(sequence: int, base_dts: int, samples: list[Sample], durations
         trun,
     )
     moof = box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)), traf)
-    assert len(moof) == moof_size(n)
-    return moof + struct.pack(">I4s", 8 + sum(s.size for s in samples), b"mdat")
+    assert len(moof) == moof_size(samples)
+    return moof + struct.pack(">I4s", 8 + payload, b"mdat")
 
 
 @dataclass(frozen=True)
@@ -226,10 +228,3 @@ class Layout:
     def build(cls, chunks: list[ChunkIndex], sps: bytes, pps: bytes, width: int, height: int) -> Layout:
         probe = init_segment(sps, pps, width, height, 0)
         return cls(tuple(chunks), len(probe) + sidx_size(len(chunks)))
-
-
-def sample_durations(samples: list[Sample], next_dts: int | None, last_duration: int) -> list[int]:
-    out = [b.dts - a.dts for a, b in zip(samples, samples[1:])]
-    if samples:
-        out.append(next_dts - samples[-1].dts if next_dts is not None else last_duration)
-    return out

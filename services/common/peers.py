@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from urllib.parse import urlsplit
 
 import httpx
@@ -55,29 +56,113 @@ def _result(r: httpx.Response, raw: bool):
 
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 60.0  # seconds, like the httpx client's
-BUFFER = 4 << 20  # read buffer per download: big parts, few event-loop turns per megabyte
+HEAD_LIMIT = 64 << 10  # a response head longer than this is not one
+HIGH_WATER = 4 << 20  # body bytes received and not yet passed on before reading the peer pauses
+
+
+class _Peer(asyncio.Protocol):
+    """A peer's response as the event loop reads it: the head, then each body piece as it came
+    off the socket, passed on without a copy (asyncio's StreamReader copied every byte into its
+    buffer, again out of it, and moved what was left down the buffer: three copies per byte on
+    the gateway's relay). Reading pauses while more than HIGH_WATER bytes wait."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.head_done: asyncio.Future = self.loop.create_future()
+        self.pieces: deque[bytes] = deque()
+        self.waiting, self.paused, self.ended = 0, False, False
+        self.error: Exception | None = None
+        self.wakeup: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_done.done():
+            self._keep(data)
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > HEAD_LIMIT:
+                self._fail(ConnectionError("the response head has no end"))
+            return
+        rest = bytes(self.head[end + 4 :])
+        self.head_done.set_result(bytes(self.head[: end + 4]))
+        if rest:
+            self._keep(rest)
+
+    def _keep(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.waiting += len(data)
+        if self.waiting > HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc
+        if not self.head_done.done():
+            self.head_done.set_exception(exc)
+        self.transport.close()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        if not self.head_done.done():
+            self.head_done.set_exception(exc or ConnectionError("the peer closed the connection before its head"))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    async def piece(self) -> bytes | None:
+        """The next body piece as it arrived, or None once the peer has closed and all is passed on."""
+        while not self.pieces:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return None
+            self.wakeup = self.loop.create_future()
+            await self.wakeup
+        data = self.pieces.popleft()
+        self.waiting -= len(data)
+        if self.paused and self.waiting <= HIGH_WATER // 2:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
 
 
 class Download:
     """A peer's response head, and its body still on the connection (see `download`)."""
 
-    def __init__(self, status: int, headers: httpx.Headers, reader, writer, length: int | None):
+    def __init__(self, status: int, headers: httpx.Headers, peer: _Peer, length: int | None):
         self.status_code, self.headers, self.length = status, headers, length
-        self._reader, self._writer = reader, writer
+        self._peer = peer
 
-    async def parts(self, size: int = 1 << 20):
-        """The body in parts of up to `size` bytes, as they arrive; a peer that stops sending
-        (or goes away) before Content-Length ends it with an error: never a short body as whole."""
+    async def parts(self):
+        """The body, piece by piece as it arrives; a peer that stops sending (or goes away)
+        before Content-Length ends it with an error: never a short body as whole."""
         left = self.length or 0
         while left:
-            part = await asyncio.wait_for(self._reader.read(min(left, size)), READ_TIMEOUT)
-            if not part:
+            part = await asyncio.wait_for(self._peer.piece(), READ_TIMEOUT)
+            if part is None:
                 raise ConnectionError(f"the peer closed the connection {left} bytes before the end")
+            if len(part) > left:  # more than announced: only the announced bytes pass
+                part = part[:left]
             left -= len(part)
             yield part
 
     def close(self) -> None:
-        self._writer.close()
+        self._peer.transport.close()
 
 
 async def download(method: str, url: str, headers: dict[str, str] | None = None) -> Download:
@@ -86,36 +171,35 @@ async def download(method: str, url: str, headers: dict[str, str] | None = None)
     Bulk downloads (exports, evidence) go through here instead of httpx: httpx's streaming costs
     ~3 µs of Python per 4-64 KiB piece on the way through h11 and httpcore, which held the
     gateway's relay of a TS export to 0.33 x the bare decrypting server while the storage service
-    itself served 1.4 x (bench/export.py); reading the socket in up-to-4 MiB parts relays at 0.92 x.
+    itself served 1.4 x (bench/export.py). Each piece the event loop reads is passed on as it is.
     Errors are raised like call()'s (a peer's JSON error passes through, unreachable is a 503)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"download() speaks plain HTTP to peers, not {url!r}")
     port = parts.port or 80
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, port, limit=BUFFER), CONNECT_TIMEOUT
-        )
+        _, peer = await asyncio.wait_for(loop.create_connection(_Peer, parts.hostname, port), CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise _unreachable(url, exc) from None
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in {**_headers, **(headers or {})}.items()]
     try:
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        writer.close()
+        peer.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = await asyncio.wait_for(asyncio.shield(peer.head_done), READ_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        peer.transport.close()
         raise _unreachable(url, exc) from None
     status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
     try:
         status = int(status_line.split(" ", 2)[1])
         got = httpx.Headers([(k.strip(), v.strip()) for k, v in (f.split(":", 1) for f in fields)])
     except (IndexError, ValueError):
-        writer.close()
+        peer.transport.close()
         raise ApiError(502, "upstream_error", f"{parts.netloc} sent a malformed response head") from None
     length = int(got["content-length"]) if "content-length" in got else None
-    d = Download(status, got, reader, writer, 0 if method == "HEAD" else length)
+    d = Download(status, got, peer, 0 if method == "HEAD" else length)
     if length is None and method != "HEAD":
         d.close()
         raise ApiError(502, "upstream_error", f"{parts.netloc} sent a body without a Content-Length")
