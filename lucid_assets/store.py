@@ -85,28 +85,6 @@ def in_parallel(fn, items: Iterable, workers: int = 16) -> list:
         return list(pool.map(fn, items))
 
 
-def ahead(fn, items: Iterable, depth: int) -> Iterator:
-    """fn(x) for each item, in order, with up to `depth` calls running ahead of the consumer in
-    that many threads (a generator: memory holds `depth` results; closing it stops the rest)."""
-    pending: deque = deque()
-    rest = iter(items)
-    with ThreadPoolExecutor(max_workers=depth) as pool:
-        try:
-            for x in itertools.islice(rest, depth):
-                pending.append(pool.submit(fn, x))
-            while pending:
-                got = pending.popleft()
-                if (following := next(rest, _NONE)) is not _NONE:
-                    pending.append(pool.submit(fn, following))
-                yield got.result()
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-_NONE = object()
-
-
 class ChunkStore:
     def __init__(self, root: Path | str | Objects, *, index_path: Path | None = None):
         self.objects: Objects = root if hasattr(root, "put") else LocalObjects(Path(root))
@@ -174,7 +152,16 @@ class ChunkStore:
     def read_ahead(self, session_id: str, seqs: Iterable[int], depth: int = 3) -> Iterator[tuple[int, bytes | None]]:
         """(seq, envelope or None) in order with up to `depth` reads in flight: a bucket's next
         envelopes arrive while the current one is decrypted and sent. Memory: `depth` envelopes."""
-        return ahead(lambda seq: (seq, self.read_envelope(session_id, seq)), seqs, depth)
+        pending: deque = deque()
+        rest = iter(seqs)
+        with ThreadPoolExecutor(max_workers=depth) as pool:
+            for seq in itertools.islice(rest, depth):
+                pending.append((seq, pool.submit(self.read_envelope, session_id, seq)))
+            while pending:
+                seq, got = pending.popleft()
+                if (following := next(rest, None)) is not None:
+                    pending.append((following, pool.submit(self.read_envelope, session_id, following)))
+                yield seq, got.result()
 
     def stored_seqs(self, session_id: str) -> list[int]:
         out = []
