@@ -74,6 +74,19 @@ def test_bad_session_id_is_404_everywhere(platform, admin, bad):
         assert r.status_code == 404 and r.json()["error"] == "not_found", (service, path, r.text)
 
 
+def test_downloads_of_an_unknown_or_empty_session_are_404(admin, push_session):
+    """The gateway asks the pipeline whether the session exists while storage starts answering:
+    an unknown session is the pipeline's 404 (whatever storage says); a known one with no chunk yet
+    is storage's."""
+    unknown = str(uuid.uuid4())
+    for what in ("recording.mp4", "recording.ts", "evidence"):
+        r = admin.get(f"/v1/sessions/{unknown}/{what}")
+        assert r.status_code == 404 and r.json()["error"] == "not_found", (what, r.text)
+        assert unknown in r.json()["detail"], r.text
+    r = admin.get(f"/v1/sessions/{push_session}/recording.ts")
+    assert r.status_code == 404 and "no stored chunks" in r.json()["detail"], r.text
+
+
 def test_seq_and_offset_out_of_range_are_422(admin, push_session):
     for params in ({"offset": 10**30}, {"offset": -1}):
         r = admin.get("/v1/sessions", params=params)

@@ -3,6 +3,7 @@ let a <video> element use them without the API key."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from urllib.parse import urlencode
 
@@ -173,16 +174,27 @@ def _audit_download(gw, session_id: str, what: ShareUse, who: Access, params: di
 
 
 async def _export(gw, session_id: str, what: ShareUse, request: Request, who: Access) -> Response:
-    params, query_params = {}, {}
+    params, query_params, known = {}, {}, None
     if isinstance(who, shares.Grant):  # the share and its session were checked by media_access
         params = query_params = await _share_download(gw, who)
         if what == ShareUse.EVIDENCE and who.window is not None:  # stated in bundle.json
             query_params = {**params, "from_ms": who.window.from_ms, "to_ms": who.window.to_ms}
-    else:
-        await run_in_threadpool(gw.pipeline.session, session_id)  # 404 for unknown sessions
+    else:  # 404 for unknown sessions; asked while storage starts answering (a seek's latency is both)
+        known = asyncio.ensure_future(run_in_threadpool(gw.pipeline.session, session_id))
     forward = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range")}
     query = f"?{urlencode(query_params)}" if query_params else ""
-    r = await download(request.method, f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}{query}", forward)
+    try:
+        r = await download(request.method, f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}{query}", forward)
+    except BaseException:
+        if known is not None:
+            await known  # the pipeline's answer first: an unknown session is its 404, whatever storage said
+        raise
+    if known is not None:
+        try:
+            await known
+        except BaseException:
+            r.close()
+            raise
     if _from_start(request) and request.method != "HEAD":
         try:
             await run_in_threadpool(_audit_download, gw, session_id, what, who, params)
