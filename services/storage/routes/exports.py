@@ -23,7 +23,6 @@ from lucid_assets.playback import (
     plain_size,
     sealed_cache_key,
 )
-from lucid_assets.store import in_parallel
 from lucid_assets.trust import API, DAGSTER
 from services.common.errors import ERRORS, RANGE_ERRORS, ApiError, not_found
 from services.common.guard import allow
@@ -202,11 +201,10 @@ def evidence(
     """The evidence bundle (docs/FORMAT.md §10) of a sealed session, or of a run of its chunks:
     a deterministic tar with the chunks, the MP4, the signed manifest and checkpoints, the proofs,
     the signed audit log, the public key and a standalone verifier."""
-    # both asked at once: two round trips to the pipeline were half of a small bundle's first byte
-    session, events = in_parallel(lambda ask: ask(sid), [ctx.pipeline.session, ctx.pipeline.events], 2)
+    session = ctx.pipeline.session(sid)
     if session.state != State.SEALED:
         raise ApiError(409, "not_sealed", f"session {sid} is {session.state}: only a sealed session has evidence")
-    rows = [e.model_dump() for e in events]
+    rows = [e.model_dump() for e in ctx.pipeline.events(sid)]
     window = (from_ms, to_ms) if from_ms is not None and to_ms is not None else None
     try:
         bundle = EvidenceBundle(
