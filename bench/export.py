@@ -19,6 +19,12 @@ Targets (issue 16): TS and evidence >= 0.8 x bare socket decrypting, MP4 >= 0.6 
 <= 200 ms, peak memory independent of the recording's length. The evidence bundle carries every
 chunk twice (as MPEG-TS and inside the MP4): its rate is bundle bytes per second.
 
+Measured in rounds: each round downloads the reference, then every format by both routes, and
+each download's ratio is to the reference of its own round; a figure is the median round's. (This
+VM's speed drifts 2-3x within minutes: the reference measured once, minutes before what it judged,
+moved ratios by more than any change under test.) A rate is bytes over curl's whole time, first
+byte included, so a small recording's ratios are mostly its fixed per-request costs.
+
 Usage: python bench/export.py [--short 1] [--long 30] [--runs 5]
 """
 
