@@ -126,3 +126,64 @@ def test_relay_cut_short_when_the_peer_dies_mid_body(caplog):
         srv.should_exit = True
         thread.join(10)
         peer.close()
+
+
+def _peer_saying(answer: bytes, linger: float = 0.0) -> socket.socket:
+    """A one-shot peer that reads the request, sends `answer` and closes (after `linger` s)."""
+    peer = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = peer.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+            time.sleep(linger)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return peer
+
+
+@pytest.mark.parametrize(
+    "answer, status, error",
+    [
+        (b"", 503, "service_unavailable"),  # closed before any head
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * (70 << 10), 503, "service_unavailable"),  # a head with no end
+        (b"HTTP/1.1 OK\r\n\r\n", 502, "upstream_error"),  # malformed status line
+        (b"HTTP/1.1 200 OK\r\n\r\nbody", 502, "upstream_error"),  # a body without a Content-Length
+    ],
+    ids=["closed", "endless-head", "malformed", "no-length"],
+)
+def test_download_refuses_a_broken_peer_head(answer, status, error):
+    import asyncio
+
+    from services.common.errors import ApiError
+    from services.common.peers import download
+
+    # the connection stays open after what the peer sent: refused for that, at once
+    peer = _peer_saying(answer, linger=0 if answer == b"" else 10)
+    t = time.monotonic()
+    with pytest.raises(ApiError) as got:
+        asyncio.run(download("GET", f"http://127.0.0.1:{peer.getsockname()[1]}/x"))
+    assert time.monotonic() - t < 5
+    peer.close()
+    assert (got.value.status, got.value.error) == (status, error), got.value.detail
+
+
+def test_download_passes_the_announced_body_only():
+    """Pieces are passed on as they arrive (head and body may share one read); bytes beyond the
+    Content-Length are not passed on."""
+    import asyncio
+
+    from services.common.peers import download
+
+    peer = _peer_saying(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA")
+
+    async def fetch() -> bytes:
+        d = await download("GET", f"http://127.0.0.1:{peer.getsockname()[1]}/x")
+        try:
+            return b"".join([p async for p in d.parts()])
+        finally:
+            d.close()
+
+    assert asyncio.run(fetch()) == b"hello"
+    peer.close()

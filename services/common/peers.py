@@ -187,10 +187,13 @@ async def download(method: str, url: str, headers: dict[str, str] | None = None)
     lines += [f"{k}: {v}" for k, v in {**_headers, **(headers or {})}.items()]
     try:
         peer.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        head = await asyncio.wait_for(asyncio.shield(peer.head_done), READ_TIMEOUT)
+        head = await asyncio.wait_for(peer.head_done, READ_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         peer.transport.close()
         raise _unreachable(url, exc) from None
+    except BaseException:  # the caller was cancelled (its client went away): no connection left open
+        peer.transport.close()
+        raise
     status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
     try:
         status = int(status_line.split(" ", 2)[1])

@@ -185,9 +185,13 @@ async def _export(gw, session_id: str, what: ShareUse, request: Request, who: Ac
     query = f"?{urlencode(query_params)}" if query_params else ""
     try:
         r = await download(request.method, f"{gw.storage_url}/sessions/{session_id}/{EXPORTS[what]}{query}", forward)
-    except BaseException:
+    except Exception:
         if known is not None:
             await known  # the pipeline's answer first: an unknown session is its 404, whatever storage said
+        raise
+    except BaseException:  # cancelled: the client went away
+        if known is not None:
+            known.cancel()
         raise
     if known is not None:
         try:
