@@ -159,7 +159,6 @@ class BareServer:
         self.size = plain_size(self.store, sid, self.seqs)
         self.held = [] if decrypt else [bytes(c) for c in self.chunks()]
         self.srv = socket.create_server(("127.0.0.1", 0))
-        self.cpu_s = 0.0  # this process's CPU seconds while serving
 
     def chunks(self):
         return plain_chunks(self.store, self.vault.keyring, self.sid, self.seqs)
@@ -291,16 +290,20 @@ def rounds(data: Path, sid: str, routes: dict, runs: int) -> tuple[Measured, Mea
     bare, held = BareServer(data, sid, decrypt=True), BareServer(data, sid, decrypt=False)
     got: dict[tuple[str, str], list[Download]] = {(f, via): [] for f in TARGETS for via in routes}
     refs, mems = [], []
+
+    def fetch(fmt: str, via: str) -> Download:
+        base_url, headers, pids = routes[via]
+        return download(f"{base_url}/{PATHS[fmt]}", headers, pids)
+
     try:
-        for (fmt, via), _ in got.items():  # warm every path once
-            download(f"{routes[via][0]}/{PATHS[fmt]}", routes[via][1], routes[via][2])
+        for fmt, via in got:  # warm every path once
+            fetch(fmt, via)
         base = {pid: reset_peak(pid) for via in routes for pid in routes[via][2].values()}
         for _ in range(runs):
             refs.append(bare.get())
             mems.append(held.get())
             for (fmt, via), out in got.items():
-                base_url, headers, pids = routes[via]
-                out.append(download(f"{base_url}/{PATHS[fmt]}", headers, pids))
+                out.append(fetch(fmt, via))
         growth = {pid: hwm_mb(pid) - b for pid, b in base.items()}
     finally:
         bare.close()

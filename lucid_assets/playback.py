@@ -107,9 +107,6 @@ class Samples:
         cols = ("dts", "pts", "size", "key")
         return isinstance(other, Samples) and all(np.array_equal(getattr(self, c), getattr(other, c)) for c in cols)
 
-    def rows(self) -> list[fmp4.Sample]:
-        return list(map(fmp4.Sample, self.dts.tolist(), self.pts.tolist(), self.key.tolist(), self.size.tolist()))
-
     def trun(self, next_dts: int | None, last_duration: int) -> bytes:
         """The trun entries (fmp4.trun_entries' bytes): each sample lasts until the next one, the
         last until `next_dts` (the next chunk's first) or for `last_duration`."""
