@@ -302,12 +302,15 @@ def read_chunk_plan(store: ChunkStore, session_id: str, seq: int, *, dek: bytes,
         return None
 
 
-def _rows(runs: list[tuple[int, int]]) -> np.ndarray:
-    """Packet numbers from [first, end) runs."""
-    starts = np.array([a for a, _ in runs], np.intp)
-    lengths = np.array([b - a for a, b in runs], np.intp)
-    offsets = np.cumsum(lengths) - lengths
-    return np.arange(int(lengths.sum()), dtype=np.intp) + np.repeat(starts - offsets, lengths)
+def _payload_rows(packets: np.ndarray, runs: list[tuple[int, int]], out: np.ndarray) -> None:
+    """Bytes 4..188 of the packets of each [first, end) run, in order, into `out` (one row each):
+    a strided block copy per run (~75 per chunk), ~1.8x faster than a gather by packet number."""
+    payloads, k = packets[:, 4:], 0
+    for first, end in runs:
+        if not 0 <= first < end <= len(packets) or k + end - first > len(out):
+            raise DamagedChunk("the chunk does not match its MP4 plan")
+        out[k : k + end - first] = payloads[first:end]
+        k += end - first
 
 
 class Scratch:
@@ -336,18 +339,17 @@ def build_fragment(
     next_dts: int | None,
     scratch: Scratch | None = None,
 ) -> bytes:
-    """Fragment `sequence` (moof + mdat) from the chunk's plaintext by its full plan: one gather of
-    the video packets' payloads, one join of ~1000 slices; no per-packet Python."""
+    """Fragment `sequence` (moof + mdat) from the chunk's plaintext by its full plan: one block copy
+    per run of video packets' payloads, one join of ~300 slices; no per-packet Python."""
     data = np.frombuffer(plain, np.uint8)
-    rows = _rows(plan.rows)
-    if data.size % mpegts.PACKET or (rows.size and rows[-1] >= data.size // mpegts.PACKET):
+    if data.size % mpegts.PACKET:
         raise DamagedChunk("the chunk does not match its MP4 plan")
-    packets = data.reshape(-1, mpegts.PACKET)
+    rows = sum(end - first for first, end in plan.rows)
     room = len(plan.prefixes)
-    both = (scratch or Scratch()).both_array(room + rows.size * mpegts.PAYLOAD)
+    both = (scratch or Scratch()).both_array(room + rows * mpegts.PAYLOAD)
     both[:room] = np.frombuffer(plan.prefixes, np.uint8)
     e = both[room:]
-    np.take(packets[:, 4:], rows, axis=0, out=e.reshape(rows.size, mpegts.PAYLOAD), mode="clip")
+    _payload_rows(data.reshape(-1, mpegts.PACKET), plan.rows, e.reshape(rows, mpegts.PAYLOAD))
     if plan.patch_at:
         at = np.frombuffer(plan.patch_at, np.int64)
         if at.min() < 0 or at.max() + 4 > e.size:

@@ -25,6 +25,7 @@ import httpx
 
 from lucid_assets import trust
 from lucid_assets.settings import PORTS, SERVICES, child_environ
+from services import serve
 
 REPO = Path(__file__).resolve().parent.parent
 UMASK = 0o077  # every child and the supervisor: staging, keys, databases, envelopes 0600/0700
@@ -146,7 +147,7 @@ class Platform:
         for i, name in enumerate(self.run):
             port = self.ports[name]
             argv = [sys.executable, "-m", "uvicorn", "--factory", f"services.{name}.app:create_app"]
-            argv += ["--host", self.host, "--port", str(port), "--log-level", "warning"]
+            argv += ["--host", self.host, "--port", str(port), "--log-level", "warning", "--loop", serve.loop(name)]
             out.append(
                 Program(
                     name,

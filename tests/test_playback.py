@@ -209,6 +209,24 @@ def test_mpegts_plan_matches_ffmpeg_and_the_fast_gather(tmp_path, opts):
         assert plan.prefixes  # 3-byte start codes between the slices of a frame
 
 
+def test_a_fragment_whose_chunk_or_plan_disagree_is_refused(tmp_path):
+    """A plan that does not fit its chunk (a shorter chunk, a run outside it, an empty or reversed
+    run) is a DamagedChunk: never an IndexError, never a fragment of other bytes."""
+    data = _ts(tmp_path, "c.ts", preset="ultrafast", tune="zerolatency")
+    cp = chunk_plan(data, b"t" * 16)
+    with pytest.raises(DamagedChunk):
+        build_fragment(cp, memoryview(data[: len(data) - 188 * 40]), 1, 0, None)
+    with pytest.raises(DamagedChunk):
+        build_fragment(cp, memoryview(data[:-1]), 1, 0, None)
+    last = cp.rows[-1]
+    for bad in ((last[0], len(data) // 188 + 1), (last[1], last[0]), (last[0], last[0]), (-1, last[1])):
+        broken = ChunkPlan.from_bytes(cp.to_bytes())
+        broken.rows = [*cp.rows[:-1], bad]
+        with pytest.raises(DamagedChunk):
+            build_fragment(broken, memoryview(data), 1, 0, None)
+    assert build_fragment(cp, memoryview(data), 1, 0, None)  # the plan itself still fits
+
+
 def _packet(ts: bytes, pid: int) -> int:
     """Offset of the first packet of `pid`."""
     return next(k * 188 for k in range(len(ts) // 188) if ((ts[k * 188 + 1] & 0x1F) << 8 | ts[k * 188 + 2]) == pid)
