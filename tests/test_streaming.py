@@ -187,3 +187,44 @@ def test_download_passes_the_announced_body_only():
 
     assert asyncio.run(fetch()) == b"hello"
     peer.close()
+
+
+def test_download_pieces_stay_intact_while_held():
+    """Every piece is a view of memory the event loop read into once: pieces held until the whole
+    body is in (as a slow client's transport holds them) are still the bytes the peer sent, across
+    many arenas, with the head split over reads and sharing its last read with the body."""
+    import asyncio
+    import random
+
+    from services.common.peers import ARENA, download
+
+    rng = random.Random(7)
+    body = rng.randbytes(6 * ARENA + 12345)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    peer = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = peer.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(head[:20])
+            time.sleep(0.05)
+            conn.sendall(head[20:] + body[:1000])
+            at = 1000
+            while at < len(body):
+                n = rng.randint(1, 300_000)
+                conn.sendall(body[at : at + n])
+                at += n
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def fetch() -> list:
+        d = await download("GET", f"http://127.0.0.1:{peer.getsockname()[1]}/x")
+        try:
+            return [p async for p in d.parts()]
+        finally:
+            d.close()
+
+    pieces = asyncio.run(fetch())
+    peer.close()
+    assert len(pieces) > 6 and b"".join(pieces) == body

@@ -8,6 +8,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from .errors import ApiError
 
@@ -58,28 +59,42 @@ def _result(r: httpx.Response, raw: bool):
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 60.0  # seconds, like the httpx client's
 HEAD_LIMIT = 64 << 10  # a response head longer than this is not one
 HIGH_WATER = 4 << 20  # body bytes received and not yet passed on before reading the peer pauses
+ARENA = 256 << 10  # the event loop reads into the free end of an arena this large ...
+MIN_ROOM = 32 << 10  # ... and a fresh arena is taken once less than this is left
 
 
-class _Peer(asyncio.Protocol):
-    """A peer's response as the event loop reads it: the head, then each body piece as it came
-    off the socket, passed on without a copy (asyncio's StreamReader copied every byte into its
-    buffer, again out of it, and moved what was left down the buffer: three copies per byte on
-    the gateway's relay). Reading pauses while more than HIGH_WATER bytes wait."""
+class _Peer(asyncio.BufferedProtocol):
+    """A peer's response as the event loop reads it: the head, then each body piece as the
+    kernel wrote it, passed on without a copy. The loop reads straight into the free end of an
+    arena (a plain Protocol gets a new bytes object per read, copied from the loop's own buffer:
+    a copy of every byte); a piece is a view of the arena, so an arena is never
+    written twice, and is freed with the last piece the client's transport let go of. (asyncio's
+    StreamReader, before, copied every byte into its buffer, again out of it, and moved what was
+    left down the buffer.) Reading pauses while more than HIGH_WATER bytes wait."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
         self.head_done: asyncio.Future = self.loop.create_future()
-        self.pieces: deque[bytes] = deque()
+        self.pieces: deque[memoryview] = deque()
         self.waiting, self.paused, self.ended = 0, False, False
         self.error: Exception | None = None
         self.wakeup: asyncio.Future | None = None
+        self.arena, self.used = memoryview(b""), 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.arena) - self.used < MIN_ROOM:
+            # uninitialised (np.empty): a bytearray would be zero-filled first, one more pass
+            self.arena, self.used = memoryview(np.empty(ARENA, np.uint8)).cast("B"), 0
+        return self.arena[self.used :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.arena[self.used : self.used + nbytes]
+        self.used += nbytes
         if self.head_done.done():
             self._keep(data)
             return
@@ -89,12 +104,12 @@ class _Peer(asyncio.Protocol):
             if len(self.head) > HEAD_LIMIT:
                 self._fail(ConnectionError("the response head has no end"))
             return
-        rest = bytes(self.head[end + 4 :])
+        rest = len(self.head) - (end + 4)  # the body's first bytes: the tail of this read
         self.head_done.set_result(bytes(self.head[: end + 4]))
         if rest:
-            self._keep(rest)
+            self._keep(data[nbytes - rest :])
 
-    def _keep(self, data: bytes) -> None:
+    def _keep(self, data: memoryview) -> None:
         self.pieces.append(data)
         self.waiting += len(data)
         if self.waiting > HIGH_WATER and not self.paused:
@@ -124,7 +139,7 @@ class _Peer(asyncio.Protocol):
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
-    async def piece(self) -> bytes | None:
+    async def piece(self) -> memoryview | None:
         """The next body piece as it arrived, or None once the peer has closed and all is passed on."""
         while not self.pieces:
             if self.error is not None:
