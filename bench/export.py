@@ -23,7 +23,9 @@ Measured in rounds: each round downloads the reference, then every format by bot
 each download's ratio is to the reference of its own round; a figure is the median round's. (This
 VM's speed drifts 2-3x within minutes: the reference measured once, minutes before what it judged,
 moved ratios by more than any change under test.) A rate is bytes over curl's whole time, first
-byte included, so a small recording's ratios are mostly its fixed per-request costs.
+byte included, so a small recording's ratios are mostly its fixed per-request costs. Rounds start
+once the platform is quiet (no Dagster run for 25 s): the pushed sessions' insight runs (OCR)
+would otherwise hold a core through some rounds and not others.
 
 Usage: python bench/export.py [--short 1] [--long 30] [--runs 5]
 """
@@ -320,6 +322,30 @@ def rounds(data: Path, sid: str, routes: dict, runs: int) -> tuple[Measured, Mea
 
 
 PATHS = {"ts": "recording.ts", "mp4": "recording.mp4", "evidence": "evidence"}
+QUIET_S, QUIET_CAP_S = 25, 900  # no Dagster run active for QUIET_S (> the follower's 20 s interval)
+
+
+def wait_quiet(dagster_home: Path) -> tuple[float, set[str]]:
+    """Wait until the platform's own work is done: no Dagster run queued or running for QUIET_S
+    seconds (the sessions just pushed start insight runs, OCR on a core for a minute or more,
+    which measured downloads against whatever else held the cores that moment). Returns the wait
+    and the jobs seen."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    active = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING]
+    active += [DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+    instance = DagsterInstance.from_config(str(dagster_home))
+    t0 = quiet_since = time.monotonic()
+    jobs: set[str] = set()
+    while time.monotonic() - quiet_since < QUIET_S:
+        runs = instance.get_runs(RunsFilter(statuses=active))
+        if runs:
+            jobs |= {r.job_name for r in runs}
+            quiet_since = time.monotonic()
+        if time.monotonic() - t0 > QUIET_CAP_S:
+            raise RuntimeError(f"Dagster runs still active after {QUIET_CAP_S} s: {sorted(jobs)}")
+        time.sleep(1)
+    return time.monotonic() - t0, jobs
 
 
 # long: a benchmark's steps in order, each printed as it runs
@@ -330,7 +356,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="rounds of downloads; each ratio is the median round's")
     args = ap.parse_args()
     print(f"download bench: {W}x{H}@{FPS} libx264 sessions of {args.short} and {args.long} min, {CHUNK_S} s chunks")
-    with tempfile.TemporaryDirectory() as tmp:
+    # a run the daemon launched can still be writing when the platform stops: cleanup is best effort
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         data = Path(tmp) / "data"
         p = Platform(
             data_dir=data,
@@ -350,6 +377,8 @@ def main() -> int:
                     f"- {minutes} min session pushed and sealed: {sessions[minutes][1] / 1e6:.1f} MB "
                     f"in {time.perf_counter() - t:.0f} s"
                 )
+            waited, jobs = wait_quiet(p.dagster_home)
+            print(f"- quiet after {waited:.0f} s (runs seen: {', '.join(sorted(jobs)) or 'none'})")
             results = {}
             for minutes, (sid, _size) in sessions.items():
                 limit = max(read_decrypt_limit(data, sid) for _ in range(args.runs))
