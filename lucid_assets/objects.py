@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -49,8 +49,9 @@ class Entry:
 
 
 def check_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or any(p in ("..", ".") for p in parts) or "\\" in key or "//" in key:
+    """A relative key of non-empty "/"-separated names, none of them "." or ".." (string checks:
+    every chunk read passes here, and a PurePosixPath per call was ~7% of an MP4 export's GIL time)."""
+    if not key or key[0] == "/" or "\\" in key or "//" in key or any(p in ("..", ".") for p in key.split("/")):
         raise ValueError(f"not an object key: {key[:120]!r}")
     return key
 

@@ -17,6 +17,7 @@ checkpoint) are exclusive on both backends (objects.py says how).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -118,6 +119,7 @@ class ChunkStore:
         return self._index_path
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)  # every key of every chunk read names its session
     def _sid(session_id: str) -> str:
         return str(uuid.UUID(session_id))
 

@@ -88,9 +88,12 @@ def test_list_dirs_delete_and_move(objects):
 
 
 def test_keys_cannot_escape(objects):
-    for bad in ("../x", "/etc/passwd", "a/../../x", "a//b", "", "a\\b"):
+    for bad in ("../x", "/etc/passwd", "a/../../x", "a//b", "", "a\\b", ".", "a/./b", "a/.."):
         with pytest.raises(ValueError):
             objects.put(bad, b"x")
+        with pytest.raises(ValueError):
+            objects.get(bad)
+    assert objects.put("a/b.c/..d", b"x") and objects.get("a/b.c/..d") == b"x"  # dots inside names are names
 
 
 def test_ready_check(objects):
