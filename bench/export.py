@@ -277,12 +277,13 @@ def download(url: str, headers: dict[str, str], pids: dict[str, int]) -> Downloa
     return Download(ttfb, secs, n, {k: after[k] - before[k] for k in before})
 
 
-def text(name: str, m: Measured, ref: str) -> str:
+def text(name: str, m: Measured, ref: str, ref_rate: float) -> str:
     return (
         f"{name}: {m.size / 1e6:7.1f} MB at {m.rate / 1e6:5.0f} MB/s = {m.ratio:.2f} x {ref} "
         f"(median of {len(m.ratios)} rounds, {min(m.ratios):.2f}-{max(m.ratios):.2f}); "
         f"first byte {m.ttfb * 1000:.0f} ms; peak memory +{m.growth:.1f} MB; "
-        f"CPU ms/MB {cpu_text(m.cpu)}: {m.rate / m.ceiling:.2f} of its {CORES}-core ceiling"
+        f"CPU ms/MB {cpu_text(m.cpu)}: {m.rate / m.ceiling:.2f} of its {CORES}-core ceiling, which is "
+        f"{m.ceiling / ref_rate:.2f} x the reference"
     )
 
 
@@ -379,7 +380,7 @@ def main() -> int:
                 )
             waited, jobs = wait_quiet(p.dagster_home)
             print(f"- quiet after {waited:.0f} s (runs seen: {', '.join(sorted(jobs)) or 'none'})")
-            results = {}
+            results, ceilings = {}, {}
             for minutes, (sid, _size) in sessions.items():
                 limit = max(read_decrypt_limit(data, sid) for _ in range(args.runs))
                 build = max(mp4_build_rate(data, sid) for _ in range(args.runs))
@@ -401,18 +402,23 @@ def main() -> int:
                 )
                 for (fmt, via), m in measured.items():
                     results[(minutes, fmt, via)] = m
-                    print("  " + text(f"{minutes:>4} min {fmt:>8} via {via}", m, "bare socket decrypting"))
+                    ceilings[(minutes, fmt, via)] = m.ceiling / ref.rate
+                    print("  " + text(f"{minutes:>4} min {fmt:>8} via {via}", m, "bare socket decrypting", ref.rate))
         finally:
             p.stop()
         checks = []
         for fmt, target in TARGETS.items():
             for via in ("gateway", "storage"):
-                worst = min(results[(m, fmt, via)].ratio for m in sessions)
+                at = min(sessions, key=lambda m: results[(m, fmt, via)].ratio)
+                worst = results[(at, fmt, via)].ratio
+                # what its CPU per MB would allow with both cores busy: below the target, the path
+                # needs less work per byte, not better overlap
+                ceiling = ceilings[(at, fmt, via)]
                 checks.append(
                     (
                         f"{fmt} via {via} >= {target} x bare socket decrypting (worst session)",
                         worst >= target,
-                        f"{worst:.2f}",
+                        f"{worst:.2f} ({at} min; its CPU per MB allows at most {ceiling:.2f})",
                     )
                 )
         slow = max(r.ttfb for r in results.values())
