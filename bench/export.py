@@ -25,7 +25,11 @@ VM's speed drifts 2-3x within minutes: the reference measured once, minutes befo
 moved ratios by more than any change under test.) A rate is bytes over curl's whole time, first
 byte included, so a small recording's ratios are mostly its fixed per-request costs. Rounds start
 once the platform is quiet (no Dagster run for 25 s): the pushed sessions' insight runs (OCR)
-would otherwise hold a core through some rounds and not others.
+would otherwise hold a core through some rounds and not others. Each path's CPU per MB (every
+thread of each serving process, and curl) gives its ceiling: the rate with both cores busy on it
+alone, as a ratio to the reference. A path whose ceiling is below its target cannot meet it by
+better overlap, only by less work per byte (for a short download the CPU is mostly fixed costs,
+curl's start-up among them, so the long session's ceiling is the one quoted).
 
 Usage: python bench/export.py [--short 1] [--long 30] [--runs 5]
 """
@@ -411,14 +415,15 @@ def main() -> int:
             for via in ("gateway", "storage"):
                 at = min(sessions, key=lambda m: results[(m, fmt, via)].ratio)
                 worst = results[(at, fmt, via)].ratio
-                # what its CPU per MB would allow with both cores busy: below the target, the path
-                # needs less work per byte, not better overlap
-                ceiling = ceilings[(at, fmt, via)]
+                # what its CPU per MB allows with both cores busy, from the long session (a short
+                # download's CPU is mostly fixed costs, curl's start-up among them): below the
+                # target, the path needs less work per byte, not better overlap
+                ceiling = ceilings[(args.long, fmt, via)]
                 checks.append(
                     (
                         f"{fmt} via {via} >= {target} x bare socket decrypting (worst session)",
                         worst >= target,
-                        f"{worst:.2f} ({at} min; its CPU per MB allows at most {ceiling:.2f})",
+                        f"{worst:.2f} ({at} min); at {args.long} min its CPU per MB allows at most {ceiling:.2f}",
                     )
                 )
         slow = max(r.ttfb for r in results.values())
