@@ -303,12 +303,11 @@ def read_chunk_plan(store: ChunkStore, session_id: str, seq: int, *, dek: bytes,
 
 
 def _payload_rows(packets: np.ndarray, runs: list[tuple[int, int]], out: np.ndarray) -> None:
-    """Bytes 4..188 of the packets of each [first, end) run, in order, into `out` (one row each):
-    a strided block copy per run (~75 per chunk), ~1.8x faster than a gather by packet number."""
+    """Bytes 4..188 of the packets of each [first, end) run (checked by the caller), in order, into
+    `out` (one row each): a strided block copy per run (~75 per chunk), ~1.8x faster than a gather
+    by packet number."""
     payloads, k = packets[:, 4:], 0
     for first, end in runs:
-        if not 0 <= first < end <= len(packets) or k + end - first > len(out):
-            raise DamagedChunk("the chunk does not match its MP4 plan")
         out[k : k + end - first] = payloads[first:end]
         k += end - first
 
@@ -342,7 +341,8 @@ def build_fragment(
     """Fragment `sequence` (moof + mdat) from the chunk's plaintext by its full plan: one block copy
     per run of video packets' payloads, one join of ~300 slices; no per-packet Python."""
     data = np.frombuffer(plain, np.uint8)
-    if data.size % mpegts.PACKET:
+    packets = data.size // mpegts.PACKET
+    if data.size % mpegts.PACKET or not all(0 <= first < end <= packets for first, end in plan.rows):
         raise DamagedChunk("the chunk does not match its MP4 plan")
     rows = sum(end - first for first, end in plan.rows)
     room = len(plan.prefixes)
