@@ -224,6 +224,9 @@ def test_a_fragment_whose_chunk_or_plan_disagree_is_refused(tmp_path):
         broken.rows = [*cp.rows[:-1], bad]
         with pytest.raises(DamagedChunk):
             build_fragment(broken, memoryview(data), 1, 0, None)
+    broken.rows = [(last[1], last[0])]  # nothing but a reversed run: refused before any buffer is sized
+    with pytest.raises(DamagedChunk):
+        build_fragment(broken, memoryview(data), 1, 0, None)
     assert build_fragment(cp, memoryview(data), 1, 0, None)  # the plan itself still fits
 
 
